@@ -1,0 +1,330 @@
+//! Wire types shared by headroom's eBPF programs and its user space.
+//!
+//! Every struct that crosses the kernel/user boundary is `#[repr(C)]`, `Copy`, built only from
+//! fixed-width integers (no `bool`, no enums), padded explicitly, aligned to at most 8 bytes, and
+//! has its size asserted at compile time. A layout change therefore fails the build on both sides
+//! instead of silently misreading a map.
+#![no_std]
+
+/// Page size the kernel side rounds mapping lengths to. The kernel rounds `mmap`/`munmap` lengths
+/// up to whole pages, so we do the same to report what the address space really grew by.
+/// 4 KiB covers x86_64 and the common arm64 configuration.
+pub const PAGE_SIZE: u64 = 4096;
+
+/// Names of the programs in the eBPF object, shared so that user space attaches exactly what the
+/// kernel side defines.
+pub mod program {
+    pub const TASK_NEWTASK: &str = "task_newtask";
+    pub const SCHED_PROCESS_EXIT: &str = "sched_process_exit";
+    pub const SCHED_PROCESS_EXEC: &str = "sched_process_exec";
+    pub const CGROUP_ATTACH_TASK: &str = "cgroup_attach_task";
+    pub const SYS_ENTER_MMAP: &str = "sys_enter_mmap";
+    pub const SYS_EXIT_MMAP: &str = "sys_exit_mmap";
+    pub const SYS_ENTER_MUNMAP: &str = "sys_enter_munmap";
+    pub const SYS_EXIT_BRK: &str = "sys_exit_brk";
+}
+
+/// Names of the maps in the eBPF object.
+pub mod map {
+    pub const CGROUP_COUNTERS: &str = "CGROUP_COUNTERS";
+    pub const PROCESS_COUNTERS: &str = "PROCESS_COUNTERS";
+    pub const PENDING_MMAPS: &str = "PENDING_MMAPS";
+    pub const TRACKED_CGROUPS: &str = "TRACKED_CGROUPS";
+    pub const DROPS: &str = "DROPS";
+    pub const EVENTS: &str = "EVENTS";
+}
+
+/// Names of load-time globals (overridden by user space before load).
+pub mod global {
+    /// `u8`: 1 traces every cgroup (node agent), 0 only those in `TRACKED_CGROUPS` (capture).
+    pub const TRACE_ALL_CGROUPS: &str = "TRACE_ALL_CGROUPS";
+}
+
+/// Default map sizes. User space may override them at load time; each one bounds kernel memory.
+pub mod capacity {
+    /// Containers (cgroups) counted at once on a node.
+    pub const CGROUPS: u32 = 4096;
+    /// Processes counted at once. LRU: the least recently active entry is evicted when full.
+    pub const PROCESSES: u32 = 16384;
+    /// mmap calls in flight between syscall entry and exit (one per thread at most).
+    pub const PENDING_MMAPS: u32 = 8192;
+    /// Cgroups a capture session can select.
+    pub const TRACKED_CGROUPS: u32 = 1024;
+    /// Ring buffer for rare events (process start/exit). Power of two, multiple of the page size.
+    pub const EVENTS_BYTES: u32 = 256 * 1024;
+}
+
+/// Why an event or an update was lost. Indexes the per-CPU `DROPS` array.
+pub mod drop_reason {
+    /// The ring buffer had no room for a process event.
+    pub const RINGBUF_FULL: u32 = 0;
+    /// `PENDING_MMAPS` was full, so one mmap was not counted.
+    pub const PENDING_MMAPS_FULL: u32 = 1;
+    /// `CGROUP_COUNTERS` was full, so a new cgroup got no counters.
+    pub const CGROUP_MAP_FULL: u32 = 2;
+    /// `PROCESS_COUNTERS` insert failed.
+    pub const PROCESS_MAP_FULL: u32 = 3;
+    /// Number of reasons; the size of the `DROPS` array.
+    pub const COUNT: u32 = 4;
+    /// Human names, indexed by reason.
+    pub const NAMES: [&str; COUNT as usize] = [
+        "ringbuf_full",
+        "pending_mmaps_full",
+        "cgroup_map_full",
+        "process_map_full",
+    ];
+}
+
+/// What kind of address space an `mmap` reserved. Indexes `MemoryCounters::mmap_bytes`.
+pub mod mapping_kind {
+    /// Private anonymous memory that is accessible (heap-like: malloc's large blocks, JIT heaps).
+    pub const ANONYMOUS: usize = 0;
+    /// Backed by a file (shared libraries, mapped data files).
+    pub const FILE: usize = 1;
+    /// Thread stacks (`MAP_STACK`: glibc and musl mark pthread stacks with it).
+    pub const STACK: usize = 2;
+    /// `MAP_SHARED` anonymous memory (shared with children, shm-like).
+    pub const SHARED: usize = 3;
+    /// Reserved but not accessible yet: `PROT_NONE` or `MAP_NORESERVE` (malloc arenas, guard
+    /// regions, JVM/Go heap reservations). Counts toward address space, not toward the charge.
+    pub const NO_ACCESS: usize = 4;
+    /// Number of kinds.
+    pub const COUNT: usize = 5;
+    /// Human names, indexed by kind.
+    pub const NAMES: [&str; COUNT] = ["anonymous", "file", "stack", "shared", "no_access"];
+}
+
+/// `mmap` flag and protection bits the classifier needs (Linux UAPI values, same on every
+/// architecture headroom supports).
+pub mod mmap_bits {
+    pub const PROT_NONE: u64 = 0;
+    pub const MAP_SHARED: u64 = 0x01;
+    pub const MAP_ANONYMOUS: u64 = 0x20;
+    pub const MAP_NORESERVE: u64 = 0x4000;
+    pub const MAP_STACK: u64 = 0x20000;
+}
+
+/// `clone` flag that marks a new thread (as opposed to a new process).
+pub const CLONE_THREAD: u64 = 0x0001_0000;
+
+/// Classifies one successful `mmap` by its protection and flags. Kept here, in plain Rust, so
+/// that the exact same rule runs in the kernel and in unit tests.
+#[inline(always)]
+pub fn classify_mmap(prot: u64, flags: u64) -> usize {
+    use mmap_bits::*;
+    // Order matters: glibc reserves thread stacks PROT_NONE with MAP_STACK and mprotects them
+    // afterwards, so MAP_STACK wins over PROT_NONE.
+    if flags & MAP_STACK != 0 {
+        mapping_kind::STACK
+    } else if flags & MAP_ANONYMOUS == 0 {
+        mapping_kind::FILE
+    } else if flags & MAP_SHARED != 0 {
+        // MAP_SHARED (0x1) and MAP_SHARED_VALIDATE (0x3) both have the low bit; MAP_PRIVATE is 0x2.
+        mapping_kind::SHARED
+    } else if prot == PROT_NONE || flags & MAP_NORESERVE != 0 {
+        mapping_kind::NO_ACCESS
+    } else {
+        mapping_kind::ANONYMOUS
+    }
+}
+
+/// Rounds a byte length up to whole pages, saturating instead of overflowing.
+#[inline(always)]
+pub fn page_round_up(len: u64) -> u64 {
+    match len.checked_add(PAGE_SIZE - 1) {
+        Some(padded) => padded & !(PAGE_SIZE - 1),
+        None => u64::MAX & !(PAGE_SIZE - 1),
+    }
+}
+
+/// Counters kept in the kernel, per cgroup and per process. Only ever added to in the kernel
+/// (atomically where two CPUs can race), read by user space.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MemoryCounters {
+    /// Successful `mmap` calls.
+    pub mmap_calls: u64,
+    /// `mmap` calls that returned an error.
+    pub mmap_failures: u64,
+    /// Bytes reserved by successful `mmap`, page-rounded, indexed by [`mapping_kind`].
+    pub mmap_bytes: [u64; mapping_kind::COUNT],
+    /// `munmap` calls.
+    pub munmap_calls: u64,
+    /// Bytes asked to be unmapped, page-rounded.
+    pub munmap_bytes: u64,
+    /// `brk` calls.
+    pub brk_calls: u64,
+    /// Bytes the program break moved up.
+    pub brk_grown_bytes: u64,
+    /// Bytes the program break moved down.
+    pub brk_shrunk_bytes: u64,
+    /// Threads created (`clone` with `CLONE_THREAD`).
+    pub threads_created: u64,
+    /// Processes created (`fork`, `vfork`, `clone` without `CLONE_THREAD`).
+    pub processes_created: u64,
+    /// Tasks moved into the cgroup (or, per process, into a tracked cgroup).
+    pub tasks_attached: u64,
+    /// Tasks (threads, main threads included) that exited.
+    pub tasks_exited: u64,
+    /// Processes whose last thread exited.
+    pub processes_exited: u64,
+    /// Successful `execve` calls.
+    pub execs: u64,
+    /// Tasks created or attached minus tasks exited since tracking began. User space adds the
+    /// number present when tracking began. Signed: a task present before tracking can exit.
+    pub live_tasks: i64,
+    /// Highest `live_tasks` seen.
+    pub peak_live_tasks: i64,
+}
+
+const _: () = assert!(core::mem::size_of::<MemoryCounters>() == 20 * 8);
+const _: () = assert!(core::mem::align_of::<MemoryCounters>() == 8);
+
+/// Per-process state kept in the kernel (LRU map keyed by tgid).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProcessCounters {
+    pub counters: MemoryCounters,
+    /// cgroup v2 id the process was last seen in.
+    pub cgroup_id: u64,
+    /// Program break at the first `brk` seen since the last exec (0 = none seen yet).
+    pub brk_start: u64,
+    /// Program break after the last `brk`.
+    pub brk_current: u64,
+    /// Highest program break seen since the last exec.
+    pub brk_highest: u64,
+    /// `bpf_ktime_get_ns` when the entry was created.
+    pub first_seen_ns: u64,
+    /// 1 when the entry was created at the process's birth or arrival in a tracked cgroup, so
+    /// `live_tasks` counts all of its threads; 0 when it was already running (user space then
+    /// reads its thread count from /proc).
+    pub tasks_known: u32,
+    pub _pad: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<ProcessCounters>() == 20 * 8 + 6 * 8);
+const _: () = assert!(core::mem::align_of::<ProcessCounters>() == 8);
+
+/// Arguments of an `mmap` between syscall entry and exit, keyed by pid_tgid.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PendingMmap {
+    pub len: u64,
+    pub prot: u64,
+    pub flags: u64,
+    pub cgroup_id: u64,
+}
+
+const _: () = assert!(core::mem::size_of::<PendingMmap>() == 32);
+
+/// Kinds of ring-buffer event.
+pub mod event_kind {
+    /// A process was born in, or moved into, a tracked cgroup.
+    pub const PROCESS_START: u32 = 1;
+    /// A process's last thread exited; carries its final counters.
+    pub const PROCESS_EXIT: u32 = 2;
+}
+
+/// Header shared by every ring-buffer event.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EventHeader {
+    /// One of [`event_kind`].
+    pub kind: u32,
+    /// Process id (thread-group id) the event is about.
+    pub tgid: u32,
+    /// cgroup v2 id of the process.
+    pub cgroup_id: u64,
+    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC) when the event happened.
+    pub timestamp_ns: u64,
+}
+
+const _: () = assert!(core::mem::size_of::<EventHeader>() == 24);
+
+/// `event_kind::PROCESS_START`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProcessStartEvent {
+    pub header: EventHeader,
+    /// The process that created it (0 when it arrived by cgroup migration).
+    pub parent_tgid: u32,
+    pub _pad: u32,
+    /// Command name at the time (NUL-padded; the parent's name right after fork).
+    pub comm: [u8; 16],
+}
+
+const _: () = assert!(core::mem::size_of::<ProcessStartEvent>() == 48);
+
+/// `event_kind::PROCESS_EXIT`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProcessExitEvent {
+    pub header: EventHeader,
+    /// Final counters of the process.
+    pub process: ProcessCounters,
+    /// Command name at exit (NUL-padded).
+    pub comm: [u8; 16],
+}
+
+const _: () = assert!(core::mem::size_of::<ProcessExitEvent>() == 24 + 208 + 16);
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: every type below is #[repr(C)], Copy, made only of fixed-width integers and arrays
+    // of them with explicit padding fields, so any bit pattern is a valid value.
+    unsafe impl aya::Pod for super::MemoryCounters {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ProcessCounters {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::PendingMmap {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::EventHeader {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ProcessStartEvent {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ProcessExitEvent {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn glibc_thread_stack_is_a_stack_even_while_prot_none() {
+        // glibc allocate_stack: PROT_NONE, MAP_PRIVATE|MAP_ANONYMOUS|MAP_STACK.
+        assert_eq!(classify_mmap(0, 0x20022), mapping_kind::STACK);
+    }
+
+    #[test]
+    fn glibc_malloc_arena_reservation_is_no_access() {
+        // glibc new_heap: PROT_NONE, MAP_NORESERVE|MAP_ANONYMOUS|MAP_PRIVATE (0x4022).
+        assert_eq!(classify_mmap(0, 0x4022), mapping_kind::NO_ACCESS);
+    }
+
+    #[test]
+    fn private_anonymous_read_write_is_anonymous() {
+        assert_eq!(classify_mmap(0x3, 0x22), mapping_kind::ANONYMOUS);
+    }
+
+    #[test]
+    fn file_mapping_is_file_even_when_shared_or_prot_none() {
+        assert_eq!(classify_mmap(0x1, 0x02), mapping_kind::FILE);
+        assert_eq!(classify_mmap(0x3, 0x01), mapping_kind::FILE);
+        assert_eq!(classify_mmap(0x0, 0x02), mapping_kind::FILE);
+    }
+
+    #[test]
+    fn shared_anonymous_is_shared() {
+        assert_eq!(classify_mmap(0x3, 0x21), mapping_kind::SHARED);
+        assert_eq!(classify_mmap(0x3, 0x23), mapping_kind::SHARED);
+    }
+
+    #[test]
+    fn page_rounding() {
+        assert_eq!(page_round_up(0), 0);
+        assert_eq!(page_round_up(1), 4096);
+        assert_eq!(page_round_up(4096), 4096);
+        assert_eq!(page_round_up(4097), 8192);
+        assert_eq!(page_round_up(u64::MAX), u64::MAX & !4095);
+    }
+}

@@ -1,0 +1,310 @@
+//! Aggregation in user space: turns the kernel's counters and the rare process events into
+//! per-process records and per-cgroup totals. Bounded: past `max_processes` records, finished
+//! processes are folded into one "others" record, so a fork storm cannot grow the agent.
+
+use std::collections::HashMap;
+
+use profiler_common::{mapping_kind, MemoryCounters, ProcessCounters};
+use serde::Serialize;
+
+use crate::probes::{ProbeEvent, ProcessExit, ProcessStart};
+
+/// Reserved address space by kind, from the mmap counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct MappedBytes {
+    pub anonymous: u64,
+    pub file: u64,
+    pub stack: u64,
+    pub shared: u64,
+    pub no_access: u64,
+}
+
+impl MappedBytes {
+    pub fn from_counters(counters: &MemoryCounters) -> Self {
+        let bytes = &counters.mmap_bytes;
+        Self {
+            anonymous: bytes[mapping_kind::ANONYMOUS],
+            file: bytes[mapping_kind::FILE],
+            stack: bytes[mapping_kind::STACK],
+            shared: bytes[mapping_kind::SHARED],
+            no_access: bytes[mapping_kind::NO_ACCESS],
+        }
+    }
+
+    pub fn total(&self) -> u64 {
+        self.anonymous + self.file + self.stack + self.shared + self.no_access
+    }
+}
+
+/// What a set of tasks did, in the terms users reason about.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ActivitySummary {
+    pub threads_created: u64,
+    pub processes_created: u64,
+    /// Most tasks (threads, main threads included) alive at once, when known.
+    pub peak_tasks: Option<u64>,
+    pub tasks_exited: u64,
+    pub execs: u64,
+    pub mmap_calls: u64,
+    pub mmap_failures: u64,
+    pub mmapped: MappedBytes,
+    pub munmap_calls: u64,
+    pub munmapped_bytes: u64,
+    pub brk_calls: u64,
+    pub brk_grown_bytes: u64,
+    pub brk_shrunk_bytes: u64,
+}
+
+impl ActivitySummary {
+    /// `baseline_tasks`: tasks present when counting began (None: unknown, so no peak).
+    pub fn from_counters(counters: &MemoryCounters, baseline_tasks: Option<u64>) -> Self {
+        Self {
+            threads_created: counters.threads_created,
+            processes_created: counters.processes_created,
+            peak_tasks: baseline_tasks
+                .map(|baseline| baseline.saturating_add_signed(counters.peak_live_tasks.max(0))),
+            tasks_exited: counters.tasks_exited,
+            execs: counters.execs,
+            mmap_calls: counters.mmap_calls,
+            mmap_failures: counters.mmap_failures,
+            mmapped: MappedBytes::from_counters(counters),
+            munmap_calls: counters.munmap_calls,
+            munmapped_bytes: counters.munmap_bytes,
+            brk_calls: counters.brk_calls,
+            brk_grown_bytes: counters.brk_grown_bytes,
+            brk_shrunk_bytes: counters.brk_shrunk_bytes,
+        }
+    }
+}
+
+/// One process seen during a session.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ProcessRecord {
+    pub pid: u32,
+    /// The process that forked it; None when it arrived by cgroup migration or was already
+    /// running.
+    pub parent_pid: Option<u32>,
+    pub command: String,
+    pub exited: bool,
+    pub activity: ActivitySummary,
+    /// Highest program break minus the first one seen since the last exec.
+    pub brk_heap_bytes: u64,
+}
+
+impl ProcessRecord {
+    fn new(pid: u32) -> Self {
+        Self {
+            pid,
+            parent_pid: None,
+            command: String::new(),
+            exited: false,
+            activity: ActivitySummary::default(),
+            brk_heap_bytes: 0,
+        }
+    }
+
+    fn fill(&mut self, counters: &ProcessCounters) {
+        let baseline = (counters.tasks_known != 0).then_some(0);
+        self.activity = ActivitySummary::from_counters(&counters.counters, baseline);
+        self.brk_heap_bytes = counters.brk_highest.saturating_sub(counters.brk_start);
+    }
+}
+
+/// Processes of one cgroup, built from events and the kernel's process table.
+#[derive(Debug)]
+pub struct ProcessTable {
+    cgroup_id: u64,
+    max_records: usize,
+    running: HashMap<u32, ProcessRecord>,
+    finished: Vec<ProcessRecord>,
+    /// Records not kept because the table was full.
+    pub folded: u64,
+    /// Events that belonged to another cgroup (none expected in a capture session).
+    pub foreign_events: u64,
+}
+
+impl ProcessTable {
+    pub fn new(cgroup_id: u64, max_records: usize) -> Self {
+        Self {
+            cgroup_id,
+            max_records: max_records.max(1),
+            running: HashMap::new(),
+            finished: Vec::new(),
+            folded: 0,
+            foreign_events: 0,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.running.len() + self.finished.len()
+    }
+
+    pub fn apply(&mut self, event: &ProbeEvent) {
+        match event {
+            ProbeEvent::ProcessStart(start) => self.started(start),
+            ProbeEvent::ProcessExit(exit) => self.exited(exit),
+        }
+    }
+
+    fn started(&mut self, start: &ProcessStart) {
+        if start.cgroup_id != self.cgroup_id {
+            self.foreign_events += 1;
+            return;
+        }
+        // A pid reused within the session: the old record is finished.
+        if let Some(previous) = self.running.remove(&start.tgid) {
+            self.finished.push(previous);
+        }
+        if self.len() >= self.max_records {
+            self.folded += 1;
+            return;
+        }
+        let mut record = ProcessRecord::new(start.tgid);
+        record.parent_pid = (start.parent_tgid != 0).then_some(start.parent_tgid);
+        record.command = start.comm.clone();
+        self.running.insert(start.tgid, record);
+    }
+
+    fn exited(&mut self, exit: &ProcessExit) {
+        if exit.cgroup_id != self.cgroup_id {
+            self.foreign_events += 1;
+            return;
+        }
+        let mut record = match self.running.remove(&exit.tgid) {
+            Some(record) => record,
+            None if self.len() < self.max_records => ProcessRecord::new(exit.tgid),
+            None => {
+                self.folded += 1;
+                return;
+            }
+        };
+        record.command = exit.comm.clone();
+        record.exited = true;
+        record.fill(&exit.counters);
+        self.finished.push(record);
+    }
+
+    /// Takes the kernel's view of processes that have not exited (or whose exit event was
+    /// dropped) and returns every record, largest reservation first.
+    pub fn finish(
+        mut self,
+        still_in_kernel: &[(u32, ProcessCounters)],
+    ) -> (Vec<ProcessRecord>, u64) {
+        for (pid, counters) in still_in_kernel {
+            if counters.cgroup_id != self.cgroup_id {
+                continue;
+            }
+            if let Some(record) = self.running.get_mut(pid) {
+                record.fill(counters);
+            } else if self.len() < self.max_records {
+                let mut record = ProcessRecord::new(*pid);
+                record.fill(counters);
+                self.running.insert(*pid, record);
+            } else {
+                self.folded += 1;
+            }
+        }
+        let mut records: Vec<ProcessRecord> = self
+            .finished
+            .into_iter()
+            .chain(self.running.into_values())
+            .collect();
+        records.sort_by(|a, b| {
+            b.activity
+                .mmapped
+                .total()
+                .cmp(&a.activity.mmapped.total())
+                .then(a.pid.cmp(&b.pid))
+        });
+        (records, self.folded)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn counters(threads: u64, anon: u64) -> ProcessCounters {
+        let mut counters = ProcessCounters::default();
+        counters.counters.threads_created = threads;
+        counters.counters.mmap_bytes[mapping_kind::ANONYMOUS] = anon;
+        counters.counters.peak_live_tasks = 1 + threads as i64;
+        counters.tasks_known = 1;
+        counters.cgroup_id = 5;
+        counters.brk_start = 1000;
+        counters.brk_highest = 5096;
+        counters
+    }
+
+    fn start(pid: u32, parent: u32) -> ProbeEvent {
+        ProbeEvent::ProcessStart(ProcessStart {
+            tgid: pid,
+            parent_tgid: parent,
+            cgroup_id: 5,
+            timestamp_ns: 1,
+            comm: "parent".into(),
+        })
+    }
+
+    fn exit(pid: u32, threads: u64, anon: u64) -> ProbeEvent {
+        ProbeEvent::ProcessExit(ProcessExit {
+            tgid: pid,
+            cgroup_id: 5,
+            timestamp_ns: 2,
+            comm: "child".into(),
+            counters: counters(threads, anon),
+        })
+    }
+
+    #[test]
+    fn start_then_exit_makes_one_finished_record() {
+        let mut table = ProcessTable::new(5, 10);
+        table.apply(&start(10, 1));
+        table.apply(&exit(10, 7, 3 << 26));
+        let (records, folded) = table.finish(&[]);
+        assert_eq!(folded, 0);
+        assert_eq!(records.len(), 1);
+        let record = &records[0];
+        assert_eq!(record.parent_pid, Some(1));
+        assert_eq!(record.command, "child");
+        assert!(record.exited);
+        assert_eq!(record.activity.threads_created, 7);
+        assert_eq!(record.activity.peak_tasks, Some(8));
+        assert_eq!(record.activity.mmapped.anonymous, 192 << 20);
+        assert_eq!(record.brk_heap_bytes, 4096);
+    }
+
+    #[test]
+    fn running_processes_come_from_the_kernel_table() {
+        let mut table = ProcessTable::new(5, 10);
+        table.apply(&start(11, 0));
+        let mut other_cgroup = counters(1, 1);
+        other_cgroup.cgroup_id = 6;
+        let (records, _) = table.finish(&[(11, counters(2, 4096)), (12, other_cgroup)]);
+        assert_eq!(records.len(), 1);
+        assert!(!records[0].exited);
+        assert_eq!(records[0].activity.threads_created, 2);
+        assert_eq!(records[0].parent_pid, None);
+    }
+
+    #[test]
+    fn table_is_bounded_and_counts_what_it_folds() {
+        let mut table = ProcessTable::new(5, 2);
+        for pid in 1..=5 {
+            table.apply(&start(pid, 0));
+            table.apply(&exit(pid, 0, u64::from(pid)));
+        }
+        let (records, folded) = table.finish(&[]);
+        assert_eq!(records.len(), 2);
+        assert_eq!(folded, 3);
+    }
+
+    #[test]
+    fn unknown_baseline_gives_no_peak() {
+        let mut counters = counters(3, 0);
+        counters.tasks_known = 0;
+        let mut record = ProcessRecord::new(1);
+        record.fill(&counters);
+        assert_eq!(record.activity.peak_tasks, None);
+    }
+}

@@ -1,0 +1,170 @@
+//! Decoding of the ring buffer's records. Every record is checked for kind and exact size
+//! before it is read, so a mismatched or corrupt record is an error, never a misread.
+
+use profiler_common::{
+    event_kind, EventHeader, ProcessCounters, ProcessExitEvent, ProcessStartEvent,
+};
+use thiserror::Error;
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("ring buffer record of {0} bytes is shorter than an event header")]
+    TooShort(usize),
+    #[error("ring buffer record has unknown event kind {0}")]
+    UnknownKind(u32),
+    #[error("ring buffer record of kind {kind} has {actual} bytes, expected {expected}")]
+    WrongSize {
+        kind: u32,
+        expected: usize,
+        actual: usize,
+    },
+}
+
+/// A process was born in, or moved into, a traced cgroup.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProcessStart {
+    pub tgid: u32,
+    pub parent_tgid: u32,
+    pub cgroup_id: u64,
+    pub timestamp_ns: u64,
+    pub comm: String,
+}
+
+/// A process's last thread exited.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProcessExit {
+    pub tgid: u32,
+    pub cgroup_id: u64,
+    pub timestamp_ns: u64,
+    pub comm: String,
+    pub counters: ProcessCounters,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ProbeEvent {
+    ProcessStart(ProcessStart),
+    ProcessExit(ProcessExit),
+}
+
+/// Reads a `#[repr(C)]` plain-old-data wire struct from the front of `bytes`.
+fn read_pod<T: aya::Pod>(bytes: &[u8]) -> Option<T> {
+    if bytes.len() < size_of::<T>() {
+        return None;
+    }
+    // SAFETY: the length is checked above; T is Pod (any bit pattern is valid) and
+    // read_unaligned makes no alignment assumption about the ring buffer's memory.
+    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
+}
+
+/// The command name as text, up to its first NUL.
+pub fn comm_to_string(comm: &[u8; 16]) -> String {
+    let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
+    String::from_utf8_lossy(&comm[..end]).into_owned()
+}
+
+fn expect_size(kind: u32, expected: usize, actual: usize) -> Result<(), DecodeError> {
+    if actual == expected {
+        Ok(())
+    } else {
+        Err(DecodeError::WrongSize {
+            kind,
+            expected,
+            actual,
+        })
+    }
+}
+
+/// Decodes one ring buffer record.
+pub fn decode_event(bytes: &[u8]) -> Result<ProbeEvent, DecodeError> {
+    let header: EventHeader = read_pod(bytes).ok_or(DecodeError::TooShort(bytes.len()))?;
+    match header.kind {
+        event_kind::PROCESS_START => {
+            expect_size(header.kind, size_of::<ProcessStartEvent>(), bytes.len())?;
+            let event: ProcessStartEvent =
+                read_pod(bytes).ok_or(DecodeError::TooShort(bytes.len()))?;
+            Ok(ProbeEvent::ProcessStart(ProcessStart {
+                tgid: header.tgid,
+                parent_tgid: event.parent_tgid,
+                cgroup_id: header.cgroup_id,
+                timestamp_ns: header.timestamp_ns,
+                comm: comm_to_string(&event.comm),
+            }))
+        }
+        event_kind::PROCESS_EXIT => {
+            expect_size(header.kind, size_of::<ProcessExitEvent>(), bytes.len())?;
+            let event: ProcessExitEvent =
+                read_pod(bytes).ok_or(DecodeError::TooShort(bytes.len()))?;
+            Ok(ProbeEvent::ProcessExit(ProcessExit {
+                tgid: header.tgid,
+                cgroup_id: header.cgroup_id,
+                timestamp_ns: header.timestamp_ns,
+                comm: comm_to_string(&event.comm),
+                counters: event.process,
+            }))
+        }
+        other => Err(DecodeError::UnknownKind(other)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn as_bytes<T: aya::Pod>(value: &T) -> Vec<u8> {
+        // SAFETY: T is Pod, so viewing it as bytes is valid for its whole size.
+        unsafe { std::slice::from_raw_parts((value as *const T).cast::<u8>(), size_of::<T>()) }
+            .to_vec()
+    }
+
+    #[test]
+    fn decodes_process_exit_with_counters() {
+        let mut event = ProcessExitEvent::default();
+        event.header.kind = event_kind::PROCESS_EXIT;
+        event.header.tgid = 4242;
+        event.header.cgroup_id = 77;
+        event.process.counters.threads_created = 7;
+        event.comm[..4].copy_from_slice(b"demo");
+        let decoded = decode_event(&as_bytes(&event));
+        let Ok(ProbeEvent::ProcessExit(exit)) = decoded else {
+            panic!("unexpected {decoded:?}");
+        };
+        assert_eq!(exit.tgid, 4242);
+        assert_eq!(exit.cgroup_id, 77);
+        assert_eq!(exit.comm, "demo");
+        assert_eq!(exit.counters.counters.threads_created, 7);
+    }
+
+    #[test]
+    fn decodes_process_start() {
+        let mut event = ProcessStartEvent::default();
+        event.header.kind = event_kind::PROCESS_START;
+        event.header.tgid = 10;
+        event.parent_tgid = 9;
+        event.comm = *b"sixteen-chars-xx";
+        let Ok(ProbeEvent::ProcessStart(start)) = decode_event(&as_bytes(&event)) else {
+            panic!("not a start event");
+        };
+        assert_eq!(start.parent_tgid, 9);
+        assert_eq!(start.comm, "sixteen-chars-xx");
+    }
+
+    #[test]
+    fn rejects_short_unknown_and_missized_records() {
+        assert_eq!(decode_event(&[1, 2, 3]), Err(DecodeError::TooShort(3)));
+        let mut header = EventHeader::default();
+        header.kind = 99;
+        assert_eq!(
+            decode_event(&as_bytes(&header)),
+            Err(DecodeError::UnknownKind(99))
+        );
+        header.kind = event_kind::PROCESS_EXIT;
+        assert_eq!(
+            decode_event(&as_bytes(&header)),
+            Err(DecodeError::WrongSize {
+                kind: event_kind::PROCESS_EXIT,
+                expected: size_of::<ProcessExitEvent>(),
+                actual: size_of::<EventHeader>(),
+            })
+        );
+    }
+}

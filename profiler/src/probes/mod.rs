@@ -1,0 +1,286 @@
+//! Loading, attaching and reading headroom's eBPF probes.
+//!
+//! [`Probes`] owns the loaded object. Dropping it detaches every program (aya links are not
+//! pinned), so an early return, an error or an unwinding panic all leave the kernel clean.
+
+mod events;
+pub mod preflight;
+
+use std::path::Path;
+
+use aya::{
+    maps::{HashMap, MapData, MapError, PerCpuArray, RingBuf},
+    programs::{ProgramError, TracePoint},
+    Ebpf, EbpfError, EbpfLoader,
+};
+pub use events::{decode_event, DecodeError, ProbeEvent, ProcessExit, ProcessStart};
+use profiler_common::{
+    capacity, drop_reason, global, map, program, MemoryCounters, ProcessCounters,
+};
+use thiserror::Error;
+use tokio::io::{unix::AsyncFd, Interest};
+
+/// The compiled eBPF object, built by build.rs and embedded in the binary.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/profiler"));
+
+/// Every tracepoint headroom attaches: (program name, category, event).
+pub const TRACEPOINTS: [(&str, &str, &str); 8] = [
+    (program::TASK_NEWTASK, "task", "task_newtask"),
+    (program::SCHED_PROCESS_EXIT, "sched", "sched_process_exit"),
+    (program::SCHED_PROCESS_EXEC, "sched", "sched_process_exec"),
+    (program::CGROUP_ATTACH_TASK, "cgroup", "cgroup_attach_task"),
+    (program::SYS_ENTER_MMAP, "syscalls", "sys_enter_mmap"),
+    (program::SYS_EXIT_MMAP, "syscalls", "sys_exit_mmap"),
+    (program::SYS_ENTER_MUNMAP, "syscalls", "sys_enter_munmap"),
+    (program::SYS_EXIT_BRK, "syscalls", "sys_exit_brk"),
+];
+
+#[derive(Debug, Error)]
+pub enum ProbeError {
+    #[error(transparent)]
+    Preflight(#[from] preflight::PreflightError),
+    #[error("loading the eBPF object into the kernel failed")]
+    Load(#[source] EbpfError),
+    #[error("the eBPF object has no program `{0}` (build mismatch: rebuild headroom)")]
+    MissingProgram(&'static str),
+    #[error("the eBPF object has no map `{0}` (build mismatch: rebuild headroom)")]
+    MissingMap(&'static str),
+    #[error("the kernel refused to load program `{name}`")]
+    ProgramLoad {
+        name: &'static str,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("attaching program `{name}` to tracepoint {category}:{event} failed")]
+    Attach {
+        name: &'static str,
+        category: &'static str,
+        event: &'static str,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("map `{name}` has an unexpected type or layout")]
+    MapType {
+        name: &'static str,
+        #[source]
+        source: MapError,
+    },
+    #[error("reading map `{name}` failed")]
+    MapRead {
+        name: &'static str,
+        #[source]
+        source: MapError,
+    },
+    #[error("updating map `{name}` failed")]
+    MapWrite {
+        name: &'static str,
+        #[source]
+        source: MapError,
+    },
+    #[error("watching the event ring buffer failed")]
+    RingBufPoll(#[source] std::io::Error),
+}
+
+/// What to trace and how big the kernel maps may grow.
+#[derive(Clone, Debug)]
+pub struct ProbeConfig {
+    /// Count every cgroup on the host (agent) instead of only the ones passed to
+    /// [`Probes::track_cgroup`] (capture sessions).
+    pub trace_all_cgroups: bool,
+    /// Cgroups counted at once.
+    pub max_cgroups: u32,
+    /// Processes counted at once (LRU).
+    pub max_processes: u32,
+}
+
+impl Default for ProbeConfig {
+    fn default() -> Self {
+        Self {
+            trace_all_cgroups: false,
+            max_cgroups: capacity::CGROUPS,
+            max_processes: capacity::PROCESSES,
+        }
+    }
+}
+
+/// Events lost or updates skipped, summed over CPUs, by reason.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct DropCounts {
+    pub ringbuf_full: u64,
+    pub pending_mmaps_full: u64,
+    pub cgroup_map_full: u64,
+    pub process_map_full: u64,
+}
+
+impl DropCounts {
+    pub fn total(&self) -> u64 {
+        self.ringbuf_full + self.pending_mmaps_full + self.cgroup_map_full + self.process_map_full
+    }
+}
+
+/// The loaded and attached probes, with typed handles on their maps.
+pub struct Probes {
+    // Field order matters for drop: the maps close first, then `ebpf` detaches the programs.
+    cgroup_counters: HashMap<MapData, u64, MemoryCounters>,
+    process_counters: HashMap<MapData, u32, ProcessCounters>,
+    tracked_cgroups: HashMap<MapData, u64, u8>,
+    drops: PerCpuArray<MapData, u64>,
+    events: Option<RingBuf<MapData>>,
+    _ebpf: Ebpf,
+}
+
+impl Probes {
+    /// Checks privileges and kernel features, loads the object and attaches every program.
+    pub fn load(config: &ProbeConfig) -> Result<Self, ProbeError> {
+        preflight::check(Path::new("/"))?;
+        let trace_all = u8::from(config.trace_all_cgroups);
+        let mut ebpf = EbpfLoader::new()
+            .override_global(global::TRACE_ALL_CGROUPS, &trace_all, true)
+            .map_max_entries(map::CGROUP_COUNTERS, config.max_cgroups)
+            .map_max_entries(map::PROCESS_COUNTERS, config.max_processes)
+            .load(EBPF_OBJECT)
+            .map_err(|err| match preflight::explain_load_error(&err) {
+                Some(preflight_error) => ProbeError::Preflight(preflight_error),
+                None => ProbeError::Load(err),
+            })?;
+
+        for (name, category, event) in TRACEPOINTS {
+            let program: &mut TracePoint = ebpf
+                .program_mut(name)
+                .ok_or(ProbeError::MissingProgram(name))?
+                .try_into()
+                .map_err(|source| ProbeError::ProgramLoad { name, source })?;
+            program
+                .load()
+                .map_err(|source| ProbeError::ProgramLoad { name, source })?;
+            program
+                .attach(category, event)
+                .map_err(|source| ProbeError::Attach {
+                    name,
+                    category,
+                    event,
+                    source,
+                })?;
+        }
+
+        Ok(Self {
+            cgroup_counters: take_map(&mut ebpf, map::CGROUP_COUNTERS)?,
+            process_counters: take_map(&mut ebpf, map::PROCESS_COUNTERS)?,
+            tracked_cgroups: take_map(&mut ebpf, map::TRACKED_CGROUPS)?,
+            drops: take_map(&mut ebpf, map::DROPS)?,
+            events: Some(take_map(&mut ebpf, map::EVENTS)?),
+            _ebpf: ebpf,
+        })
+    }
+
+    /// Starts counting the cgroup with this cgroup v2 id (capture sessions).
+    pub fn track_cgroup(&mut self, cgroup_id: u64) -> Result<(), ProbeError> {
+        self.tracked_cgroups
+            .insert(cgroup_id, 1, 0)
+            .map_err(|source| ProbeError::MapWrite {
+                name: map::TRACKED_CGROUPS,
+                source,
+            })
+    }
+
+    /// The kernel's counters for one cgroup, or `None` if nothing happened in it yet.
+    pub fn cgroup_counters(&self, cgroup_id: u64) -> Result<Option<MemoryCounters>, ProbeError> {
+        match self.cgroup_counters.get(&cgroup_id, 0) {
+            Ok(counters) => Ok(Some(counters)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(source) => Err(ProbeError::MapRead {
+                name: map::CGROUP_COUNTERS,
+                source,
+            }),
+        }
+    }
+
+    /// Processes still in the kernel's table (alive, or exited while the event was dropped).
+    pub fn live_processes(&self) -> Result<Vec<(u32, ProcessCounters)>, ProbeError> {
+        self.process_counters
+            .iter()
+            .map(|entry| {
+                entry.map_err(|source| ProbeError::MapRead {
+                    name: map::PROCESS_COUNTERS,
+                    source,
+                })
+            })
+            .collect()
+    }
+
+    /// Drops by reason, summed over CPUs.
+    pub fn drops(&self) -> Result<DropCounts, ProbeError> {
+        let read = |reason: u32| -> Result<u64, ProbeError> {
+            let per_cpu = self
+                .drops
+                .get(&reason, 0)
+                .map_err(|source| ProbeError::MapRead {
+                    name: map::DROPS,
+                    source,
+                })?;
+            Ok(per_cpu.iter().sum())
+        };
+        Ok(DropCounts {
+            ringbuf_full: read(drop_reason::RINGBUF_FULL)?,
+            pending_mmaps_full: read(drop_reason::PENDING_MMAPS_FULL)?,
+            cgroup_map_full: read(drop_reason::CGROUP_MAP_FULL)?,
+            process_map_full: read(drop_reason::PROCESS_MAP_FULL)?,
+        })
+    }
+
+    /// Hands out the ring buffer of rare events as an async stream. Only the first call gets it.
+    /// Must be called inside a tokio runtime with I/O enabled.
+    pub fn take_event_stream(&mut self) -> Result<Option<EventStream>, ProbeError> {
+        match self.events.take() {
+            Some(ring) => {
+                // SAFETY: the RingBuf owns its map fd for its whole life and always returns
+                // the same one from as_raw_fd; the AsyncFd takes ownership of the RingBuf.
+                let ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
+                    .map_err(|err| ProbeError::RingBufPoll(err.into()))?;
+                Ok(Some(EventStream { ring }))
+            }
+            None => Ok(None),
+        }
+    }
+}
+
+fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, ProbeError>
+where
+    T: TryFrom<aya::maps::Map, Error = MapError>,
+{
+    let map = ebpf.take_map(name).ok_or(ProbeError::MissingMap(name))?;
+    T::try_from(map).map_err(|source| ProbeError::MapType { name, source })
+}
+
+/// Rare events from the kernel, decoded.
+pub struct EventStream {
+    ring: AsyncFd<RingBuf<MapData>>,
+}
+
+impl EventStream {
+    /// Waits until events are ready, then decodes all that are, in order. Records that fail to
+    /// decode are returned as errors, not skipped.
+    pub async fn next_batch(&mut self) -> Result<Vec<Result<ProbeEvent, DecodeError>>, ProbeError> {
+        let mut guard = self
+            .ring
+            .readable_mut()
+            .await
+            .map_err(ProbeError::RingBufPoll)?;
+        let batch = drain(guard.get_inner_mut());
+        guard.clear_ready();
+        Ok(batch)
+    }
+
+    /// Decodes whatever is already in the ring buffer without waiting.
+    pub fn drain_now(&mut self) -> Vec<Result<ProbeEvent, DecodeError>> {
+        drain(self.ring.get_mut())
+    }
+}
+
+fn drain(ring: &mut RingBuf<MapData>) -> Vec<Result<ProbeEvent, DecodeError>> {
+    let mut batch = Vec::new();
+    while let Some(item) = ring.next() {
+        batch.push(decode_event(&item));
+    }
+    batch
+}
