@@ -117,7 +117,7 @@ pub struct ProcessTable {
     max_records: usize,
     running: HashMap<u32, ProcessRecord>,
     finished: Vec<ProcessRecord>,
-    /// Records not kept because the table was full.
+    /// Processes not kept because the table was full.
     pub folded: u64,
     /// Events that belonged to another cgroup (none expected in a capture session).
     pub foreign_events: u64,
@@ -156,7 +156,7 @@ impl ProcessTable {
             self.finished.push(previous);
         }
         if self.len() >= self.max_records {
-            self.folded += 1;
+            // Counted as folded when it exits or at the end, not here, so once per process.
             return;
         }
         let mut record = ProcessRecord::new(start.tgid);
@@ -247,13 +247,13 @@ mod tests {
     }
 
     fn exit(pid: u32, threads: u64, anon: u64) -> ProbeEvent {
-        ProbeEvent::ProcessExit(ProcessExit {
+        ProbeEvent::ProcessExit(Box::new(ProcessExit {
             tgid: pid,
             cgroup_id: 5,
             timestamp_ns: 2,
             comm: "child".into(),
             counters: counters(threads, anon),
-        })
+        }))
     }
 
     #[test]

@@ -289,10 +289,12 @@ mod tests {
             resolve_command("./no/such/file"),
             Err(CaptureError::CommandNotFound(_))
         ));
-        assert!(matches!(
-            resolve_command("/etc/hostname"),
-            Err(CaptureError::NotExecutable(_))
-        ));
+        let plain_file =
+            std::env::temp_dir().join(format!("headroom-plain-{}", std::process::id()));
+        std::fs::write(&plain_file, "not a program").expect("temp file");
+        let resolved = resolve_command(plain_file.to_str().expect("utf-8"));
+        std::fs::remove_file(&plain_file).expect("cleanup");
+        assert!(matches!(resolved, Err(CaptureError::NotExecutable(_))));
     }
 
     #[test]

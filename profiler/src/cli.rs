@@ -50,12 +50,7 @@ pub struct CaptureArgs {
     pub max_processes: u32,
 
     /// The command to run, and its arguments (after `--`).
-    #[arg(
-        required = true,
-        trailing_var_arg = true,
-        allow_hyphen_values = true,
-        value_name = "COMMAND"
-    )]
+    #[arg(required = true, last = true, value_name = "COMMAND")]
     pub command: Vec<String>,
 }
 
@@ -127,6 +122,17 @@ mod tests {
     }
 
     #[test]
+    fn the_command_must_follow_double_dash() {
+        let err = Cli::try_parse_from(["headroom", "capture", "ls", "-l"]).expect_err("no --");
+        assert_eq!(err.kind(), clap::error::ErrorKind::UnknownArgument);
+        let cli =
+            Cli::try_parse_from(["headroom", "capture", "--", "ls", "--json", "x"]).expect("valid");
+        let Command::Capture(args) = cli.command;
+        assert_eq!(args.command, ["ls", "--json", "x"]);
+        assert_eq!(args.json, None);
+    }
+
+    #[test]
     fn capture_without_a_command_is_a_usage_error() {
         let err = Cli::try_parse_from(["headroom", "capture"]).expect_err("missing command");
         assert_eq!(err.kind(), clap::error::ErrorKind::MissingRequiredArgument);
@@ -153,14 +159,10 @@ mod tests {
             .expect("capture exists")
             .render_long_help()
             .to_string();
-        for flag in [
-            "--json",
-            "--quiet",
-            "--max-processes",
-            "--log-level",
-            "COMMAND",
-        ] {
+        for flag in ["--json", "--quiet", "--max-processes", "COMMAND"] {
             assert!(help.contains(flag), "capture --help lacks {flag}:\n{help}");
         }
+        let top = Cli::command().render_long_help().to_string();
+        assert!(top.contains("--log-level"), "{top}");
     }
 }

@@ -1,1 +1,173 @@
-fn main() {}
+//! Project automation: what cargo alone cannot do.
+//!
+//! - `cargo xtask setup`: installs and checks the eBPF toolchain (idempotent, prints each step).
+//! - `cargo xtask demo`:  setup, build, and capture the bundled demo workload.
+//! - `cargo xtask test`:  setup, fmt, clippy (host and BPF target), and every test, the
+//!   privileged eBPF suite included.
+mod setup;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::Instant,
+};
+
+use anyhow::{bail, Context as _, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "headroom project automation")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what building eBPF needs (llvm-22-dev, bpf-linker 0.13.0 for LLVM 22, rust-src).
+    Setup,
+    /// Setup, build in release mode, and capture the bundled demo workload.
+    Demo,
+    /// Setup, then fmt --check, clippy -D warnings (host and BPF target), and all tests.
+    Test,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Task::Setup => setup::run().map(|_| ()),
+        Task::Demo => demo(),
+        Task::Test => test(),
+    };
+    if let Err(err) = result {
+        eprintln!("xtask: error: {err}");
+        for cause in err.chain().skip(1) {
+            eprintln!("  caused by: {cause}");
+        }
+        std::process::exit(1);
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// Runs a command from the workspace root, echoing it, and fails if it fails.
+fn run(mut command: Command) -> Result<()> {
+    command.current_dir(workspace_root());
+    eprintln!("[xtask] $ {}", describe(&command));
+    let status = command
+        .status()
+        .with_context(|| format!("cannot start {}", describe(&command)))?;
+    if !status.success() {
+        bail!("`{}` failed with {status}", describe(&command));
+    }
+    Ok(())
+}
+
+fn describe(command: &Command) -> String {
+    std::iter::once(command.get_program())
+        .chain(command.get_args())
+        .map(|part| part.to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+}
+
+fn require_root(task: &str) -> Result<()> {
+    if !setup::is_root() {
+        bail!(
+            "`cargo xtask {task}` loads eBPF programs and creates cgroups, which needs root. \
+             Run it as root (e.g. `sudo -E env PATH=$PATH cargo xtask {task}`)"
+        );
+    }
+    Ok(())
+}
+
+fn demo() -> Result<()> {
+    require_root("demo")?;
+    setup::run()?;
+    let mut build = cargo();
+    build.args(["build", "--locked", "--release", "--package", "profiler"]);
+    run(build)?;
+
+    let root = workspace_root();
+    let workload_dir = root.join("target/workloads");
+    std::fs::create_dir_all(&workload_dir)
+        .with_context(|| format!("cannot create {}", workload_dir.display()))?;
+    let demo = workload_dir.join("demo_service");
+    let mut compile = Command::new("gcc");
+    compile
+        .args(["-O1", "-g", "-fno-omit-frame-pointer", "-pthread", "-o"])
+        .arg(&demo)
+        .arg(root.join("tests/workloads/demo_service.c"));
+    run(compile)?;
+
+    eprintln!(
+        "[xtask] capturing the demo workload: a service that warms a cache at startup, runs a \
+         worker pool and takes one burst of traffic"
+    );
+    let mut capture = Command::new(root.join("target/release/headroom"));
+    capture.arg("capture").arg("--").arg(&demo);
+    run(capture)
+}
+
+fn test() -> Result<()> {
+    require_root("test")?;
+    let started = Instant::now();
+    let toolchain = setup::run()?;
+
+    let mut fmt = cargo();
+    fmt.args(["fmt", "--all", "--check"]);
+    run(fmt)?;
+
+    let mut clippy = cargo();
+    clippy.args([
+        "clippy",
+        "--locked",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]);
+    run(clippy)?;
+
+    // The eBPF crate, linted on its own target (it never builds for the host).
+    let mut clippy_bpf = Command::new("rustup");
+    clippy_bpf
+        .args([
+            "run",
+            &toolchain.ebpf_toolchain,
+            "cargo",
+            "clippy",
+            "--locked",
+        ])
+        .args([
+            "--package",
+            "profiler-ebpf",
+            "--target",
+            "bpfel-unknown-none",
+        ])
+        .args(["-Z", "build-std=core", "--release", "--", "-D", "warnings"]);
+    run(clippy_bpf)?;
+
+    // HEADROOM_REQUIRE_PRIVILEGED turns a privileged test that cannot load BPF into a failure,
+    // never a skip.
+    let mut tests = cargo();
+    tests
+        .args(["test", "--locked", "--no-fail-fast"])
+        .env("HEADROOM_REQUIRE_PRIVILEGED", "1");
+    run(tests)?;
+
+    eprintln!(
+        "[xtask] all checks and tests passed in {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}

@@ -133,7 +133,7 @@ pub fn classify_mmap(prot: u64, flags: u64) -> usize {
 pub fn page_round_up(len: u64) -> u64 {
     match len.checked_add(PAGE_SIZE - 1) {
         Some(padded) => padded & !(PAGE_SIZE - 1),
-        None => u64::MAX & !(PAGE_SIZE - 1),
+        None => !(PAGE_SIZE - 1),
     }
 }
 
@@ -325,6 +325,6 @@ mod tests {
         assert_eq!(page_round_up(1), 4096);
         assert_eq!(page_round_up(4096), 4096);
         assert_eq!(page_round_up(4097), 8192);
-        assert_eq!(page_round_up(u64::MAX), u64::MAX & !4095);
+        assert_eq!(page_round_up(u64::MAX), !4095);
     }
 }

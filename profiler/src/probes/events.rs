@@ -43,7 +43,8 @@ pub struct ProcessExit {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ProbeEvent {
     ProcessStart(ProcessStart),
-    ProcessExit(ProcessExit),
+    /// Boxed: it carries the full counters, five times the size of a start.
+    ProcessExit(Box<ProcessExit>),
 }
 
 /// Reads a `#[repr(C)]` plain-old-data wire struct from the front of `bytes`.
@@ -94,13 +95,13 @@ pub fn decode_event(bytes: &[u8]) -> Result<ProbeEvent, DecodeError> {
             expect_size(header.kind, size_of::<ProcessExitEvent>(), bytes.len())?;
             let event: ProcessExitEvent =
                 read_pod(bytes).ok_or(DecodeError::TooShort(bytes.len()))?;
-            Ok(ProbeEvent::ProcessExit(ProcessExit {
+            Ok(ProbeEvent::ProcessExit(Box::new(ProcessExit {
                 tgid: header.tgid,
                 cgroup_id: header.cgroup_id,
                 timestamp_ns: header.timestamp_ns,
                 comm: comm_to_string(&event.comm),
                 counters: event.process,
-            }))
+            })))
         }
         other => Err(DecodeError::UnknownKind(other)),
     }
@@ -151,8 +152,10 @@ mod tests {
     #[test]
     fn rejects_short_unknown_and_missized_records() {
         assert_eq!(decode_event(&[1, 2, 3]), Err(DecodeError::TooShort(3)));
-        let mut header = EventHeader::default();
-        header.kind = 99;
+        let mut header = EventHeader {
+            kind: 99,
+            ..Default::default()
+        };
         assert_eq!(
             decode_event(&as_bytes(&header)),
             Err(DecodeError::UnknownKind(99))

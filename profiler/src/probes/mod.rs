@@ -40,7 +40,7 @@ pub enum ProbeError {
     #[error(transparent)]
     Preflight(#[from] preflight::PreflightError),
     #[error("loading the eBPF object into the kernel failed")]
-    Load(#[source] EbpfError),
+    Load(#[source] Box<EbpfError>),
     #[error("the eBPF object has no program `{0}` (build mismatch: rebuild headroom)")]
     MissingProgram(&'static str),
     #[error("the eBPF object has no map `{0}` (build mismatch: rebuild headroom)")]
@@ -49,7 +49,7 @@ pub enum ProbeError {
     ProgramLoad {
         name: &'static str,
         #[source]
-        source: ProgramError,
+        source: Box<ProgramError>,
     },
     #[error("attaching program `{name}` to tracepoint {category}:{event} failed")]
     Attach {
@@ -57,25 +57,25 @@ pub enum ProbeError {
         category: &'static str,
         event: &'static str,
         #[source]
-        source: ProgramError,
+        source: Box<ProgramError>,
     },
     #[error("map `{name}` has an unexpected type or layout")]
     MapType {
         name: &'static str,
         #[source]
-        source: MapError,
+        source: Box<MapError>,
     },
     #[error("reading map `{name}` failed")]
     MapRead {
         name: &'static str,
         #[source]
-        source: MapError,
+        source: Box<MapError>,
     },
     #[error("updating map `{name}` failed")]
     MapWrite {
         name: &'static str,
         #[source]
-        source: MapError,
+        source: Box<MapError>,
     },
     #[error("watching the event ring buffer failed")]
     RingBufPoll(#[source] std::io::Error),
@@ -141,7 +141,7 @@ impl Probes {
             .load(EBPF_OBJECT)
             .map_err(|err| match preflight::explain_load_error(&err) {
                 Some(preflight_error) => ProbeError::Preflight(preflight_error),
-                None => ProbeError::Load(err),
+                None => ProbeError::Load(Box::new(err)),
             })?;
 
         for (name, category, event) in TRACEPOINTS {
@@ -149,17 +149,21 @@ impl Probes {
                 .program_mut(name)
                 .ok_or(ProbeError::MissingProgram(name))?
                 .try_into()
-                .map_err(|source| ProbeError::ProgramLoad { name, source })?;
-            program
-                .load()
-                .map_err(|source| ProbeError::ProgramLoad { name, source })?;
+                .map_err(|source| ProbeError::ProgramLoad {
+                    name,
+                    source: Box::new(source),
+                })?;
+            program.load().map_err(|source| ProbeError::ProgramLoad {
+                name,
+                source: Box::new(source),
+            })?;
             program
                 .attach(category, event)
                 .map_err(|source| ProbeError::Attach {
                     name,
                     category,
                     event,
-                    source,
+                    source: Box::new(source),
                 })?;
         }
 
@@ -179,7 +183,7 @@ impl Probes {
             .insert(cgroup_id, 1, 0)
             .map_err(|source| ProbeError::MapWrite {
                 name: map::TRACKED_CGROUPS,
-                source,
+                source: Box::new(source),
             })
     }
 
@@ -190,7 +194,7 @@ impl Probes {
             Err(MapError::KeyNotFound) => Ok(None),
             Err(source) => Err(ProbeError::MapRead {
                 name: map::CGROUP_COUNTERS,
-                source,
+                source: Box::new(source),
             }),
         }
     }
@@ -202,7 +206,7 @@ impl Probes {
             .map(|entry| {
                 entry.map_err(|source| ProbeError::MapRead {
                     name: map::PROCESS_COUNTERS,
-                    source,
+                    source: Box::new(source),
                 })
             })
             .collect()
@@ -216,7 +220,7 @@ impl Probes {
                 .get(&reason, 0)
                 .map_err(|source| ProbeError::MapRead {
                     name: map::DROPS,
-                    source,
+                    source: Box::new(source),
                 })?;
             Ok(per_cpu.iter().sum())
         };
@@ -249,7 +253,10 @@ where
     T: TryFrom<aya::maps::Map, Error = MapError>,
 {
     let map = ebpf.take_map(name).ok_or(ProbeError::MissingMap(name))?;
-    T::try_from(map).map_err(|source| ProbeError::MapType { name, source })
+    T::try_from(map).map_err(|source| ProbeError::MapType {
+        name,
+        source: Box::new(source),
+    })
 }
 
 /// Rare events from the kernel, decoded.

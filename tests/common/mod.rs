@@ -1,0 +1,184 @@
+//! Helpers for the privileged integration tests: privilege gate, workload builds, running the
+//! real `headroom` binary.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Output, Stdio},
+    sync::{Mutex, MutexGuard},
+};
+
+/// Privileged tests run one at a time: several check machine-wide state (loaded BPF programs,
+/// cgroup directories) that a concurrent test would disturb.
+static PRIVILEGED: Mutex<()> = Mutex::new(());
+
+/// Returns a guard to hold for the test, or None when the test must be skipped. In CI
+/// (`CI` set) or under `cargo xtask test` (`HEADROOM_REQUIRE_PRIVILEGED` set) a test that
+/// cannot run fails instead: a skipped privileged suite must never look green.
+pub fn privileged(test: &str) -> Option<MutexGuard<'static, ()>> {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root {
+        let required = std::env::var_os("HEADROOM_REQUIRE_PRIVILEGED").is_some()
+            || std::env::var_os("CI").is_some_and(|v| !v.is_empty() && v != "false");
+        assert!(
+            !required,
+            "{test}: privileged test cannot run: not root (it loads eBPF programs and creates \
+             cgroups). Run `cargo xtask test` as root."
+        );
+        eprintln!(
+            "SKIPPED {test}: needs root (set CI or HEADROOM_REQUIRE_PRIVILEGED to fail instead)"
+        );
+        return None;
+    }
+    Some(
+        PRIVILEGED
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()),
+    )
+}
+
+pub fn headroom() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_headroom"))
+}
+
+static BUILDS: Mutex<()> = Mutex::new(());
+
+/// Compiles tests/workloads/NAME.c (static when asked) and returns the binary's path.
+pub fn workload(name: &str, static_link: bool) -> PathBuf {
+    let _serial = BUILDS
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let source = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/workloads")
+        .join(format!("{name}.c"));
+    let out_dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("workloads");
+    std::fs::create_dir_all(&out_dir).expect("create workload dir");
+    let binary = out_dir.join(if static_link {
+        format!("{name}-static")
+    } else {
+        name.to_owned()
+    });
+    let mut gcc = Command::new("gcc");
+    gcc.args([
+        "-O1",
+        "-g",
+        "-fno-omit-frame-pointer",
+        "-pthread",
+        "-Wall",
+        "-Werror",
+    ]);
+    if static_link {
+        gcc.arg("-static");
+    }
+    let output = gcc
+        .arg("-o")
+        .arg(&binary)
+        .arg(&source)
+        .output()
+        .expect("gcc must be installed (cargo xtask setup installs it)");
+    assert!(
+        output.status.success(),
+        "building {}: {}",
+        source.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    binary
+}
+
+/// The result of one `headroom capture` run.
+pub struct Captured {
+    pub output: Output,
+    pub report: serde_json::Value,
+}
+
+impl Captured {
+    pub fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.output.stderr).into_owned()
+    }
+
+    /// A number at a JSON pointer, e.g. `/totals/threads_created`.
+    pub fn number(&self, pointer: &str) -> u64 {
+        self.report
+            .pointer(pointer)
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or_else(|| panic!("report has no number at {pointer}: {}", self.report))
+    }
+}
+
+/// Runs `headroom capture --json FILE -- command...` and parses the report.
+pub fn capture(command: &[&str]) -> Captured {
+    let report_path = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
+        "report-{}-{}.json",
+        std::process::id(),
+        command
+            .join("_")
+            .replace(['/', ' '], "_")
+            .chars()
+            .take(40)
+            .collect::<String>()
+    ));
+    let output = headroom()
+        .arg("capture")
+        .arg("--json")
+        .arg(&report_path)
+        .arg("--")
+        .args(command)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run headroom");
+    let text = std::fs::read_to_string(&report_path).unwrap_or_else(|err| {
+        panic!(
+            "no report at {} ({err}); headroom stderr:\n{}",
+            report_path.display(),
+            String::from_utf8_lossy(&output.stderr)
+        )
+    });
+    let _ = std::fs::remove_file(&report_path);
+    Captured {
+        output,
+        report: serde_json::from_str(&text).expect("report is JSON"),
+    }
+}
+
+/// Session cgroup directories left by this test process's headroom children.
+pub fn leftover_session_cgroups() -> Vec<PathBuf> {
+    [
+        "/sys/fs/cgroup/unified",
+        "/sys/fs/cgroup",
+        "/sys/fs/cgroup/memory",
+    ]
+    .iter()
+    .flat_map(|root| walk_for_sessions(Path::new(root), 3))
+    .collect()
+}
+
+fn walk_for_sessions(dir: &Path, depth: u32) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return found;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if !path.is_dir() {
+            continue;
+        }
+        if entry
+            .file_name()
+            .to_string_lossy()
+            .starts_with("headroom-capture-")
+        {
+            found.push(path);
+        } else if depth > 0 {
+            found.extend(walk_for_sessions(&path, depth - 1));
+        }
+    }
+    found
+}
+
+/// How many loaded BPF programs have this name (from the kernel's program list).
+pub fn loaded_programs_named(name: &str) -> usize {
+    aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .filter(|info| info.name_as_str() == Some(name))
+        .count()
+}
