@@ -45,9 +45,11 @@ static CGROUP_COUNTERS: HashMap<u64, MemoryCounters> =
 static PROCESS_COUNTERS: LruHashMap<u32, ProcessCounters> =
     LruHashMap::with_max_entries(capacity::PROCESSES, 0);
 
+/// LRU so that an entry whose syscall exit never came (a task killed mid-call) ages out
+/// instead of filling the map over the months an agent runs.
 #[map]
-static PENDING_MMAPS: HashMap<u64, PendingMmap> =
-    HashMap::with_max_entries(capacity::PENDING_MMAPS, 0);
+static PENDING_MMAPS: LruHashMap<u64, PendingMmap> =
+    LruHashMap::with_max_entries(capacity::PENDING_MMAPS, 0);
 
 #[map]
 static TRACKED_CGROUPS: HashMap<u64, u8> = HashMap::with_max_entries(capacity::TRACKED_CGROUPS, 0);

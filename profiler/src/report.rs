@@ -82,6 +82,19 @@ pub fn format_bytes(bytes: u64) -> String {
     format!("{value:.1} {}", UNITS[unit])
 }
 
+/// Quotes an argument for display the way a POSIX shell would need it.
+pub fn shell_quote(arg: &str) -> String {
+    let plain = !arg.is_empty()
+        && arg
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c));
+    if plain {
+        arg.to_owned()
+    } else {
+        format!("'{}'", arg.replace('\'', "'\\''"))
+    }
+}
+
 fn plural(count: u64, one: &str, many: &str) -> String {
     format!("{count} {}", if count == 1 { one } else { many })
 }
@@ -99,7 +112,11 @@ impl CaptureReport {
         let _ = writeln!(
             out,
             "headroom capture: `{}` (pid {}) {ended} after {:.2} s",
-            self.command.join(" "),
+            self.command
+                .iter()
+                .map(|arg| shell_quote(arg))
+                .collect::<Vec<_>>()
+                .join(" "),
             self.pid,
             self.duration_seconds
         );
@@ -249,6 +266,15 @@ mod tests {
         assert_eq!(format_bytes(192 << 20), "192.0 MiB");
         assert_eq!(format_bytes(3 << 30), "3.0 GiB");
         assert_eq!(format_bytes(u64::MAX), "16384.0 PiB");
+    }
+
+    #[test]
+    fn quotes_arguments_for_display() {
+        assert_eq!(shell_quote("ls"), "ls");
+        assert_eq!(shell_quote("/bin/x=1"), "/bin/x=1");
+        assert_eq!(shell_quote("sleep 30 & echo"), "'sleep 30 & echo'");
+        assert_eq!(shell_quote("it's"), "'it'\\''s'");
+        assert_eq!(shell_quote(""), "''");
     }
 
     #[test]

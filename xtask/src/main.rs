@@ -163,11 +163,102 @@ fn test() -> Result<()> {
     tests
         .args(["test", "--locked", "--no-fail-fast"])
         .env("HEADROOM_REQUIRE_PRIVILEGED", "1");
-    run(tests)?;
+    let totals = run_tests(tests)?;
 
     eprintln!(
         "[xtask] all checks and tests passed in {:.0} s",
         started.elapsed().as_secs_f64()
     );
+    println!(
+        "tests: {} passed, {} failed, {} skipped",
+        totals.passed, totals.failed, totals.ignored
+    );
     Ok(())
+}
+
+#[derive(Debug, Default, PartialEq, Eq)]
+struct TestTotals {
+    passed: u64,
+    failed: u64,
+    ignored: u64,
+}
+
+impl TestTotals {
+    /// Adds one libtest summary line: `test result: ok. 9 passed; 0 failed; 1 ignored; ...`.
+    fn add_line(&mut self, line: &str) {
+        let Some(rest) = line.trim().strip_prefix("test result: ") else {
+            return;
+        };
+        for part in rest.split(';') {
+            let mut words = part.split_whitespace().rev();
+            let (Some(label), Some(count)) = (words.next(), words.next()) else {
+                continue;
+            };
+            let Ok(count) = count.parse::<u64>() else {
+                continue;
+            };
+            match label {
+                "passed" => self.passed += count,
+                "failed" => self.failed += count,
+                "ignored" => self.ignored += count,
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Runs `cargo test`, echoing its output, and adds up the per-binary results so that the run
+/// ends with one line that counts every test.
+fn run_tests(mut command: Command) -> Result<TestTotals> {
+    use std::io::{BufRead as _, BufReader};
+    command
+        .current_dir(workspace_root())
+        .stdout(std::process::Stdio::piped());
+    eprintln!("[xtask] $ {}", describe(&command));
+    let mut child = command
+        .spawn()
+        .with_context(|| format!("cannot start {}", describe(&command)))?;
+    let mut totals = TestTotals::default();
+    if let Some(stdout) = child.stdout.take() {
+        for line in BufReader::new(stdout).lines() {
+            let line = line.context("reading cargo test output")?;
+            println!("{line}");
+            totals.add_line(&line);
+        }
+    }
+    let status = child.wait().context("waiting for cargo test")?;
+    if !status.success() || totals.failed > 0 {
+        println!(
+            "tests: {} passed, {} failed, {} skipped",
+            totals.passed, totals.failed, totals.ignored
+        );
+        bail!("`{}` failed with {status}", describe(&command));
+    }
+    if totals.passed == 0 {
+        bail!("cargo test ran no test");
+    }
+    Ok(totals)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn adds_up_libtest_summaries() {
+        let mut totals = TestTotals::default();
+        totals.add_line("test result: ok. 31 passed; 0 failed; 2 ignored; 0 measured; 0 filtered out; finished in 0.03s");
+        totals.add_line(
+            "test result: FAILED. 8 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out",
+        );
+        totals.add_line("running 9 tests");
+        assert_eq!(
+            totals,
+            TestTotals {
+                passed: 39,
+                failed: 1,
+                ignored: 2
+            }
+        );
+    }
 }

@@ -132,6 +132,7 @@ pub struct Probes {
 impl Probes {
     /// Checks privileges and kernel features, loads the object and attaches every program.
     pub fn load(config: &ProbeConfig) -> Result<Self, ProbeError> {
+        let started = std::time::Instant::now();
         preflight::check(Path::new("/"))?;
         let trace_all = u8::from(config.trace_all_cgroups);
         let mut ebpf = EbpfLoader::new()
@@ -167,6 +168,11 @@ impl Probes {
                 })?;
         }
 
+        tracing::info!(
+            programs = TRACEPOINTS.len(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "probes loaded and attached"
+        );
         Ok(Self {
             cgroup_counters: take_map(&mut ebpf, map::CGROUP_COUNTERS)?,
             process_counters: take_map(&mut ebpf, map::PROCESS_COUNTERS)?,
