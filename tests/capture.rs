@@ -32,41 +32,46 @@ fn seven_threads_and_three_64_mib_maps_are_counted_exactly() {
     assert!(run.output.status.success(), "{}", run.stderr());
 
     // Threads: exactly 7 created; main + 7 alive at once (the workload holds them at a barrier).
-    assert_eq!(run.number("/totals/threads_created"), 7);
-    assert_eq!(run.number("/totals/peak_tasks"), 8);
-    assert_eq!(run.number("/totals/tasks_exited"), 8);
-    assert_eq!(run.number("/totals/processes_created"), 0);
-    assert_eq!(run.number("/totals/execs"), 1);
+    assert_eq!(run.target("/activity/threads_created"), 7);
+    assert_eq!(run.target("/activity/peak_tasks"), 8);
+    assert_eq!(run.target("/activity/tasks_exited"), 8);
+    assert_eq!(run.target("/activity/processes_created"), 0);
+    assert_eq!(run.target("/activity/execs"), 1);
 
     // Static binary: every anonymous mapping is one of the workload's three 64 MiB regions.
-    assert_eq!(run.number("/totals/mmapped/anonymous"), 192 * MIB);
-    assert_eq!(run.number("/totals/mmapped/file"), 0);
-    assert_eq!(run.number("/totals/mmapped/shared"), 0);
-    assert_eq!(run.number("/totals/mmapped/no_access"), 0);
+    assert_eq!(run.target("/activity/mmapped/anonymous"), 192 * MIB);
+    assert_eq!(run.target("/activity/mmapped/file"), 0);
+    assert_eq!(run.target("/activity/mmapped/shared"), 0);
+    assert_eq!(run.target("/activity/mmapped/no_access"), 0);
     // Thread stacks: 256 KiB asked per thread; glibc adds its one-page guard to the mapping.
-    assert_eq!(run.number("/totals/mmapped/stack"), 7 * (256 * KIB + PAGE));
-    assert_eq!(run.number("/totals/mmap_calls"), 3 + 7);
-    assert_eq!(run.number("/totals/munmap_calls"), 1);
-    assert_eq!(run.number("/totals/munmapped_bytes"), 64 * MIB);
+    assert_eq!(
+        run.target("/activity/mmapped/stack"),
+        7 * (256 * KIB + PAGE)
+    );
+    assert_eq!(run.target("/activity/mmap_calls"), 3 + 7);
+    assert_eq!(run.target("/activity/munmap_calls"), 1);
+    assert_eq!(run.target("/activity/munmapped_bytes"), 64 * MIB);
 
     // brk: the workload's own 1 MiB, plus glibc's: one page of main-thread TLS at startup and
     // the main arena's first 132 KiB sbrk (pthread_create mallocs each thread's DTV). Never
     // less than the 1 MiB; more than 256 KiB extra would mean we count something wrong.
-    let grown = run.number("/totals/brk_grown_bytes");
+    let grown = run.target("/activity/brk_grown_bytes");
     assert!(
         (1024 * KIB..1280 * KIB).contains(&grown),
         "brk grew {grown}"
     );
 
     // The kernel's own charge: all three regions were touched before one was unmapped.
-    let charged = run.number("/charged/peak_bytes");
+    let charged = run.target("/memory/peak_bytes");
     assert!(
         (192 * MIB..256 * MIB).contains(&charged),
         "charged peak {charged}"
     );
 
     // The per-process record agrees with the cgroup totals.
-    let processes = run.report["processes"].as_array().expect("processes");
+    let processes = run.target_json()["processes"]
+        .as_array()
+        .expect("processes");
     assert_eq!(processes.len(), 1, "{processes:?}");
     let process = &processes[0];
     assert_eq!(process["activity"]["threads_created"], 7);
@@ -76,10 +81,6 @@ fn seven_threads_and_three_64_mib_maps_are_counted_exactly() {
     assert_eq!(run.number("/drops/ringbuf_full"), 0);
     assert_eq!(run.number("/undecodable_events"), 0);
 
-    // The human summary says the same.
-    let summary = run.stderr();
-    assert!(summary.contains("7 created, peak 8 alive"), "{summary}");
-    assert!(summary.contains("anonymous    192.0 MiB"), "{summary}");
     assert!(
         leftover_session_cgroups().is_empty(),
         "session cgroup left behind"
@@ -94,13 +95,15 @@ fn forks_and_execs_are_counted_per_process() {
     // sh forks two background children that exec /bin/true; `wait` is a builtin.
     let run = capture(&["sh", "-c", "/bin/true & wait; /bin/true & wait"]);
     assert!(run.output.status.success(), "{}", run.stderr());
-    assert_eq!(run.number("/totals/processes_created"), 2);
-    assert_eq!(run.number("/totals/execs"), 3);
-    assert_eq!(run.number("/totals/threads_created"), 0);
-    assert_eq!(run.number("/totals/tasks_exited"), 3);
-    assert_eq!(run.number("/totals/peak_tasks"), 2);
-    let processes = run.report["processes"].as_array().expect("processes");
-    let shell_pid = run.number("/pid");
+    assert_eq!(run.target("/activity/processes_created"), 2);
+    assert_eq!(run.target("/activity/execs"), 3);
+    assert_eq!(run.target("/activity/threads_created"), 0);
+    assert_eq!(run.target("/activity/tasks_exited"), 3);
+    assert_eq!(run.target("/activity/peak_tasks"), 2);
+    let processes = run.target_json()["processes"]
+        .as_array()
+        .expect("processes");
+    let shell_pid = run.target("/pids/0");
     let children: Vec<_> = processes
         .iter()
         .filter(|p| p["parent_pid"].as_u64() == Some(shell_pid))
@@ -142,6 +145,9 @@ fn stdio_and_exit_code_pass_through() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.starts_with("oops\n"), "{stderr}");
     assert!(stderr.contains("exited with code 3"), "{stderr}");
+    // The table, on stderr by default for a command.
+    assert!(stderr.contains("MEMORY"), "{stderr}");
+    assert!(stderr.contains("Reserved at its peak, by kind"), "{stderr}");
 }
 
 #[test]
@@ -151,12 +157,7 @@ fn death_by_signal_exits_with_128_plus_the_signal() {
     };
     let run = capture(&["sh", "-c", "kill -TERM $$"]);
     assert_eq!(run.output.status.code(), Some(128 + 15));
-    assert_eq!(run.report["exit"]["signal"], 15);
-    assert!(
-        run.stderr().contains("was killed by signal 15"),
-        "{}",
-        run.stderr()
-    );
+    assert_eq!(run.target_json()["exit"]["signal"], 15);
 }
 
 #[test]
@@ -224,8 +225,8 @@ fn processes_left_behind_are_killed_and_the_cgroup_removed() {
     assert!(started.elapsed() < Duration::from_secs(20));
     assert!(leftover_session_cgroups().is_empty());
     // Both processes are in the report, and both are gone.
-    assert_eq!(run.number("/totals/processes_created"), 1);
-    assert_eq!(run.number("/totals/tasks_exited"), 2);
+    assert_eq!(run.target("/activity/processes_created"), 1);
+    assert_eq!(run.target("/activity/tasks_exited"), 2);
 }
 
 #[test]

@@ -1,9 +1,10 @@
-//! Capture sessions: run a command in a cgroup of its own with the probes attached, pass its
-//! terminal through, and report what it did to memory.
+//! Capture sessions: watch a command (run in a cgroup of its own), an existing cgroup, or a
+//! process tree, with the probes attached, and report its memory: charged, resident and
+//! reserved, over a timeline of maxima, with startup, steady state, spikes and OOM kills.
 //!
-//! Cleanup is structural: the cgroup and the probes are owned values whose `Drop` removes and
-//! detaches them, and SIGINT/SIGTERM are caught (and forwarded to the command) so that the
-//! session always reaches the end of this function.
+//! Cleanup is structural: the session cgroup and the probes are owned values whose `Drop`
+//! removes and detaches them, and SIGINT/SIGTERM are caught so that the session always reaches
+//! the end of [`run`] and writes its report.
 
 use std::{
     ffi::{CString, OsStr},
@@ -14,13 +15,25 @@ use std::{
 };
 
 use thiserror::Error;
-use tokio::signal::unix::{signal, SignalKind};
+use tokio::{
+    signal::unix::{signal, SignalKind},
+    time::MissedTickBehavior,
+};
 
 use crate::{
-    accounting::{ActivitySummary, ProcessTable},
-    cgroups::{CgroupError, SessionCgroup},
-    probes::{EventStream, ProbeConfig, ProbeError, ProbeEvent, Probes},
-    report::{CaptureReport, CgroupTarget, ChargedMemory, ExitSummary, REPORT_SCHEMA},
+    accounting::{
+        analysis::{analyse, AnalysisConfig, Phases},
+        regions::RegionTracker,
+        timeline::{BucketPeaks, Timeline},
+        ActivitySummary, ProcessTable,
+    },
+    cgroups::{self, CgroupError, ChargeReader, ChargeVersion, SessionCgroup},
+    probes::{DecodeError, ProbeConfig, ProbeError, ProbeEvent, Probes},
+    procfs,
+    report::{
+        CaptureReport, ChargedMemory, ExitSummary, OomKill, ReservedMemory, ResidentMemory,
+        ResidentPhases, TargetReport, Threads, TimelineExcerpt, REPORT_SCHEMA,
+    },
 };
 
 #[derive(Debug, Error)]
@@ -31,6 +44,10 @@ pub enum CaptureError {
     CommandNotFound(String),
     #[error("`{0}` is not an executable file (check the path and its x permission)")]
     NotExecutable(PathBuf),
+    #[error("no process with pid {0} (check `ps -p {0}`)")]
+    UnknownPid(u32),
+    #[error("--memory-limit needs a cgroup with a memory controller; this host has none for the session")]
+    NoMemoryController,
     #[error(transparent)]
     Probes(#[from] ProbeError),
     #[error(transparent)]
@@ -47,17 +64,63 @@ pub enum CaptureError {
     Signals(#[source] io::Error),
 }
 
-/// What to capture.
+/// What to watch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TargetSpec {
+    /// Run this command (program and arguments) in a cgroup of its own.
+    Command(Vec<String>),
+    /// An existing cgroup, by its path as /proc/PID/cgroup shows it.
+    Cgroup(String),
+    /// A running process and everything it forks from now on.
+    Pid(u32),
+}
+
+/// How to capture.
 #[derive(Clone, Debug)]
 pub struct CaptureOptions {
-    /// Program and arguments.
-    pub command: Vec<String>,
+    pub target: TargetSpec,
+    /// Stop after this long; without it, run until the target exits or Ctrl-C.
+    pub duration: Option<Duration>,
     /// Most process records kept in the report; the rest are counted, not listed.
     pub max_processes: usize,
+    /// Limit to put on a command's session cgroup.
+    pub memory_limit: Option<u64>,
+    /// How often the charge is sampled.
+    pub sample_interval: Duration,
+    /// Timeline resolution (it halves as needed to stay within `timeline_buckets`).
+    pub bucket: Duration,
+    pub timeline_buckets: usize,
+    /// Bound on tracked mapping regions (about 80 bytes each).
+    pub max_regions: usize,
+    pub analysis: AnalysisConfig,
+}
+
+impl CaptureOptions {
+    pub fn new(target: TargetSpec) -> Self {
+        Self {
+            target,
+            duration: None,
+            max_processes: 10_000,
+            memory_limit: None,
+            sample_interval: Duration::from_millis(10),
+            bucket: Duration::from_millis(50),
+            timeline_buckets: 2048,
+            max_regions: 262_144,
+            analysis: AnalysisConfig::default(),
+        }
+    }
 }
 
 /// How long to wait for processes the command left behind to die after being killed.
 const LEFTOVER_GRACE: Duration = Duration::from_secs(5);
+/// How often thread-stack resident memory is sampled from smaps.
+const STACK_SAMPLE_INTERVAL: Duration = Duration::from_millis(250);
+/// How often cgroup and pid targets are checked for having any process left.
+const LIVENESS_INTERVAL: Duration = Duration::from_millis(250);
+/// Process-tree targets are counted under ids with the top bit set: cgroup ids never have it.
+const PROCESS_TREE_TARGET: u64 = 1 << 63;
+/// Timeline kept in the report before each OOM kill.
+const OOM_TIMELINE_MS: u64 = 5_000;
 
 /// Resolves a command name the way a shell does: a name with a slash is a path, anything else
 /// is looked up in PATH.
@@ -85,125 +148,540 @@ pub fn resolve_command(name: &str) -> Result<PathBuf, CaptureError> {
         .ok_or_else(|| CaptureError::CommandNotFound(name.to_owned()))
 }
 
+fn monotonic_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map(|ts| ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64)
+        .unwrap_or(0)
+}
+
+/// Everything the session learns while it runs.
+struct Observations {
+    target_id: u64,
+    table: ProcessTable,
+    regions: RegionTracker,
+    timeline: Timeline,
+    undecodable: u64,
+    started_ns: u64,
+    sampled_charge_peak: u64,
+    window_charge_peak: Option<u64>,
+    reserved_window_peak: u64,
+    stack_resident_peak: u64,
+    oom_events: Vec<OomKill>,
+}
+
+impl Observations {
+    fn elapsed_ms(&self, timestamp_ns: u64) -> u64 {
+        timestamp_ns.saturating_sub(self.started_ns) / 1_000_000
+    }
+
+    fn record(&mut self, batch: Vec<Result<ProbeEvent, DecodeError>>) {
+        for event in batch {
+            let event = match event {
+                Ok(event) => event,
+                Err(err) => {
+                    self.undecodable += 1;
+                    tracing::warn!(error = %err, "undecodable ring buffer record");
+                    continue;
+                }
+            };
+            match &event {
+                ProbeEvent::Mapping(change) if change.target_id == self.target_id => {
+                    self.regions.apply(change);
+                    self.reserved_window_peak =
+                        self.reserved_window_peak.max(self.regions.current.total());
+                }
+                ProbeEvent::ProcessExit(exit) if exit.target_id == self.target_id => {
+                    self.regions.forget(exit.tgid);
+                }
+                ProbeEvent::OomVictim(victim) if victim.target_id == self.target_id => {
+                    self.oom_events.push(OomKill {
+                        seconds: self.elapsed_ms(victim.timestamp_ns) as f64 / 1000.0,
+                        pid: victim.tgid,
+                        command: procfs::command_name(Path::new("/"), victim.tgid),
+                        total_vm_bytes: victim.total_vm_bytes,
+                        anon_rss_bytes: victim.anon_rss_bytes,
+                        file_rss_bytes: victim.file_rss_bytes,
+                        shmem_rss_bytes: victim.shmem_rss_bytes,
+                        timeline_before: TimelineExcerpt::default(),
+                    });
+                }
+                _ => {}
+            }
+            self.table.apply(&event);
+        }
+    }
+
+    fn sample_stack_resident(&mut self) {
+        let pids: Vec<u32> = self.regions.tracked_processes().collect();
+        let total: u64 = pids
+            .into_iter()
+            .filter_map(|pid| {
+                procfs::resident_in_ranges(Path::new("/"), pid, &self.regions.stack_ranges(pid))
+            })
+            .sum();
+        self.stack_resident_peak = self.stack_resident_peak.max(total);
+    }
+}
+
+/// What is being watched, once set up.
+struct Watched {
+    kind: &'static str,
+    target_id: u64,
+    cgroup_path: Option<String>,
+    charge: Option<ChargeReader>,
+    /// The command's own cgroup, removed at the end.
+    session: Option<SessionCgroup>,
+    root_pids: Vec<u32>,
+    /// Tasks present when counting began.
+    baseline_tasks: u64,
+    oom_kills_at_start: Option<u64>,
+}
+
 /// Runs one capture session to the end and returns its report.
 pub async fn run(options: &CaptureOptions) -> Result<CaptureReport, CaptureError> {
-    let (program, args) = options
-        .command
-        .split_first()
-        .ok_or(CaptureError::EmptyCommand)?;
-    let program_path = resolve_command(program)?;
+    // Validate everything that needs no privileges before loading anything.
+    let command = match &options.target {
+        TargetSpec::Command(command) => {
+            let (program, args) = command.split_first().ok_or(CaptureError::EmptyCommand)?;
+            Some((resolve_command(program)?, program.clone(), args.to_vec()))
+        }
+        TargetSpec::Pid(pid) => {
+            if !Path::new(&format!("/proc/{pid}")).exists() {
+                return Err(CaptureError::UnknownPid(*pid));
+            }
+            None
+        }
+        TargetSpec::Cgroup(path) => {
+            cgroups::resolve_cgroup_path(Path::new("/"), path)?;
+            None
+        }
+    };
 
     let mut probes = Probes::load(&ProbeConfig::default())?;
-    let session = SessionCgroup::create(Path::new("/"))?;
-    probes.track_cgroup(session.id)?;
+    let mut watched = watch(&options.target, &mut probes, options.memory_limit)?;
     let mut events = probes
         .take_event_stream()?
         .ok_or_else(|| ProbeError::MissingMap(profiler_common::map::EVENTS))?;
-    let mut table = ProcessTable::new(session.id, options.max_processes);
-    let mut undecodable = 0u64;
+    let mut seen = Observations {
+        target_id: watched.target_id,
+        table: ProcessTable::new(watched.target_id, options.max_processes),
+        regions: RegionTracker::new(options.max_regions),
+        timeline: Timeline::new(options.bucket.as_millis() as u64, options.timeline_buckets),
+        undecodable: 0,
+        started_ns: monotonic_ns(),
+        sampled_charge_peak: 0,
+        window_charge_peak: None,
+        reserved_window_peak: 0,
+        stack_resident_peak: 0,
+        oom_events: Vec::new(),
+    };
+    for &pid in &watched.root_pids {
+        if let Ok(maps) = std::fs::read_to_string(format!("/proc/{pid}/maps")) {
+            seen.regions.seed_from_maps(pid, &maps);
+        }
+    }
 
     let mut interrupts = signal(SignalKind::interrupt()).map_err(CaptureError::Signals)?;
     let mut terminations = signal(SignalKind::terminate()).map_err(CaptureError::Signals)?;
-
     let started = Instant::now();
-    let mut child = spawn_in_cgroup(&program_path, program, args, &session)?;
-    let child_pid = child.id().unwrap_or(0);
-    tracing::debug!(pid = child_pid, cgroup = %session.unified_dir.display(), "command started");
 
-    let wait = child.wait();
+    let (child, child_pid) = match (&command, &watched.session) {
+        (Some((path, program, args)), Some(session)) => {
+            let child = spawn_in_cgroup(path, program, args, session)?;
+            let pid = child.id().unwrap_or(0);
+            watched.root_pids = vec![pid];
+            (Some(child), Some(pid))
+        }
+        _ => (None, None),
+    };
+    let wait = async move {
+        match child {
+            Some(mut child) => child.wait().await,
+            None => std::future::pending().await,
+        }
+    };
     tokio::pin!(wait);
+    let deadline = async {
+        match options.duration {
+            Some(duration) => tokio::time::sleep(duration).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(deadline);
+
+    let ticker = |period: Duration| {
+        let mut interval = tokio::time::interval(period);
+        interval.set_missed_tick_behavior(MissedTickBehavior::Skip);
+        interval
+    };
+    let mut sample_tick = ticker(options.sample_interval);
+    let mut bucket_tick = ticker(options.bucket);
+    let mut stack_tick = ticker(STACK_SAMPLE_INTERVAL);
+    let mut liveness_tick = ticker(LIVENESS_INTERVAL);
     let mut signals_seen = 0u32;
-    let status = loop {
+
+    let exit = loop {
         tokio::select! {
-            status = &mut wait => break status.map_err(CaptureError::Wait)?,
-            batch = events.next_batch() => {
-                record_events(batch?, &mut table, &mut undecodable);
+            status = &mut wait => break Some(status.map_err(CaptureError::Wait)?),
+            () = &mut deadline => break None,
+            batch = events.next_batch() => seen.record(batch?),
+            _ = sample_tick.tick() => sample_charge(&watched, &mut seen, started),
+            _ = bucket_tick.tick() => close_bucket(&mut probes, &mut watched, &mut seen, started)?,
+            _ = stack_tick.tick() => seen.sample_stack_resident(),
+            _ = liveness_tick.tick(), if child_pid.is_none() => {
+                if !target_alive(&watched, &probes)? {
+                    break None;
+                }
             }
             _ = interrupts.recv() => {
                 signals_seen += 1;
-                stop_command(child_pid, nix::sys::signal::Signal::SIGINT, signals_seen, &session);
+                if !stop(child_pid, nix::sys::signal::Signal::SIGINT, signals_seen, &watched) {
+                    break None;
+                }
             }
             _ = terminations.recv() => {
                 signals_seen += 1;
-                stop_command(child_pid, nix::sys::signal::Signal::SIGTERM, signals_seen, &session);
+                if !stop(child_pid, nix::sys::signal::Signal::SIGTERM, signals_seen, &watched) {
+                    break None;
+                }
             }
         }
     };
     let duration = started.elapsed();
 
-    // The command is done; anything it left running is ended so the cgroup can go.
-    finish_leftovers(&session).await;
-    collect_remaining(&mut events, &mut table, &mut undecodable);
+    // A command's session ends with the command: what it left running is ended so the cgroup
+    // can go. Existing cgroups and process trees are left alone.
+    if let Some(session) = &watched.session {
+        finish_leftovers(session).await;
+    }
+    seen.record(events.drain_now());
+    close_bucket(&mut probes, &mut watched, &mut seen, started)?;
 
-    let counters = probes.cgroup_counters(session.id)?.unwrap_or_default();
-    let (processes, processes_not_listed) = table.finish(&probes.live_processes()?);
-    let charged = session
-        .charged_peak()
-        .map(|(peak_bytes, source)| ChargedMemory { peak_bytes, source });
-    let report = CaptureReport {
-        schema: REPORT_SCHEMA,
-        command: options.command.clone(),
-        pid: child_pid,
-        cgroup: CgroupTarget {
-            unified_path: session.unified_dir.clone(),
-            id: session.id,
-            memory_v1_path: session.memory_v1_dir.clone(),
-        },
-        duration_seconds: duration.as_secs_f64(),
-        exit: ExitSummary {
-            code: status.code(),
-            signal: status.signal(),
-        },
-        // The session cgroup starts empty, so the live-task baseline is zero.
-        totals: ActivitySummary::from_counters(&counters, Some(0)),
-        charged,
-        processes,
-        processes_not_listed,
-        drops: probes.drops()?,
-        undecodable_events: undecodable,
-    };
-    session.remove()?;
+    let report = build_report(options, &probes, &watched, seen, exit, duration)?;
+    if let Some(session) = watched.session.take() {
+        session.remove()?;
+    }
     drop(probes);
     Ok(report)
 }
 
-fn record_events(
-    batch: Vec<Result<ProbeEvent, crate::probes::DecodeError>>,
-    table: &mut ProcessTable,
-    undecodable: &mut u64,
-) {
-    for event in batch {
-        match event {
-            Ok(event) => table.apply(&event),
-            Err(err) => {
-                *undecodable += 1;
-                tracing::warn!(error = %err, "undecodable ring buffer record");
+/// Sets up the kernel side and the charge reader for the target.
+fn watch(
+    target: &TargetSpec,
+    probes: &mut Probes,
+    memory_limit: Option<u64>,
+) -> Result<Watched, CaptureError> {
+    let root = Path::new("/");
+    match target {
+        TargetSpec::Command(_) => {
+            let session = SessionCgroup::create(root)?;
+            probes.track_cgroup(session.id)?;
+            let charge = ChargeReader::open(&session.unified_dir, session.memory_v1_dir.as_deref());
+            if let Some(limit) = memory_limit {
+                charge
+                    .as_ref()
+                    .ok_or(CaptureError::NoMemoryController)?
+                    .set_limit(limit)?;
             }
+            Ok(Watched {
+                kind: "command",
+                target_id: session.id,
+                cgroup_path: Some(session.relative_path.clone()),
+                oom_kills_at_start: charge.as_ref().and_then(ChargeReader::oom_kills),
+                charge,
+                session: Some(session),
+                root_pids: Vec::new(),
+                baseline_tasks: 0,
+            })
+        }
+        TargetSpec::Cgroup(path) => {
+            let (unified, memory_v1) = cgroups::resolve_cgroup_path(root, path)?;
+            let id = cgroups::cgroup_id(&unified)?;
+            probes.track_cgroup(id)?;
+            let charge = ChargeReader::open(&unified, memory_v1.as_deref());
+            let read_ids = |file: &str| -> Vec<u32> {
+                std::fs::read_to_string(unified.join(file))
+                    .map(|text| text.lines().filter_map(|l| l.trim().parse().ok()).collect())
+                    .unwrap_or_default()
+            };
+            Ok(Watched {
+                kind: "cgroup",
+                target_id: id,
+                cgroup_path: Some(path.clone()),
+                oom_kills_at_start: charge.as_ref().and_then(ChargeReader::oom_kills),
+                charge,
+                session: None,
+                root_pids: read_ids("cgroup.procs"),
+                baseline_tasks: read_ids("cgroup.threads").len() as u64,
+            })
+        }
+        TargetSpec::Pid(pid) => {
+            let target_id = PROCESS_TREE_TARGET | u64::from(*pid);
+            let tree = procfs::process_tree(root, *pid);
+            for &member in &tree {
+                probes.follow_process(member, target_id)?;
+            }
+            let baseline_tasks = tree
+                .iter()
+                .filter_map(|&member| procfs::thread_count(root, member))
+                .sum();
+            Ok(Watched {
+                kind: "pid",
+                target_id,
+                cgroup_path: None,
+                charge: None,
+                session: None,
+                root_pids: tree,
+                baseline_tasks,
+                oom_kills_at_start: None,
+            })
         }
     }
 }
 
-fn collect_remaining(events: &mut EventStream, table: &mut ProcessTable, undecodable: &mut u64) {
-    record_events(events.drain_now(), table, undecodable);
+fn sample_charge(watched: &Watched, seen: &mut Observations, started: Instant) {
+    let Some(charge) = &watched.charge else {
+        return;
+    };
+    if let Some(current) = charge.current() {
+        seen.sampled_charge_peak = seen.sampled_charge_peak.max(current);
+        seen.timeline.record(
+            started.elapsed().as_millis() as u64,
+            &BucketPeaks {
+                charged: current,
+                ..BucketPeaks::default()
+            },
+        );
+    }
 }
 
-/// First signal: pass it on to the command and let it end its own way. Second: kill everything
-/// in the session.
-fn stop_command(
-    child_pid: u32,
+/// Closes a timeline bucket: the kernel's window high-water marks, the window's reserved
+/// maximum, the working set, and (v2) the kernel's windowed charge peak.
+fn close_bucket(
+    probes: &mut Probes,
+    watched: &mut Watched,
+    seen: &mut Observations,
+    started: Instant,
+) -> Result<(), CaptureError> {
+    let window = probes.close_window(watched.target_id)?;
+    let counters = probes
+        .target_counters(watched.target_id)?
+        .unwrap_or_default();
+    let mut peaks = BucketPeaks {
+        resident: window
+            .resident_peak_bytes
+            .max(counters.resident_bytes().max(0) as u64),
+        anon: window.anon_peak_bytes,
+        reserved: seen.reserved_window_peak.max(seen.regions.current.total()),
+        tasks: watched
+            .baseline_tasks
+            .saturating_add_signed(window.live_tasks_peak.max(counters.live_tasks).max(0)),
+        ..BucketPeaks::default()
+    };
+    seen.reserved_window_peak = 0;
+    if let Some(charge) = watched.charge.as_mut() {
+        if let Some(window_peak) = charge.take_window_peak() {
+            peaks.charged = window_peak;
+            seen.window_charge_peak = Some(seen.window_charge_peak.unwrap_or(0).max(window_peak));
+        }
+        if let Some(current) = charge.current() {
+            peaks.charged = peaks.charged.max(current);
+            seen.sampled_charge_peak = seen.sampled_charge_peak.max(current);
+            peaks.working_set = current.saturating_sub(charge.inactive_file().unwrap_or(0));
+        }
+    }
+    seen.timeline
+        .record(started.elapsed().as_millis() as u64, &peaks);
+    Ok(())
+}
+
+/// Whether a cgroup or process-tree target still has a process.
+fn target_alive(watched: &Watched, probes: &Probes) -> Result<bool, CaptureError> {
+    if watched.kind == "cgroup" {
+        // A cgroup can be empty for a while and refilled (a restarting container): keep going
+        // until the duration or Ctrl-C, unless the cgroup itself is gone.
+        return Ok(watched
+            .charge
+            .as_ref()
+            .is_none_or(|charge| charge.dir().exists()));
+    }
+    let alive_roots = watched
+        .root_pids
+        .iter()
+        .any(|pid| Path::new(&format!("/proc/{pid}")).exists());
+    Ok(alive_roots || probes.kernel_entries(watched.target_id)?.followed_processes > 0)
+}
+
+fn phases_to_resident(phases: &Phases) -> ResidentPhases {
+    ResidentPhases {
+        startup_seconds: phases.startup_seconds,
+        startup_peak_bytes: phases.startup_peak_bytes,
+        steady_bytes: phases.steady_bytes,
+        steady_p95_bytes: phases.steady_p95_bytes,
+    }
+}
+
+fn build_report(
+    options: &CaptureOptions,
+    probes: &Probes,
+    watched: &Watched,
+    mut seen: Observations,
+    exit: Option<std::process::ExitStatus>,
+    duration: Duration,
+) -> Result<CaptureReport, CaptureError> {
+    let counters = probes
+        .target_counters(watched.target_id)?
+        .unwrap_or_default();
+    let resolution = seen.timeline.resolution_ms();
+    let buckets = seen.timeline.buckets().to_vec();
+    let series = |pick: fn(&BucketPeaks) -> u64| buckets.iter().map(pick).collect::<Vec<u64>>();
+    let resident_phases = analyse(&series(|b| b.resident), resolution, &options.analysis);
+
+    let memory = watched.charge.as_ref().map(|charge| {
+        let charged_phases = analyse(&series(|b| b.charged), resolution, &options.analysis);
+        // The kernel's lifetime high-water mark is exact, but it is the session's own only
+        // when the cgroup was made for it.
+        let (peak_bytes, peak_source) = match (&watched.session, charge.lifetime_peak()) {
+            (Some(_), Some((peak, file))) => (
+                peak.max(seen.sampled_charge_peak),
+                format!("{file} (kernel high-water mark of the session's own cgroup)"),
+            ),
+            _ => match seen.window_charge_peak {
+                Some(peak) => (
+                    peak.max(seen.sampled_charge_peak),
+                    "memory.peak, reset per window through headroom's own descriptor".to_owned(),
+                ),
+                None => (
+                    seen.sampled_charge_peak,
+                    format!(
+                        "samples every {} ms (the cgroup's lifetime high-water mark predates the capture)",
+                        options.sample_interval.as_millis()
+                    ),
+                ),
+            },
+        };
+        let version = match charge.version() {
+            ChargeVersion::V1 => "cgroup v1",
+            ChargeVersion::V2 => "cgroup v2",
+        };
+        ChargedMemory {
+            peak_bytes,
+            peak_source: format!("{peak_source}, {version}"),
+            startup_peak_bytes: charged_phases.startup_peak_bytes,
+            startup_seconds: charged_phases.startup_seconds,
+            steady_bytes: charged_phases.steady_bytes,
+            steady_p95_bytes: charged_phases.steady_p95_bytes,
+            working_set_peak_bytes: buckets.iter().map(|b| b.working_set).max().unwrap_or(0),
+            limit_bytes: charge.limit(),
+            sampled_peak_bytes: seen.sampled_charge_peak,
+        }
+    });
+    let spikes = match &watched.charge {
+        Some(_) => analyse(&series(|b| b.charged), resolution, &options.analysis).spikes,
+        None => resident_phases.spikes.clone(),
+    };
+    for kill in &mut seen.oom_events {
+        let (start_ms, window) = seen
+            .timeline
+            .window_before((kill.seconds * 1000.0) as u64, OOM_TIMELINE_MS);
+        kill.timeline_before = TimelineExcerpt {
+            start_seconds: start_ms as f64 / 1000.0,
+            resolution_ms: resolution,
+            buckets: window,
+        };
+    }
+
+    let drops = probes.drops()?;
+    let kernel_entries_at_end = probes.kernel_entries(watched.target_id)?;
+    let (processes, processes_not_listed) = seen.table.finish(&probes.live_processes()?);
+    let activity = ActivitySummary::from_counters(&counters, Some(watched.baseline_tasks));
+    let regions = &seen.regions;
+    Ok(CaptureReport {
+        schema: REPORT_SCHEMA,
+        duration_seconds: duration.as_secs_f64(),
+        sample_interval_ms: options.sample_interval.as_millis() as u64,
+        targets: vec![TargetReport {
+            kind: watched.kind,
+            command: match &options.target {
+                TargetSpec::Command(command) => Some(command.clone()),
+                _ => None,
+            },
+            cgroup: watched.cgroup_path.clone(),
+            target_id: watched.target_id,
+            pids: watched.root_pids.clone(),
+            exit: exit.map(|status| ExitSummary {
+                code: status.code(),
+                signal: status.signal(),
+            }),
+            memory,
+            resident: ResidentMemory {
+                peak_bytes: counters.resident_peak_bytes,
+                anon_peak_bytes: counters.anon_peak_bytes,
+                file_peak_bytes: counters.file_peak_bytes,
+                current_bytes: counters.resident_bytes().max(0) as u64,
+            },
+            reserved: ReservedMemory {
+                peak_bytes: regions.peak_total,
+                by_kind: regions.at_peak,
+                peak_by_kind: regions.peak_by_kind,
+                events: regions.events,
+                exact: drops.ringbuf_full == 0 && regions.overflowed == 0,
+            },
+            threads: Threads {
+                created: counters.threads_created,
+                peak: activity.peak_tasks,
+                stack_reserved_bytes: regions.peak_by_kind.stack,
+                stack_resident_bytes: seen.stack_resident_peak,
+            },
+            resident_phases: phases_to_resident(&resident_phases),
+            spikes,
+            oom_kills: counters.oom_kills,
+            oom_kills_cgroup: watched.charge.as_ref().and_then(|charge| {
+                Some(
+                    charge
+                        .oom_kills()?
+                        .saturating_sub(watched.oom_kills_at_start.unwrap_or(0)),
+                )
+            }),
+            oom_events: seen.oom_events,
+            activity,
+            processes,
+            processes_not_listed,
+            kernel_entries_at_end,
+            timeline: TimelineExcerpt {
+                start_seconds: 0.0,
+                resolution_ms: resolution,
+                buckets,
+            },
+        }],
+        drops,
+        undecodable_events: seen.undecodable,
+    })
+}
+
+/// A signal arrived. For a command: first pass it on and let the command end its own way
+/// (true: keep capturing); second, kill every process of the session. For other targets: end
+/// the capture (false), leaving the target alone.
+fn stop(
+    child_pid: Option<u32>,
     signal: nix::sys::signal::Signal,
     signals_seen: u32,
-    session: &SessionCgroup,
-) {
+    watched: &Watched,
+) -> bool {
+    let (Some(child_pid), Some(session)) = (child_pid, &watched.session) else {
+        eprintln!("headroom: {signal} received, ending the capture");
+        return false;
+    };
     if signals_seen >= 2 {
         eprintln!("headroom: second signal, killing every process of the session");
         session.kill_all();
-        return;
+        return true;
     }
     eprintln!("headroom: {signal} received, passing it on to the command (again to kill it)");
     if let Ok(pid) = i32::try_from(child_pid) {
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal);
     }
+    true
 }
 
 async fn finish_leftovers(session: &SessionCgroup) {

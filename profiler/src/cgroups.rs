@@ -47,6 +47,13 @@ pub enum CgroupError {
         #[source]
         source: io::Error,
     },
+    #[error("bad cgroup path `{path}`: {reason}")]
+    BadCgroupPath { path: String, reason: String },
+    #[error(
+        "unknown cgroup `{path}`: {looked_in} does not exist. Give the path as /proc/PID/cgroup \
+         shows it (the part after `0::`)"
+    )]
+    UnknownCgroup { path: String, looked_in: PathBuf },
     #[error("cannot remove cgroup {path} (processes still inside after killing them)")]
     Remove {
         path: PathBuf,
@@ -222,6 +229,8 @@ const SESSION_PREFIX: &str = "headroom-capture-";
 pub struct SessionCgroup {
     /// The cgroup2 directory.
     pub unified_dir: PathBuf,
+    /// Its path as /proc/PID/cgroup shows it.
+    pub relative_path: String,
     /// Its cgroup v2 id.
     pub id: u64,
     /// The v1 memory cgroup directory, if the host has that hierarchy.
@@ -249,9 +258,11 @@ impl SessionCgroup {
         remove_stale_sessions(root, &unified_parent);
         let unified_dir = unified_parent.join(&name);
         make_dir(&unified_dir)?;
+        let relative_path = format!("{}/{name}", own.unified.trim_end_matches('/'));
         let mut session = Self {
             id: 0,
             unified_dir,
+            relative_path,
             memory_v1_dir: None,
             removed: false,
         };
@@ -411,6 +422,201 @@ fn remove_stale_sessions(root: &Path, parent: &Path) {
     }
 }
 
+/// Reads a cgroup's memory charge: cgroup v2 files when the unified cgroup has the memory
+/// controller, otherwise the v1 memory cgroup's. Files are kept open and re-read from offset 0,
+/// so a 10 ms sampling loop costs one pread per sample.
+#[derive(Debug)]
+pub struct ChargeReader {
+    version: ChargeVersion,
+    dir: PathBuf,
+    current: fs::File,
+    /// v2 memory.peak opened once; on kernels that support it, writing to it resets the peak
+    /// seen through this descriptor only (never other readers').
+    window_peak: Option<fs::File>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChargeVersion {
+    V1,
+    V2,
+}
+
+/// v1 reports "no limit" as a huge page-aligned number.
+const V1_UNLIMITED: u64 = 1 << 62;
+
+fn read_number(file: &fs::File) -> Option<u64> {
+    use std::os::unix::fs::FileExt as _;
+    let mut buffer = [0u8; 32];
+    let length = file.read_at(&mut buffer, 0).ok()?;
+    std::str::from_utf8(&buffer[..length])
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+fn read_key(path: &Path, key: &str) -> Option<u64> {
+    fs::read_to_string(path).ok()?.lines().find_map(|line| {
+        let (name, value) = line.split_once(' ')?;
+        (name == key).then(|| value.trim().parse().ok()).flatten()
+    })
+}
+
+impl ChargeReader {
+    /// A reader for the cgroup at `unified_dir` (and its v1 memory twin, if any).
+    pub fn open(unified_dir: &Path, memory_v1_dir: Option<&Path>) -> Option<Self> {
+        if let Ok(current) = fs::File::open(unified_dir.join("memory.current")) {
+            let window_peak = fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(unified_dir.join("memory.peak"))
+                .ok();
+            return Some(Self {
+                version: ChargeVersion::V2,
+                dir: unified_dir.to_path_buf(),
+                current,
+                window_peak,
+            });
+        }
+        let dir = memory_v1_dir?;
+        let current = fs::File::open(dir.join("memory.usage_in_bytes")).ok()?;
+        Some(Self {
+            version: ChargeVersion::V1,
+            dir: dir.to_path_buf(),
+            current,
+            window_peak: None,
+        })
+    }
+
+    pub fn version(&self) -> ChargeVersion {
+        self.version
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The charge now.
+    pub fn current(&self) -> Option<u64> {
+        read_number(&self.current)
+    }
+
+    /// v2 only: the kernel's peak since the last call, reset per descriptor (Linux 6.12+).
+    /// None where unsupported; callers then rely on sampling.
+    pub fn take_window_peak(&mut self) -> Option<u64> {
+        use std::io::Write as _;
+        let file = self.window_peak.as_mut()?;
+        let peak = read_number(file)?;
+        if file.write_all(b"reset\n").is_err() {
+            // No per-fd reset on this kernel: the value is a lifetime peak, useless per window.
+            self.window_peak = None;
+            return None;
+        }
+        Some(peak)
+    }
+
+    /// The kernel's high-water mark over the cgroup's life, and where it came from. v1's
+    /// `max_usage_in_bytes` is read, never reset: other readers rely on it.
+    pub fn lifetime_peak(&self) -> Option<(u64, &'static str)> {
+        let read = |name: &str| {
+            fs::File::open(self.dir.join(name))
+                .ok()
+                .and_then(|f| read_number(&f))
+        };
+        match self.version {
+            ChargeVersion::V2 => read("memory.peak").map(|peak| (peak, "memory.peak")),
+            ChargeVersion::V1 => {
+                read("memory.max_usage_in_bytes").map(|peak| (peak, "memory.max_usage_in_bytes"))
+            }
+        }
+    }
+
+    /// Inactive file pages, which the kubelet subtracts to get the working set.
+    pub fn inactive_file(&self) -> Option<u64> {
+        let key = match self.version {
+            ChargeVersion::V2 => "inactive_file",
+            ChargeVersion::V1 => "total_inactive_file",
+        };
+        read_key(&self.dir.join("memory.stat"), key)
+    }
+
+    /// The effective limit: the lowest of this cgroup's and its ancestors'. None: unlimited.
+    pub fn limit(&self) -> Option<u64> {
+        match self.version {
+            ChargeVersion::V1 => {
+                read_key(&self.dir.join("memory.stat"), "hierarchical_memory_limit")
+                    .filter(|&limit| limit < V1_UNLIMITED)
+            }
+            ChargeVersion::V2 => {
+                let mut lowest: Option<u64> = None;
+                let mut dir = Some(self.dir.as_path());
+                while let Some(current) = dir {
+                    match fs::read_to_string(current.join("memory.max")) {
+                        Ok(text) => {
+                            if let Ok(limit) = text.trim().parse::<u64>() {
+                                lowest = Some(lowest.map_or(limit, |l| l.min(limit)));
+                            }
+                        }
+                        Err(_) => break,
+                    }
+                    dir = current.parent();
+                }
+                lowest
+            }
+        }
+    }
+
+    /// OOM kills the kernel counted in this cgroup (v2 memory.events, v1 memory.oom_control).
+    pub fn oom_kills(&self) -> Option<u64> {
+        match self.version {
+            ChargeVersion::V2 => read_key(&self.dir.join("memory.events"), "oom_kill"),
+            ChargeVersion::V1 => read_key(&self.dir.join("memory.oom_control"), "oom_kill"),
+        }
+    }
+
+    /// Sets the cgroup's own limit (capture `--memory-limit`).
+    pub fn set_limit(&self, bytes: u64) -> Result<(), CgroupError> {
+        let file = match self.version {
+            ChargeVersion::V2 => self.dir.join("memory.max"),
+            ChargeVersion::V1 => self.dir.join("memory.limit_in_bytes"),
+        };
+        fs::write(&file, bytes.to_string())
+            .map_err(|source| CgroupError::Create { path: file, source })
+    }
+}
+
+/// Resolves a cgroup path as /proc/PID/cgroup shows it (`/kubepods.slice/...`) to its
+/// directories. Errors name the path and where it was looked for.
+pub fn resolve_cgroup_path(
+    root: &Path,
+    cgroup: &str,
+) -> Result<(PathBuf, Option<PathBuf>), CgroupError> {
+    let invalid = |reason: &str| CgroupError::BadCgroupPath {
+        path: cgroup.to_owned(),
+        reason: reason.to_owned(),
+    };
+    if !cgroup.starts_with('/') {
+        return Err(invalid("it must start with `/`, as in /proc/PID/cgroup"));
+    }
+    if cgroup.split('/').any(|part| part == "..") {
+        return Err(invalid("`..` is not allowed"));
+    }
+    let hierarchies = Hierarchies::discover(root)?;
+    let relative = cgroup.trim_start_matches('/');
+    let unified = hierarchies.unified.join(relative);
+    if !unified.is_dir() {
+        return Err(CgroupError::UnknownCgroup {
+            path: cgroup.to_owned(),
+            looked_in: unified,
+        });
+    }
+    let memory_v1 = hierarchies
+        .memory_v1
+        .map(|memory| memory.join(relative))
+        .filter(|dir| dir.is_dir());
+    Ok((unified, memory_v1))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -477,6 +683,73 @@ mod tests {
             parse_proc_cgroup("4:memory:/a\n", Path::new("p")),
             Err(CgroupError::NoUnifiedEntry { .. })
         ));
+    }
+
+    #[test]
+    fn charge_reader_reads_v1_files() {
+        let dir = std::env::temp_dir().join(format!("headroom-charge-v1-{}", std::process::id()));
+        fs::create_dir_all(&dir).expect("fixture");
+        fs::write(dir.join("memory.usage_in_bytes"), "1048576\n").expect("fixture");
+        fs::write(dir.join("memory.max_usage_in_bytes"), "4194304\n").expect("fixture");
+        fs::write(
+            dir.join("memory.stat"),
+            "cache 0\nhierarchical_memory_limit 9223372036854771712\ntotal_inactive_file 4096\n",
+        )
+        .expect("fixture");
+        fs::write(
+            dir.join("memory.oom_control"),
+            "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n",
+        )
+        .expect("fixture");
+        let missing_v2 = dir.join("no-such-unified");
+        let reader = ChargeReader::open(&missing_v2, Some(&dir)).expect("v1 reader");
+        assert_eq!(reader.version(), ChargeVersion::V1);
+        assert_eq!(reader.current(), Some(1 << 20));
+        assert_eq!(
+            reader.lifetime_peak(),
+            Some((4 << 20, "memory.max_usage_in_bytes"))
+        );
+        assert_eq!(reader.inactive_file(), Some(4096));
+        assert_eq!(reader.limit(), None);
+        assert_eq!(reader.oom_kills(), Some(2));
+        fs::write(
+            dir.join("memory.stat"),
+            "hierarchical_memory_limit 67108864\n",
+        )
+        .expect("fixture");
+        assert_eq!(reader.limit(), Some(64 << 20));
+        fs::remove_dir_all(&dir).expect("cleanup");
+    }
+
+    #[test]
+    fn charge_reader_reads_v2_files_and_the_lowest_ancestor_limit() {
+        let base = std::env::temp_dir().join(format!("headroom-charge-v2-{}", std::process::id()));
+        let dir = base.join("pod/container");
+        fs::create_dir_all(&dir).expect("fixture");
+        fs::write(base.join("memory.max"), "max\n").expect("fixture");
+        fs::write(base.join("pod/memory.max"), "268435456\n").expect("fixture");
+        fs::write(dir.join("memory.max"), "536870912\n").expect("fixture");
+        fs::write(dir.join("memory.current"), "123\n").expect("fixture");
+        fs::write(
+            dir.join("memory.events"),
+            "low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n",
+        )
+        .expect("fixture");
+        let reader = ChargeReader::open(&dir, None).expect("v2 reader");
+        assert_eq!(reader.version(), ChargeVersion::V2);
+        assert_eq!(reader.current(), Some(123));
+        assert_eq!(reader.limit(), Some(256 << 20));
+        assert_eq!(reader.oom_kills(), Some(1));
+        fs::remove_dir_all(&base).expect("cleanup");
+    }
+
+    #[test]
+    fn bad_cgroup_paths_are_named() {
+        let root = Path::new("/nonexistent-root-for-headroom");
+        let err = resolve_cgroup_path(root, "kubepods").expect_err("relative");
+        assert!(err.to_string().contains("must start with `/`"), "{err}");
+        let err = resolve_cgroup_path(root, "/a/../b").expect_err("dotdot");
+        assert!(err.to_string().contains("`..`"), "{err}");
     }
 
     #[test]

@@ -1,13 +1,14 @@
-//! Command-line interface: flags, validation, and dispatch to the subcommands.
+//! Command-line interface: raw flags, their validation into settings, and dispatch.
 
-use std::{io::Write as _, path::PathBuf};
+use std::{io::Write as _, path::PathBuf, time::Duration};
 
-use clap::{Args, Parser, Subcommand};
+use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 
-use crate::capture::{self, CaptureError, CaptureOptions};
+use crate::capture::{self, CaptureError, CaptureOptions, TargetSpec};
 
-/// headroom: measures what a workload really needs in memory (reserved, resident, thread stacks,
-/// startup peaks and spikes) with eBPF probes, to size Kubernetes memory requests and limits.
+/// headroom: measures what a workload really needs in memory (charged, resident and reserved;
+/// startup peaks, steady state, spikes, thread stacks) with eBPF probes, to size Kubernetes
+/// memory requests and limits.
 #[derive(Debug, Parser)]
 #[command(name = "headroom", version, about, long_about = None)]
 pub struct Cli {
@@ -21,28 +22,64 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run a command in a cgroup of its own with the probes attached, and report its memory.
+    /// Watch a command, a cgroup or a process tree with the probes attached, and report its
+    /// memory.
     ///
-    /// The command's stdin, stdout and stderr are passed through and headroom exits with its
-    /// exit code (128 + N if signal N killed it). The summary goes to stderr so the command's
-    /// stdout stays clean. SIGINT and SIGTERM are passed on to the command; a second one kills
-    /// every process of the session. Processes the command leaves behind are killed when it
-    /// exits. The session's cgroup is always removed and the probes detached.
+    /// Targets: a command after `--` (run in a cgroup of its own), `--cgroup PATH` or
+    /// `--pid PID` (that process and whatever it forks from now on). The capture runs until
+    /// the target exits, `--duration` passes, or Ctrl-C.
+    ///
+    /// For a command, its stdin, stdout and stderr are passed through and headroom exits with
+    /// its exit code (128 + N if signal N killed it); the report goes to stderr unless
+    /// `--output` says otherwise, so the command's stdout stays clean. SIGINT and SIGTERM are
+    /// passed on to it; a second one kills every process of the session. Processes it leaves
+    /// behind are killed when it exits. The session's cgroup is always removed and the probes
+    /// detached. For `--cgroup` and `--pid`, Ctrl-C ends the capture and the target is left
+    /// alone.
     ///
     /// Exit codes of headroom itself: 125 when it fails, 126 when the command is not
-    /// executable, 127 when it is not found.
+    /// executable, 127 when it is not found, 2 for bad flags.
     Capture(CaptureArgs),
 }
 
-#[derive(Debug, Args)]
-pub struct CaptureArgs {
-    /// Also write the full report as JSON (schema headroom.report/v1) to FILE ("-" for stdout).
-    #[arg(long, value_name = "FILE")]
-    pub json: Option<PathBuf>,
+/// Report formats.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// A table for humans.
+    Table,
+    /// The headroom.report/v1 JSON document.
+    Json,
+}
 
-    /// Do not print the human-readable summary on stderr.
-    #[arg(long)]
-    pub quiet: bool,
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("target").required(true).args(["cgroup", "pid", "command"])))]
+pub struct CaptureArgs {
+    /// Watch an existing cgroup, by its path as /proc/PID/cgroup shows it (after `0::`).
+    #[arg(long, value_name = "PATH")]
+    pub cgroup: Option<String>,
+
+    /// Watch a running process and everything it forks from now on.
+    #[arg(long, value_name = "PID", value_parser = clap::value_parser!(u32).range(1..))]
+    pub pid: Option<u32>,
+
+    /// Stop after this long (e.g. 30s, 500ms, 5m, 1h); default: until the target exits or
+    /// Ctrl-C.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+
+    /// Report format.
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+
+    /// Write the report to FILE ("-" for stdout). Default: stderr for a command (its stdout
+    /// is its own), stdout otherwise.
+    #[arg(long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+
+    /// Put this memory limit on the command's cgroup (e.g. 256Mi, 1Gi, 500M, 1048576), to see
+    /// how it behaves, and is OOM-killed, under a limit.
+    #[arg(long, value_name = "SIZE", value_parser = parse_bytes, conflicts_with_all = ["pid", "cgroup"])]
+    pub memory_limit: Option<u64>,
 
     /// Most processes listed in the report; more are counted but not listed. 1 to 1000000.
     #[arg(long, default_value_t = 10_000, value_name = "N",
@@ -50,12 +87,87 @@ pub struct CaptureArgs {
     pub max_processes: u32,
 
     /// The command to run, and its arguments (after `--`).
-    #[arg(required = true, last = true, value_name = "COMMAND")]
+    #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<String>,
+}
+
+/// Parses `30s`, `500ms`, `5m`, `1h`, `1.5s`; zero and negative durations are errors.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .ok_or_else(|| format!("`{text}` has no unit: write e.g. 30s, 500ms, 5m or 1h"))?;
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` does not start with a number: write e.g. 30s"))?;
+    let seconds = match unit {
+        "ms" => value / 1000.0,
+        "s" => value,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        other => {
+            return Err(format!(
+                "unknown unit `{other}` in `{text}`: use ms, s, m or h"
+            ))
+        }
+    };
+    if !(seconds > 0.0 && seconds.is_finite() && seconds <= 31.0 * 24.0 * 3600.0) {
+        return Err(format!(
+            "`{text}` is out of range: a duration must be more than 0 and at most 31 days"
+        ));
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+/// Parses a size in Kubernetes notation (`256Mi`, `1Gi`, `500M`, `1048576`).
+pub fn parse_bytes(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: u64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a size: write e.g. 256Mi, 1Gi or 1048576"))?;
+    let multiplier: u64 = match unit {
+        "" => 1,
+        "k" | "K" => 1_000,
+        "M" => 1_000_000,
+        "G" => 1_000_000_000,
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        "Ti" => 1 << 40,
+        other => {
+            return Err(format!(
+                "unknown unit `{other}` in `{text}`: use Ki, Mi, Gi, Ti, k, M or G"
+            ))
+        }
+    };
+    let bytes = value
+        .checked_mul(multiplier)
+        .ok_or_else(|| format!("`{text}` is too large"))?;
+    if bytes < 4 << 20 {
+        return Err(format!(
+            "`{text}` is below 4Mi: no real program starts in that little memory"
+        ));
+    }
+    Ok(bytes)
 }
 
 /// headroom's own failure exit code (like `env` and container runtimes).
 pub const EXIT_FAILURE: u8 = 125;
+
+impl CaptureArgs {
+    fn target(&self) -> TargetSpec {
+        match (&self.cgroup, self.pid) {
+            (Some(path), _) => TargetSpec::Cgroup(path.clone()),
+            (None, Some(pid)) => TargetSpec::Pid(pid),
+            (None, None) => TargetSpec::Command(self.command.clone()),
+        }
+    }
+}
 
 /// Runs the parsed command line; returns the process exit code.
 pub fn run(cli: Cli) -> anyhow::Result<u8> {
@@ -65,10 +177,13 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
 }
 
 fn run_capture(args: CaptureArgs) -> anyhow::Result<u8> {
-    let options = CaptureOptions {
-        command: args.command,
-        max_processes: args.max_processes as usize,
-    };
+    let target = args.target();
+    let is_command = matches!(target, TargetSpec::Command(_));
+    let mut options = CaptureOptions::new(target);
+    options.duration = args.duration;
+    options.max_processes = args.max_processes as usize;
+    options.memory_limit = args.memory_limit;
+
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -78,21 +193,27 @@ fn run_capture(args: CaptureArgs) -> anyhow::Result<u8> {
         Err(err @ CaptureError::NotExecutable(_)) => return fail_with(err, 126),
         Err(err) => return Err(err.into()),
     };
-    if !args.quiet {
-        eprint!("\n{}", report.render_text());
+    let rendered = match args.format {
+        Format::Table => report.render_table(),
+        Format::Json => serde_json::to_string_pretty(&report)? + "\n",
+    };
+    match args.output.as_deref() {
+        Some(path) if path.as_os_str() != "-" => std::fs::write(path, rendered).map_err(|err| {
+            anyhow::anyhow!(
+                "cannot write the report to {}: {err} (check the directory exists and has room)",
+                path.display()
+            )
+        })?,
+        Some(_) => std::io::stdout().lock().write_all(rendered.as_bytes())?,
+        None if is_command => eprint!("\n{rendered}"),
+        None => std::io::stdout().lock().write_all(rendered.as_bytes())?,
     }
-    if let Some(path) = &args.json {
-        let json = serde_json::to_string_pretty(&report)?;
-        if path.as_os_str() == "-" {
-            let mut stdout = std::io::stdout().lock();
-            writeln!(stdout, "{json}")?;
-        } else {
-            std::fs::write(path, json + "\n").map_err(|err| {
-                anyhow::anyhow!("cannot write the report to {}: {err}", path.display())
-            })?;
-        }
-    }
-    Ok(u8::try_from(report.exit.shell_code() & 0xff).unwrap_or(EXIT_FAILURE))
+    let code = report
+        .targets
+        .first()
+        .and_then(|target| target.exit)
+        .map_or(0, |exit| exit.shell_code());
+    Ok(u8::try_from(code & 0xff).unwrap_or(EXIT_FAILURE))
 }
 
 fn fail_with(err: CaptureError, code: u8) -> anyhow::Result<u8> {
@@ -106,6 +227,12 @@ mod tests {
 
     use super::*;
 
+    fn capture_args(argv: &[&str]) -> Result<CaptureArgs, clap::Error> {
+        let cli = Cli::try_parse_from(argv)?;
+        let Command::Capture(args) = cli.command;
+        Ok(args)
+    }
+
     #[test]
     fn clap_definition_is_consistent() {
         Cli::command().debug_assert();
@@ -113,42 +240,95 @@ mod tests {
 
     #[test]
     fn capture_takes_the_command_after_double_dash() {
-        let cli =
-            Cli::try_parse_from(["headroom", "capture", "--json", "r.json", "--", "ls", "-l"])
-                .expect("valid");
-        let Command::Capture(args) = cli.command;
-        assert_eq!(args.command, ["ls", "-l"]);
-        assert_eq!(args.json, Some(PathBuf::from("r.json")));
+        let args = capture_args(&[
+            "headroom", "capture", "--format", "json", "--", "ls", "--format", "x",
+        ])
+        .expect("valid");
+        assert_eq!(args.command, ["ls", "--format", "x"]);
+        assert_eq!(args.format, Format::Json);
+        assert_eq!(
+            args.target(),
+            TargetSpec::Command(vec!["ls".into(), "--format".into(), "x".into()])
+        );
     }
 
     #[test]
     fn the_command_must_follow_double_dash() {
-        let err = Cli::try_parse_from(["headroom", "capture", "ls", "-l"]).expect_err("no --");
+        let err = capture_args(&["headroom", "capture", "ls", "-l"]).expect_err("no --");
         assert_eq!(err.kind(), clap::error::ErrorKind::UnknownArgument);
-        let cli =
-            Cli::try_parse_from(["headroom", "capture", "--", "ls", "--json", "x"]).expect("valid");
-        let Command::Capture(args) = cli.command;
-        assert_eq!(args.command, ["ls", "--json", "x"]);
-        assert_eq!(args.json, None);
     }
 
     #[test]
-    fn capture_without_a_command_is_a_usage_error() {
-        let err = Cli::try_parse_from(["headroom", "capture"]).expect_err("missing command");
+    fn exactly_one_target() {
+        let err = capture_args(&["headroom", "capture"]).expect_err("no target");
         assert_eq!(err.kind(), clap::error::ErrorKind::MissingRequiredArgument);
+        let err = capture_args(&["headroom", "capture", "--pid", "1", "--cgroup", "/x"])
+            .expect_err("two targets");
+        assert_eq!(err.kind(), clap::error::ErrorKind::ArgumentConflict);
+        let err = capture_args(&["headroom", "capture", "--pid", "1", "--", "true"])
+            .expect_err("two targets");
+        assert_eq!(err.kind(), clap::error::ErrorKind::ArgumentConflict);
+        assert_eq!(
+            capture_args(&["headroom", "capture", "--cgroup", "/a/b"])
+                .expect("valid")
+                .target(),
+            TargetSpec::Cgroup("/a/b".into())
+        );
     }
 
     #[test]
     fn bad_flags_are_rejected() {
-        assert!(
-            Cli::try_parse_from(["headroom", "capture", "--max-processes", "0", "--", "true"])
-                .is_err()
-        );
-        assert!(Cli::try_parse_from(["headroom", "capture", "--bogus", "--", "true"]).is_err());
-        assert!(
-            Cli::try_parse_from(["headroom", "--log-level", "loud", "capture", "--", "true"])
-                .is_err()
-        );
+        for argv in [
+            &["headroom", "capture", "--max-processes", "0", "--", "true"][..],
+            &["headroom", "capture", "--bogus", "--", "true"],
+            &["headroom", "--log-level", "loud", "capture", "--", "true"],
+            &["headroom", "capture", "--pid", "0"],
+            &["headroom", "capture", "--duration", "0s", "--", "true"],
+            &["headroom", "capture", "--duration", "10", "--", "true"],
+            &["headroom", "capture", "--format", "xml", "--", "true"],
+            &[
+                "headroom",
+                "capture",
+                "--memory-limit",
+                "12Qi",
+                "--",
+                "true",
+            ],
+            &["headroom", "capture", "--memory-limit", "1Gi", "--pid", "5"],
+        ] {
+            assert!(Cli::try_parse_from(argv).is_err(), "accepted {argv:?}");
+        }
+    }
+
+    #[test]
+    fn durations_parse_with_units_and_clear_errors() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert!(parse_duration("10")
+            .expect_err("no unit")
+            .contains("no unit"));
+        assert!(parse_duration("0s")
+            .expect_err("zero")
+            .contains("more than 0"));
+        assert!(parse_duration("5y")
+            .expect_err("unit")
+            .contains("unknown unit"));
+        assert!(parse_duration("s").expect_err("number").contains("number"));
+    }
+
+    #[test]
+    fn sizes_parse_in_kubernetes_notation() {
+        assert_eq!(parse_bytes("256Mi"), Ok(256 << 20));
+        assert_eq!(parse_bytes("1Gi"), Ok(1 << 30));
+        assert_eq!(parse_bytes("500M"), Ok(500_000_000));
+        assert_eq!(parse_bytes("8388608"), Ok(8 << 20));
+        assert!(parse_bytes("1Ki").expect_err("tiny").contains("below 4Mi"));
+        assert!(parse_bytes("99999999999Ti")
+            .expect_err("huge")
+            .contains("too large"));
+        assert!(parse_bytes("Mi").is_err());
     }
 
     #[test]
@@ -159,7 +339,16 @@ mod tests {
             .expect("capture exists")
             .render_long_help()
             .to_string();
-        for flag in ["--json", "--quiet", "--max-processes", "COMMAND"] {
+        for flag in [
+            "--cgroup",
+            "--pid",
+            "--duration",
+            "--format",
+            "--output",
+            "--memory-limit",
+            "--max-processes",
+            "COMMAND",
+        ] {
             assert!(help.contains(flag), "capture --help lacks {flag}:\n{help}");
         }
         let top = Cli::command().render_long_help().to_string();

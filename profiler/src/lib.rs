@@ -4,8 +4,10 @@
 //!   `profiler-ebpf/`), with preflight checks that name missing privileges and features;
 //! - [`cgroups`]: cgroup hierarchies, /proc/PID/cgroup, and capture sessions' own cgroups
 //!   (the base that container attribution builds on);
-//! - [`accounting`]: aggregation of kernel counters and events per cgroup and per process;
-//! - [`report`]: the `headroom.report/v1` document and its text rendering;
+//! - [`accounting`]: aggregation of kernel counters and events per target and per process,
+//!   live reserved memory by region, the timeline of maxima and its reading;
+//! - [`procfs`]: /proc readers (smaps, process trees);
+//! - [`report`]: the `headroom.report/v1` document and its table rendering;
 //! - [`capture`]: on-demand capture sessions;
 //! - [`cli`]: flags and dispatch.
 pub mod accounting;
@@ -13,4 +15,5 @@ pub mod capture;
 pub mod cgroups;
 pub mod cli;
 pub mod probes;
+pub mod procfs;
 pub mod report;

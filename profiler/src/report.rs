@@ -1,17 +1,21 @@
-//! Reports: the `headroom.report/v1` JSON document and its human-readable rendering.
+//! Reports: the `headroom.report/v1` document (a public contract: names and meanings of its
+//! fields do not change; fields are only added) and its human-readable table.
 
-use std::{fmt::Write as _, path::PathBuf};
+use std::fmt::Write as _;
 
 use serde::Serialize;
 
 use crate::{
-    accounting::{ActivitySummary, ProcessRecord},
-    probes::DropCounts,
+    accounting::{
+        analysis::Spike, regions::ReservedBytes, timeline::BucketPeaks, ActivitySummary,
+        ProcessRecord,
+    },
+    probes::{DropCounts, KernelEntries},
 };
 
 pub const REPORT_SCHEMA: &str = "headroom.report/v1";
 
-/// How the traced command ended.
+/// How a traced command ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct ExitSummary {
     /// Exit code, when it exited normally.
@@ -31,37 +35,137 @@ impl ExitSummary {
     }
 }
 
-/// The cgroup the session ran in.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct CgroupTarget {
-    pub unified_path: PathBuf,
-    pub id: u64,
-    pub memory_v1_path: Option<PathBuf>,
-}
-
-/// The cgroup's memory charge, read from the kernel's own counters.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+/// Charged memory: the cgroup charge the OOM killer compares with the limit.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct ChargedMemory {
+    /// Highest charge: the kernel's own high-water mark where it is exclusive to the session,
+    /// else the highest sample.
     pub peak_bytes: u64,
-    pub source: &'static str,
+    /// Where `peak_bytes` came from.
+    pub peak_source: String,
+    pub startup_peak_bytes: u64,
+    /// When startup ended (see the startup rule in the README); null if it did not.
+    pub startup_seconds: Option<f64>,
+    /// Median of the timeline's bucket maxima after startup.
+    pub steady_bytes: Option<u64>,
+    pub steady_p95_bytes: Option<u64>,
+    /// Highest charge minus inactive file pages (the kubelet's working set).
+    pub working_set_peak_bytes: u64,
+    /// Effective limit (lowest of the cgroup's and its ancestors'); null when unlimited.
+    pub limit_bytes: Option<u64>,
+    /// Highest sampled charge (every `sample_interval_ms`).
+    pub sampled_peak_bytes: u64,
 }
 
-/// The result of `headroom capture -- CMD`.
-#[derive(Clone, Debug, Serialize)]
-pub struct CaptureReport {
-    pub schema: &'static str,
-    pub command: Vec<String>,
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ResidentMemory {
+    /// Highest file + anon + shmem resident of the target's processes together (rss_stat,
+    /// aggregated in the kernel).
+    pub peak_bytes: u64,
+    pub anon_peak_bytes: u64,
+    pub file_peak_bytes: u64,
+    /// At the end of the capture.
+    pub current_bytes: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ReservedMemory {
+    /// Highest total reserved address space of the target's processes together.
+    pub peak_bytes: u64,
+    /// The breakdown at that peak.
+    pub by_kind: ReservedBytes,
+    /// Each kind's own highest value.
+    pub peak_by_kind: ReservedBytes,
+    /// Mapping events applied; events lost or not applied make the figures a lower bound.
+    pub events: u64,
+    pub exact: bool,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Threads {
+    /// Threads created during the capture (exact).
+    pub created: u64,
+    /// Most tasks alive at once, main threads included.
+    pub peak: Option<u64>,
+    /// Highest reserved thread-stack address space (MAP_STACK regions).
+    pub stack_reserved_bytes: u64,
+    /// Highest resident thread-stack memory seen (pages touched, sampled from smaps).
+    pub stack_resident_bytes: u64,
+}
+
+/// One OOM kill, with the seconds of timeline before it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct OomKill {
+    pub seconds: f64,
     pub pid: u32,
-    pub cgroup: CgroupTarget,
-    pub duration_seconds: f64,
-    pub exit: ExitSummary,
-    /// Everything that happened in the session's cgroup.
-    pub totals: ActivitySummary,
-    pub charged: Option<ChargedMemory>,
+    pub command: Option<String>,
+    pub total_vm_bytes: u64,
+    pub anon_rss_bytes: u64,
+    pub file_rss_bytes: u64,
+    pub shmem_rss_bytes: u64,
+    pub timeline_before: TimelineExcerpt,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct TimelineExcerpt {
+    pub start_seconds: f64,
+    pub resolution_ms: u64,
+    pub buckets: Vec<BucketPeaks>,
+}
+
+/// One thing a capture watched: a command's cgroup, an existing cgroup, or a process tree.
+#[derive(Clone, Debug, Serialize)]
+pub struct TargetReport {
+    /// "command", "cgroup" or "pid".
+    pub kind: &'static str,
+    /// The captured command line, for command targets.
+    pub command: Option<Vec<String>>,
+    /// cgroup path as /proc/PID/cgroup shows it; null for process trees.
+    pub cgroup: Option<String>,
+    /// The id the kernel side counted the target under (cgroup v2 id, or a process-tree id).
+    pub target_id: u64,
+    /// Root processes: the command, the followed pid, or the cgroup's processes at the start.
+    pub pids: Vec<u32>,
+    pub exit: Option<ExitSummary>,
+    /// Charged memory; null for process trees (they have no cgroup of their own).
+    pub memory: Option<ChargedMemory>,
+    pub resident: ResidentMemory,
+    pub reserved: ReservedMemory,
+    pub threads: Threads,
+    /// Startup and steady state of the resident series (for process trees, the main series).
+    pub resident_phases: ResidentPhases,
+    /// Spikes above steady state (of the charge; of resident memory for process trees).
+    pub spikes: Vec<Spike>,
+    pub oom_kills: u64,
+    /// The kernel cgroup's own OOM-kill count over the session, to cross-check `oom_kills`.
+    pub oom_kills_cgroup: Option<u64>,
+    pub oom_events: Vec<OomKill>,
+    /// Kernel counters, as volumes (what was mapped, created, exited).
+    pub activity: ActivitySummary,
     /// Per process, largest reservation first.
     pub processes: Vec<ProcessRecord>,
     /// Processes not listed because the table reached its bound.
     pub processes_not_listed: u64,
+    /// Kernel map entries still held for the target at the end (0 when nothing leaks).
+    pub kernel_entries_at_end: KernelEntries,
+    pub timeline: TimelineExcerpt,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct ResidentPhases {
+    pub startup_seconds: Option<f64>,
+    pub startup_peak_bytes: u64,
+    pub steady_bytes: Option<u64>,
+    pub steady_p95_bytes: Option<u64>,
+}
+
+/// The result of `headroom capture`.
+#[derive(Clone, Debug, Serialize)]
+pub struct CaptureReport {
+    pub schema: &'static str,
+    pub duration_seconds: f64,
+    pub sample_interval_ms: u64,
+    pub targets: Vec<TargetReport>,
     pub drops: DropCounts,
     /// Ring buffer records that failed to decode (a build mismatch; should be 0).
     pub undecodable_events: u64,
@@ -82,6 +186,10 @@ pub fn format_bytes(bytes: u64) -> String {
     format!("{value:.1} {}", UNITS[unit])
 }
 
+fn format_optional(bytes: Option<u64>) -> String {
+    bytes.map_or_else(|| "n/a".to_owned(), format_bytes)
+}
+
 /// Quotes an argument for display the way a POSIX shell would need it.
 pub fn shell_quote(arg: &str) -> String {
     let plain = !arg.is_empty()
@@ -100,158 +208,223 @@ fn plural(count: u64, one: &str, many: &str) -> String {
 }
 
 impl CaptureReport {
-    /// The summary printed at the end of a capture.
-    pub fn render_text(&self) -> String {
+    /// The table printed at the end of a capture.
+    pub fn render_table(&self) -> String {
         let mut out = String::new();
-        let t = &self.totals;
-        let ended = match (self.exit.code, self.exit.signal) {
-            (Some(code), _) => format!("exited with code {code}"),
-            (None, Some(signal)) => format!("was killed by signal {signal}"),
-            (None, None) => "ended".to_owned(),
-        };
-        let _ = writeln!(
-            out,
-            "headroom capture: `{}` (pid {}) {ended} after {:.2} s",
-            self.command
-                .iter()
-                .map(|arg| shell_quote(arg))
-                .collect::<Vec<_>>()
-                .join(" "),
-            self.pid,
-            self.duration_seconds
-        );
-        let _ = writeln!(
-            out,
-            "cgroup: {} (id {})",
-            self.cgroup.unified_path.display(),
-            self.cgroup.id
-        );
-        out.push('\n');
-        let peak = t
-            .peak_tasks
-            .map_or_else(|| "unknown".to_owned(), |peak| peak.to_string());
-        let _ = writeln!(
-            out,
-            "Threads    {} created, peak {peak} alive at once (main threads included)",
-            t.threads_created
-        );
-        let _ = writeln!(
-            out,
-            "Processes  {} forked, {}, {} tasks exited",
-            t.processes_created,
-            plural(t.execs, "exec", "execs"),
-            t.tasks_exited
-        );
-        out.push('\n');
-        let _ = writeln!(
-            out,
-            "Reserved address space (mmap, page-rounded) in {} ({} failed):",
-            plural(t.mmap_calls, "call", "calls"),
-            t.mmap_failures
-        );
-        let m = &t.mmapped;
-        for (label, bytes, note) in [
-            ("anonymous", m.anonymous, "private read/write memory"),
-            ("file", m.file, "mapped files and libraries"),
-            ("stack", m.stack, "thread stacks (MAP_STACK)"),
-            ("shared", m.shared, "MAP_SHARED anonymous"),
-            (
-                "no-access",
-                m.no_access,
-                "PROT_NONE / MAP_NORESERVE reservations",
-            ),
-        ] {
-            let _ = writeln!(out, "  {label:<10} {:>11}   {note}", format_bytes(bytes));
+        for target in &self.targets {
+            render_target(&mut out, target, self.duration_seconds);
         }
-        let _ = writeln!(out, "  {:<10} {:>11}", "total", format_bytes(m.total()));
-        let _ = writeln!(
-            out,
-            "  unmapped   {:>11}   in {}",
-            format_bytes(t.munmapped_bytes),
-            plural(t.munmap_calls, "call", "calls")
-        );
-        let _ = writeln!(
-            out,
-            "brk heap:  grew {}, shrank {} in {}",
-            format_bytes(t.brk_grown_bytes),
-            format_bytes(t.brk_shrunk_bytes),
-            plural(t.brk_calls, "call", "calls")
-        );
-        match &self.charged {
-            Some(charged) => {
-                let _ = writeln!(
-                    out,
-                    "Charged memory peak: {} ({})",
-                    format_bytes(charged.peak_bytes),
-                    charged.source
-                );
-            }
-            None => {
-                let _ = writeln!(
-                    out,
-                    "Charged memory peak: not available (no memory controller on the session cgroup)"
-                );
-            }
-        }
-
-        if !self.processes.is_empty() {
-            out.push('\n');
-            let _ = writeln!(
-                out,
-                "{:>8}  {:<16} {:>7} {:>5} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
-                "PID",
-                "COMMAND",
-                "THREADS",
-                "PEAK",
-                "ANON",
-                "FILE",
-                "STACK",
-                "SHARED",
-                "NOACCESS",
-                "BRK"
-            );
-            const SHOWN: usize = 20;
-            for process in self.processes.iter().take(SHOWN) {
-                let a = &process.activity;
-                let _ = writeln!(
-                    out,
-                    "{:>8}  {:<16} {:>7} {:>5} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
-                    process.pid,
-                    process.command,
-                    a.threads_created,
-                    a.peak_tasks
-                        .map_or_else(|| "?".to_owned(), |p| p.to_string()),
-                    format_bytes(a.mmapped.anonymous),
-                    format_bytes(a.mmapped.file),
-                    format_bytes(a.mmapped.stack),
-                    format_bytes(a.mmapped.shared),
-                    format_bytes(a.mmapped.no_access),
-                    format_bytes(process.brk_heap_bytes),
-                );
-            }
-            let hidden =
-                self.processes.len().saturating_sub(SHOWN) as u64 + self.processes_not_listed;
-            if hidden > 0 {
-                let _ = writeln!(
-                    out,
-                    "  ... and {} more (see --json)",
-                    plural(hidden, "process", "processes")
-                );
-            }
-        }
-        out.push('\n');
         let drops = self.drops.total();
         if drops == 0 && self.undecodable_events == 0 {
             let _ = writeln!(out, "Events lost: none");
         } else {
             let _ = writeln!(
                 out,
-                "Events lost: {drops} ({:?}); undecodable: {}. Totals above come from kernel counters and stay exact; per-process detail may be incomplete.",
+                "Events lost: {drops} ({:?}); undecodable: {}. Kernel counters stay exact; per-region \
+                 and per-process detail may be incomplete.",
                 self.drops, self.undecodable_events
             );
         }
         out
     }
+}
+
+fn render_target(out: &mut String, t: &TargetReport, duration: f64) {
+    let what = match (&t.command, &t.cgroup) {
+        (Some(command), _) => format!(
+            "`{}`",
+            command
+                .iter()
+                .map(|arg| shell_quote(arg))
+                .collect::<Vec<_>>()
+                .join(" ")
+        ),
+        (None, Some(cgroup)) => format!("cgroup {cgroup}"),
+        (None, None) => format!(
+            "process tree of pid {}",
+            t.pids.first().copied().unwrap_or(0)
+        ),
+    };
+    let ended = match t.exit.map(|exit| (exit.code, exit.signal)) {
+        Some((Some(code), _)) => format!(" exited with code {code}"),
+        Some((None, Some(signal))) => format!(" was killed by signal {signal}"),
+        _ => String::new(),
+    };
+    let pids = t
+        .pids
+        .iter()
+        .map(u32::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    let _ = writeln!(
+        out,
+        "headroom capture: {what} (pid {pids}){ended} after {duration:.2} s"
+    );
+    if let Some(cgroup) = &t.cgroup {
+        let _ = writeln!(out, "cgroup: {cgroup} (id {})", t.target_id);
+    }
+    out.push('\n');
+
+    let _ = writeln!(
+        out,
+        "{:<28} {:>12} {:>12} {:>12} {:>12}",
+        "MEMORY", "PEAK", "STARTUP PEAK", "STEADY", "STEADY P95"
+    );
+    if let Some(m) = &t.memory {
+        let _ = writeln!(
+            out,
+            "{:<28} {:>12} {:>12} {:>12} {:>12}",
+            "charged (cgroup)",
+            format_bytes(m.peak_bytes),
+            format_bytes(m.startup_peak_bytes),
+            format_optional(m.steady_bytes),
+            format_optional(m.steady_p95_bytes)
+        );
+    }
+    let r = &t.resident_phases;
+    let _ = writeln!(
+        out,
+        "{:<28} {:>12} {:>12} {:>12} {:>12}",
+        "resident (rss)",
+        format_bytes(t.resident.peak_bytes),
+        format_bytes(r.startup_peak_bytes),
+        format_optional(r.steady_bytes),
+        format_optional(r.steady_p95_bytes)
+    );
+    let _ = writeln!(
+        out,
+        "{:<28} {:>12}",
+        "reserved (address space)",
+        format_bytes(t.reserved.peak_bytes)
+    );
+    if let Some(m) = &t.memory {
+        let startup = m
+            .startup_seconds
+            .map_or_else(|| "not over".to_owned(), |s| format!("{s:.2} s"));
+        let _ = writeln!(
+            out,
+            "startup: {startup}; working-set peak {}; limit {}; charge peak from {}",
+            format_bytes(m.working_set_peak_bytes),
+            format_optional(m.limit_bytes),
+            m.peak_source
+        );
+    }
+    out.push('\n');
+
+    let _ = writeln!(out, "Reserved at its peak, by kind:");
+    let k = &t.reserved.by_kind;
+    for (label, bytes, note) in [
+        ("brk heap", k.brk_heap, "program break"),
+        ("stack", k.stack, "thread stacks (MAP_STACK)"),
+        ("anonymous", k.anonymous, "private read/write memory"),
+        ("file", k.file, "mapped files and libraries"),
+        ("shared", k.shared, "MAP_SHARED anonymous"),
+        (
+            "no-access",
+            k.no_access,
+            "PROT_NONE / MAP_NORESERVE reservations",
+        ),
+    ] {
+        let _ = writeln!(out, "  {label:<10} {:>11}   {note}", format_bytes(bytes));
+    }
+    let a = &t.activity;
+    let _ = writeln!(
+        out,
+        "  (volume: {} mmapped in {}, {} unmapped, brk grew {})",
+        format_bytes(a.mmapped.total()),
+        plural(a.mmap_calls, "call", "calls"),
+        format_bytes(a.munmapped_bytes),
+        format_bytes(a.brk_grown_bytes)
+    );
+    out.push('\n');
+
+    let th = &t.threads;
+    let peak = th
+        .peak
+        .map_or_else(|| "unknown".to_owned(), |peak| peak.to_string());
+    let _ = writeln!(
+        out,
+        "Threads    {} created, peak {peak} alive at once (main threads included); stacks {} reserved, {} resident",
+        th.created,
+        format_bytes(th.stack_reserved_bytes),
+        format_bytes(th.stack_resident_bytes)
+    );
+    let _ = writeln!(
+        out,
+        "Processes  {} forked, {}, {} tasks exited",
+        a.processes_created,
+        plural(a.execs, "exec", "execs"),
+        a.tasks_exited
+    );
+    if t.spikes.is_empty() {
+        let _ = writeln!(out, "Spikes     none above steady state");
+    } else {
+        let _ = writeln!(out, "Spikes above steady state:");
+        for spike in &t.spikes {
+            let _ = writeln!(
+                out,
+                "  at {:>7.2} s for {:>5} ms: peak {}, {} above steady",
+                spike.start_seconds,
+                spike.duration_ms,
+                format_bytes(spike.peak_bytes),
+                format_bytes(spike.bytes_above_steady)
+            );
+        }
+    }
+    if t.oom_kills > 0 || t.oom_kills_cgroup.is_some_and(|kills| kills > 0) {
+        let _ = writeln!(
+            out,
+            "OOM kills  {} seen by the probe, {} counted by the cgroup",
+            t.oom_kills,
+            t.oom_kills_cgroup
+                .map_or_else(|| "n/a".to_owned(), |kills| kills.to_string())
+        );
+        for kill in &t.oom_events {
+            let _ = writeln!(
+                out,
+                "  at {:.2} s: pid {} ({}) with {} anon resident",
+                kill.seconds,
+                kill.pid,
+                kill.command.as_deref().unwrap_or("?"),
+                format_bytes(kill.anon_rss_bytes)
+            );
+        }
+    }
+
+    if !t.processes.is_empty() {
+        out.push('\n');
+        let _ = writeln!(
+            out,
+            "{:>8}  {:<16} {:>7} {:>5} {:>10} {:>10} {:>10} {:>10}",
+            "PID", "COMMAND", "THREADS", "PEAK", "RSS PEAK", "ANON MAP", "STACK MAP", "BRK"
+        );
+        const SHOWN: usize = 20;
+        for process in t.processes.iter().take(SHOWN) {
+            let a = &process.activity;
+            let _ = writeln!(
+                out,
+                "{:>8}  {:<16} {:>7} {:>5} {:>10} {:>10} {:>10} {:>10}",
+                process.pid,
+                process.command,
+                a.threads_created,
+                a.peak_tasks
+                    .map_or_else(|| "?".to_owned(), |p| p.to_string()),
+                format_bytes(process.resident_peak_bytes),
+                format_bytes(a.mmapped.anonymous),
+                format_bytes(a.mmapped.stack),
+                format_bytes(process.brk_heap_bytes),
+            );
+        }
+        let hidden = t.processes.len().saturating_sub(SHOWN) as u64 + t.processes_not_listed;
+        if hidden > 0 {
+            let _ = writeln!(
+                out,
+                "  ... and {} more (see --format json)",
+                plural(hidden, "process", "processes")
+            );
+        }
+    }
+    out.push('\n');
 }
 
 #[cfg(test)]

@@ -96,7 +96,17 @@ impl Captured {
         String::from_utf8_lossy(&self.output.stderr).into_owned()
     }
 
-    /// A number at a JSON pointer, e.g. `/totals/threads_created`.
+    /// A number at a JSON pointer within the first target, e.g. `/threads/created`.
+    pub fn target(&self, pointer: &str) -> u64 {
+        self.number(&format!("/targets/0{pointer}"))
+    }
+
+    /// The first target's JSON object.
+    pub fn target_json(&self) -> &serde_json::Value {
+        &self.report["targets"][0]
+    }
+
+    /// A number at a JSON pointer of the report, e.g. `/drops/ringbuf_full`.
     pub fn number(&self, pointer: &str) -> u64 {
         self.report
             .pointer(pointer)
@@ -105,8 +115,13 @@ impl Captured {
     }
 }
 
-/// Runs `headroom capture --json FILE -- command...` and parses the report.
+/// Runs `headroom capture --format json --output FILE -- command...` and parses the report.
 pub fn capture(command: &[&str]) -> Captured {
+    capture_with(&[], command)
+}
+
+/// Like [`capture`], with extra capture flags before `--`.
+pub fn capture_with(flags: &[&str], command: &[&str]) -> Captured {
     let report_path = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
         "report-{}-{}.json",
         std::process::id(),
@@ -119,9 +134,14 @@ pub fn capture(command: &[&str]) -> Captured {
     ));
     let output = headroom()
         .arg("capture")
-        .arg("--json")
+        .args(["--format", "json", "--output"])
         .arg(&report_path)
-        .arg("--")
+        .args(flags)
+        .args(if command.is_empty() {
+            &[][..]
+        } else {
+            &["--"][..]
+        })
         .args(command)
         .stdin(Stdio::null())
         .output()

@@ -21,58 +21,72 @@ pub mod program {
     pub const SYS_ENTER_MMAP: &str = "sys_enter_mmap";
     pub const SYS_EXIT_MMAP: &str = "sys_exit_mmap";
     pub const SYS_ENTER_MUNMAP: &str = "sys_enter_munmap";
+    pub const SYS_EXIT_MUNMAP: &str = "sys_exit_munmap";
+    pub const SYS_ENTER_MREMAP: &str = "sys_enter_mremap";
+    pub const SYS_EXIT_MREMAP: &str = "sys_exit_mremap";
+    pub const SYS_ENTER_MPROTECT: &str = "sys_enter_mprotect";
+    pub const SYS_EXIT_MPROTECT: &str = "sys_exit_mprotect";
     pub const SYS_EXIT_BRK: &str = "sys_exit_brk";
+    pub const RSS_STAT: &str = "rss_stat";
+    pub const MARK_VICTIM: &str = "mark_victim";
 }
 
 /// Names of the maps in the eBPF object.
 pub mod map {
-    pub const CGROUP_COUNTERS: &str = "CGROUP_COUNTERS";
+    pub const TARGET_COUNTERS: &str = "TARGET_COUNTERS";
     pub const PROCESS_COUNTERS: &str = "PROCESS_COUNTERS";
-    pub const PENDING_MMAPS: &str = "PENDING_MMAPS";
+    pub const PENDING_CALLS: &str = "PENDING_CALLS";
     pub const TRACKED_CGROUPS: &str = "TRACKED_CGROUPS";
+    pub const TRACKED_TGIDS: &str = "TRACKED_TGIDS";
+    pub const MM_OWNERS: &str = "MM_OWNERS";
+    pub const WINDOW_PEAKS: &str = "WINDOW_PEAKS";
+    pub const WINDOW_EPOCH: &str = "WINDOW_EPOCH";
+    pub const SCRATCH: &str = "SCRATCH";
     pub const DROPS: &str = "DROPS";
     pub const EVENTS: &str = "EVENTS";
 }
 
 /// Names of load-time globals (overridden by user space before load).
 pub mod global {
-    /// `u8`: 1 traces every cgroup (node agent), 0 only those in `TRACKED_CGROUPS` (capture).
+    /// `u8`: 1 counts every cgroup (node agent), 0 only tracked cgroups and process trees.
     pub const TRACE_ALL_CGROUPS: &str = "TRACE_ALL_CGROUPS";
+    /// `u8`: 1 sends every mapping change (mmap, munmap, mremap, mprotect, brk) through the ring
+    /// buffer so user space can keep exact per-region reserved memory (capture sessions).
+    pub const TRACK_REGIONS: &str = "TRACK_REGIONS";
 }
 
 /// Default map sizes. User space may override them at load time; each one bounds kernel memory.
 pub mod capacity {
-    /// Containers (cgroups) counted at once on a node.
-    pub const CGROUPS: u32 = 4096;
+    /// Targets (cgroups or process trees) counted at once.
+    pub const TARGETS: u32 = 4096;
     /// Processes counted at once. LRU: the least recently active entry is evicted when full.
     pub const PROCESSES: u32 = 16384;
-    /// mmap calls in flight between syscall entry and exit (one per thread at most).
-    pub const PENDING_MMAPS: u32 = 8192;
+    /// Syscalls in flight between entry and exit (one per thread at most). LRU.
+    pub const PENDING_CALLS: u32 = 8192;
     /// Cgroups a capture session can select.
     pub const TRACKED_CGROUPS: u32 = 1024;
-    /// Ring buffer for rare events (process start/exit). Power of two, multiple of the page size.
-    pub const EVENTS_BYTES: u32 = 256 * 1024;
+    /// Processes a `--pid` capture follows (the root and its descendants).
+    pub const TRACKED_TGIDS: u32 = 16384;
+    /// mm_id to process, for rss_stat events raised outside the process (reclaim). LRU.
+    pub const MM_OWNERS: u32 = 16384;
+    /// Ring buffer for process, mapping and OOM events. Power of two, multiple of the page size.
+    pub const EVENTS_BYTES: u32 = 4 * 1024 * 1024;
 }
 
 /// Why an event or an update was lost. Indexes the per-CPU `DROPS` array.
 pub mod drop_reason {
-    /// The ring buffer had no room for a process event.
+    /// The ring buffer had no room for an event.
     pub const RINGBUF_FULL: u32 = 0;
-    /// `PENDING_MMAPS` was full, so one mmap was not counted.
-    pub const PENDING_MMAPS_FULL: u32 = 1;
-    /// `CGROUP_COUNTERS` was full, so a new cgroup got no counters.
-    pub const CGROUP_MAP_FULL: u32 = 2;
+    /// `PENDING_CALLS` insert failed, so one syscall was not counted.
+    pub const PENDING_CALLS_FULL: u32 = 1;
+    /// `TARGET_COUNTERS` was full, so a new target got no counters.
+    pub const TARGET_MAP_FULL: u32 = 2;
     /// `PROCESS_COUNTERS` insert failed.
     pub const PROCESS_MAP_FULL: u32 = 3;
+    /// `TRACKED_TGIDS` was full, so a child of a followed process is not followed.
+    pub const TRACKED_TGIDS_FULL: u32 = 4;
     /// Number of reasons; the size of the `DROPS` array.
-    pub const COUNT: u32 = 4;
-    /// Human names, indexed by reason.
-    pub const NAMES: [&str; COUNT as usize] = [
-        "ringbuf_full",
-        "pending_mmaps_full",
-        "cgroup_map_full",
-        "process_map_full",
-    ];
+    pub const COUNT: u32 = 5;
 }
 
 /// What kind of address space an `mmap` reserved. Indexes `MemoryCounters::mmap_bytes`.
@@ -94,14 +108,28 @@ pub mod mapping_kind {
     pub const NAMES: [&str; COUNT] = ["anonymous", "file", "stack", "shared", "no_access"];
 }
 
+/// Members of the kernel's per-mm RSS counters (`kmem:rss_stat`'s `member`).
+pub mod rss_member {
+    pub const FILE: usize = 0;
+    pub const ANON: usize = 1;
+    pub const SWAP: usize = 2;
+    pub const SHMEM: usize = 3;
+    pub const COUNT: usize = 4;
+}
+
 /// `mmap` flag and protection bits the classifier needs (Linux UAPI values, same on every
 /// architecture headroom supports).
 pub mod mmap_bits {
     pub const PROT_NONE: u64 = 0;
     pub const MAP_SHARED: u64 = 0x01;
+    pub const MAP_FIXED: u64 = 0x10;
     pub const MAP_ANONYMOUS: u64 = 0x20;
     pub const MAP_NORESERVE: u64 = 0x4000;
     pub const MAP_STACK: u64 = 0x20000;
+    /// mremap: the mapping may move.
+    pub const MREMAP_MAYMOVE: u64 = 1;
+    /// mremap: keep the old mapping (Linux 5.7+).
+    pub const MREMAP_DONTUNMAP: u64 = 4;
 }
 
 /// `clone` flag that marks a new thread (as opposed to a new process).
@@ -137,8 +165,8 @@ pub fn page_round_up(len: u64) -> u64 {
     }
 }
 
-/// Counters kept in the kernel, per cgroup and per process. Only ever added to in the kernel
-/// (atomically where two CPUs can race), read by user space.
+/// Counters kept in the kernel, per target (cgroup or process tree) and per process. Updated
+/// with atomic instructions where two CPUs can race; read by user space.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct MemoryCounters {
@@ -146,12 +174,16 @@ pub struct MemoryCounters {
     pub mmap_calls: u64,
     /// `mmap` calls that returned an error.
     pub mmap_failures: u64,
-    /// Bytes reserved by successful `mmap`, page-rounded, indexed by [`mapping_kind`].
+    /// Bytes reserved by successful `mmap`, page-rounded, indexed by [`mapping_kind`]. A volume
+    /// (what was mapped), not the live size: user space keeps the live size per region.
     pub mmap_bytes: [u64; mapping_kind::COUNT],
-    /// `munmap` calls.
+    /// Successful `munmap` calls.
     pub munmap_calls: u64,
-    /// Bytes asked to be unmapped, page-rounded.
+    /// Bytes successfully asked to be unmapped, page-rounded.
     pub munmap_bytes: u64,
+    /// Successful `mremap` and `mprotect` calls.
+    pub mremap_calls: u64,
+    pub mprotect_calls: u64,
     /// `brk` calls.
     pub brk_calls: u64,
     /// Bytes the program break moved up.
@@ -162,7 +194,7 @@ pub struct MemoryCounters {
     pub threads_created: u64,
     /// Processes created (`fork`, `vfork`, `clone` without `CLONE_THREAD`).
     pub processes_created: u64,
-    /// Tasks moved into the cgroup (or, per process, into a tracked cgroup).
+    /// Tasks moved into the target.
     pub tasks_attached: u64,
     /// Tasks (threads, main threads included) that exited.
     pub tasks_exited: u64,
@@ -175,18 +207,37 @@ pub struct MemoryCounters {
     pub live_tasks: i64,
     /// Highest `live_tasks` seen.
     pub peak_live_tasks: i64,
+    /// Resident bytes now, by [`rss_member`], summed over the processes (from rss_stat).
+    pub rss_bytes: [i64; rss_member::COUNT],
+    /// Highest resident total (file + anon + shmem) seen.
+    pub resident_peak_bytes: u64,
+    /// Highest anon resident seen.
+    pub anon_peak_bytes: u64,
+    /// Highest file + shmem resident seen.
+    pub file_peak_bytes: u64,
+    /// OOM kills of processes of this target (oom:mark_victim).
+    pub oom_kills: u64,
 }
 
-const _: () = assert!(core::mem::size_of::<MemoryCounters>() == 20 * 8);
+const _: () = assert!(core::mem::size_of::<MemoryCounters>() == 30 * 8);
 const _: () = assert!(core::mem::align_of::<MemoryCounters>() == 8);
+
+impl MemoryCounters {
+    /// Resident total as the kernel charges it to RSS: file + anon + shmem (swap excluded).
+    pub fn resident_bytes(&self) -> i64 {
+        self.rss_bytes[rss_member::FILE]
+            + self.rss_bytes[rss_member::ANON]
+            + self.rss_bytes[rss_member::SHMEM]
+    }
+}
 
 /// Per-process state kept in the kernel (LRU map keyed by tgid).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ProcessCounters {
     pub counters: MemoryCounters,
-    /// cgroup v2 id the process was last seen in.
-    pub cgroup_id: u64,
+    /// Target (cgroup id, or process-tree id) the process is counted in.
+    pub target_id: u64,
     /// Program break at the first `brk` seen since the last exec (0 = none seen yet).
     pub brk_start: u64,
     /// Program break after the last `brk`.
@@ -195,34 +246,84 @@ pub struct ProcessCounters {
     pub brk_highest: u64,
     /// `bpf_ktime_get_ns` when the entry was created.
     pub first_seen_ns: u64,
-    /// 1 when the entry was created at the process's birth or arrival in a tracked cgroup, so
-    /// `live_tasks` counts all of its threads; 0 when it was already running (user space then
-    /// reads its thread count from /proc).
+    /// 1 when the entry was created at the process's birth or arrival in a tracked target, so
+    /// `live_tasks` counts all of its threads; 0 when it was already running.
     pub tasks_known: u32,
-    pub _pad: u32,
+    /// The kernel's mm_id hash of the process's address space (0 until its first rss_stat).
+    pub mm_id: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<ProcessCounters>() == 20 * 8 + 6 * 8);
+const _: () = assert!(core::mem::size_of::<ProcessCounters>() == 30 * 8 + 6 * 8);
 const _: () = assert!(core::mem::align_of::<ProcessCounters>() == 8);
 
-/// Arguments of an `mmap` between syscall entry and exit, keyed by pid_tgid.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct PendingMmap {
-    pub len: u64,
-    pub prot: u64,
-    pub flags: u64,
-    pub cgroup_id: u64,
+/// Which syscall a [`PendingCall`] belongs to.
+pub mod call_kind {
+    pub const MMAP: u32 = 1;
+    pub const MUNMAP: u32 = 2;
+    pub const MREMAP: u32 = 3;
+    pub const MPROTECT: u32 = 4;
 }
 
-const _: () = assert!(core::mem::size_of::<PendingMmap>() == 32);
+/// Arguments of a mapping syscall between entry and exit, keyed by pid_tgid.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PendingCall {
+    /// One of [`call_kind`].
+    pub kind: u32,
+    pub _pad: u32,
+    pub target_id: u64,
+    /// mmap: addr, len, prot, flags. munmap: addr, len. mremap: old addr, old len, new len,
+    /// flags. mprotect: addr, len, prot.
+    pub args: [u64; 4],
+}
+
+const _: () = assert!(core::mem::size_of::<PendingCall>() == 48);
+
+/// Who an mm belongs to, learned from rss_stat events raised by the process itself.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MmOwner {
+    pub tgid: u32,
+    pub _pad: u32,
+    pub target_id: u64,
+}
+
+const _: () = assert!(core::mem::size_of::<MmOwner>() == 16);
+
+/// Key of `WINDOW_PEAKS`: a target and the parity of the window epoch. User space flips the
+/// epoch at each timeline bucket, then reads and clears the slot the kernel stopped writing,
+/// so no update is lost between a read and a reset.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WindowKey {
+    pub target_id: u64,
+    pub slot: u64,
+}
+
+const _: () = assert!(core::mem::size_of::<WindowKey>() == 16);
+
+/// High-water marks within one timeline window.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WindowPeaks {
+    pub resident_peak_bytes: u64,
+    pub anon_peak_bytes: u64,
+    pub file_peak_bytes: u64,
+    pub live_tasks_peak: i64,
+}
+
+const _: () = assert!(core::mem::size_of::<WindowPeaks>() == 32);
 
 /// Kinds of ring-buffer event.
 pub mod event_kind {
-    /// A process was born in, or moved into, a tracked cgroup.
+    /// A process was born in, or moved into, a tracked target.
     pub const PROCESS_START: u32 = 1;
     /// A process's last thread exited; carries its final counters.
     pub const PROCESS_EXIT: u32 = 2;
+    /// A mapping changed (only with `TRACK_REGIONS`).
+    pub const MAPPING: u32 = 3;
+    /// The OOM killer chose a victim.
+    pub const OOM_VICTIM: u32 = 4;
 }
 
 /// Header shared by every ring-buffer event.
@@ -233,8 +334,8 @@ pub struct EventHeader {
     pub kind: u32,
     /// Process id (thread-group id) the event is about.
     pub tgid: u32,
-    /// cgroup v2 id of the process.
-    pub cgroup_id: u64,
+    /// Target (cgroup id or process-tree id) of the process; 0 when unknown.
+    pub target_id: u64,
     /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC) when the event happened.
     pub timestamp_ns: u64,
 }
@@ -266,7 +367,54 @@ pub struct ProcessExitEvent {
     pub comm: [u8; 16],
 }
 
-const _: () = assert!(core::mem::size_of::<ProcessExitEvent>() == 24 + 208 + 16);
+const _: () = assert!(core::mem::size_of::<ProcessExitEvent>() == 24 + 288 + 16);
+
+/// Operations of a [`MappingEvent`].
+pub mod mapping_op {
+    /// mmap succeeded: `addr`, `len`, `prot`, `flags`.
+    pub const MAP: u32 = 1;
+    /// munmap succeeded: `addr`, `len`.
+    pub const UNMAP: u32 = 2;
+    /// mremap succeeded: `addr`/`len` old, `new_addr`/`new_len` new, `flags`.
+    pub const REMAP: u32 = 3;
+    /// mprotect succeeded: `addr`, `len`, `prot`.
+    pub const PROTECT: u32 = 4;
+    /// brk returned: `addr` is the new program break.
+    pub const BRK: u32 = 5;
+    /// execve succeeded: the old address space is gone.
+    pub const EXEC: u32 = 6;
+}
+
+/// `event_kind::MAPPING`: one change to a process's address space.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MappingEvent {
+    pub header: EventHeader,
+    /// One of [`mapping_op`].
+    pub op: u32,
+    pub prot: u32,
+    pub flags: u64,
+    pub addr: u64,
+    pub len: u64,
+    pub new_addr: u64,
+    pub new_len: u64,
+}
+
+const _: () = assert!(core::mem::size_of::<MappingEvent>() == 72);
+
+/// `event_kind::OOM_VICTIM`: from oom:mark_victim.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OomVictimEvent {
+    pub header: EventHeader,
+    /// Address space size and resident memory of the victim at the kill, in bytes.
+    pub total_vm_bytes: u64,
+    pub anon_rss_bytes: u64,
+    pub file_rss_bytes: u64,
+    pub shmem_rss_bytes: u64,
+}
+
+const _: () = assert!(core::mem::size_of::<OomVictimEvent>() == 56);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -276,7 +424,17 @@ mod pod {
     // SAFETY: as above.
     unsafe impl aya::Pod for super::ProcessCounters {}
     // SAFETY: as above.
-    unsafe impl aya::Pod for super::PendingMmap {}
+    unsafe impl aya::Pod for super::PendingCall {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::MmOwner {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::WindowKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::WindowPeaks {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::MappingEvent {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::OomVictimEvent {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::EventHeader {}
     // SAFETY: as above.

@@ -2,7 +2,8 @@
 //! before it is read, so a mismatched or corrupt record is an error, never a misread.
 
 use profiler_common::{
-    event_kind, EventHeader, ProcessCounters, ProcessExitEvent, ProcessStartEvent,
+    event_kind, EventHeader, MappingEvent, OomVictimEvent, ProcessCounters, ProcessExitEvent,
+    ProcessStartEvent,
 };
 use thiserror::Error;
 
@@ -25,7 +26,7 @@ pub enum DecodeError {
 pub struct ProcessStart {
     pub tgid: u32,
     pub parent_tgid: u32,
-    pub cgroup_id: u64,
+    pub target_id: u64,
     pub timestamp_ns: u64,
     pub comm: String,
 }
@@ -34,15 +35,44 @@ pub struct ProcessStart {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProcessExit {
     pub tgid: u32,
-    pub cgroup_id: u64,
+    pub target_id: u64,
     pub timestamp_ns: u64,
     pub comm: String,
     pub counters: ProcessCounters,
 }
 
+/// One change to a process's address space (see `profiler_common::mapping_op`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MappingChange {
+    pub tgid: u32,
+    pub target_id: u64,
+    pub timestamp_ns: u64,
+    pub op: u32,
+    pub prot: u32,
+    pub flags: u64,
+    pub addr: u64,
+    pub len: u64,
+    pub new_addr: u64,
+    pub new_len: u64,
+}
+
+/// The OOM killer chose this process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OomVictim {
+    pub tgid: u32,
+    pub target_id: u64,
+    pub timestamp_ns: u64,
+    pub total_vm_bytes: u64,
+    pub anon_rss_bytes: u64,
+    pub file_rss_bytes: u64,
+    pub shmem_rss_bytes: u64,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ProbeEvent {
     ProcessStart(ProcessStart),
+    Mapping(MappingChange),
+    OomVictim(OomVictim),
     /// Boxed: it carries the full counters, five times the size of a start.
     ProcessExit(Box<ProcessExit>),
 }
@@ -86,7 +116,7 @@ pub fn decode_event(bytes: &[u8]) -> Result<ProbeEvent, DecodeError> {
             Ok(ProbeEvent::ProcessStart(ProcessStart {
                 tgid: header.tgid,
                 parent_tgid: event.parent_tgid,
-                cgroup_id: header.cgroup_id,
+                target_id: header.target_id,
                 timestamp_ns: header.timestamp_ns,
                 comm: comm_to_string(&event.comm),
             }))
@@ -97,11 +127,41 @@ pub fn decode_event(bytes: &[u8]) -> Result<ProbeEvent, DecodeError> {
                 read_pod(bytes).ok_or(DecodeError::TooShort(bytes.len()))?;
             Ok(ProbeEvent::ProcessExit(Box::new(ProcessExit {
                 tgid: header.tgid,
-                cgroup_id: header.cgroup_id,
+                target_id: header.target_id,
                 timestamp_ns: header.timestamp_ns,
                 comm: comm_to_string(&event.comm),
                 counters: event.process,
             })))
+        }
+        event_kind::MAPPING => {
+            expect_size(header.kind, size_of::<MappingEvent>(), bytes.len())?;
+            let event: MappingEvent = read_pod(bytes).ok_or(DecodeError::TooShort(bytes.len()))?;
+            Ok(ProbeEvent::Mapping(MappingChange {
+                tgid: header.tgid,
+                target_id: header.target_id,
+                timestamp_ns: header.timestamp_ns,
+                op: event.op,
+                prot: event.prot,
+                flags: event.flags,
+                addr: event.addr,
+                len: event.len,
+                new_addr: event.new_addr,
+                new_len: event.new_len,
+            }))
+        }
+        event_kind::OOM_VICTIM => {
+            expect_size(header.kind, size_of::<OomVictimEvent>(), bytes.len())?;
+            let event: OomVictimEvent =
+                read_pod(bytes).ok_or(DecodeError::TooShort(bytes.len()))?;
+            Ok(ProbeEvent::OomVictim(OomVictim {
+                tgid: header.tgid,
+                target_id: header.target_id,
+                timestamp_ns: header.timestamp_ns,
+                total_vm_bytes: event.total_vm_bytes,
+                anon_rss_bytes: event.anon_rss_bytes,
+                file_rss_bytes: event.file_rss_bytes,
+                shmem_rss_bytes: event.shmem_rss_bytes,
+            }))
         }
         other => Err(DecodeError::UnknownKind(other)),
     }
@@ -122,7 +182,7 @@ mod tests {
         let mut event = ProcessExitEvent::default();
         event.header.kind = event_kind::PROCESS_EXIT;
         event.header.tgid = 4242;
-        event.header.cgroup_id = 77;
+        event.header.target_id = 77;
         event.process.counters.threads_created = 7;
         event.comm[..4].copy_from_slice(b"demo");
         let decoded = decode_event(&as_bytes(&event));
@@ -130,9 +190,34 @@ mod tests {
             panic!("unexpected {decoded:?}");
         };
         assert_eq!(exit.tgid, 4242);
-        assert_eq!(exit.cgroup_id, 77);
+        assert_eq!(exit.target_id, 77);
         assert_eq!(exit.comm, "demo");
         assert_eq!(exit.counters.counters.threads_created, 7);
+    }
+
+    #[test]
+    fn decodes_mapping_change() {
+        let event = MappingEvent {
+            header: EventHeader {
+                kind: event_kind::MAPPING,
+                tgid: 5,
+                target_id: 6,
+                timestamp_ns: 7,
+            },
+            op: profiler_common::mapping_op::REMAP,
+            addr: 0x1000,
+            len: 0x2000,
+            new_addr: 0x9000,
+            new_len: 0x4000,
+            ..Default::default()
+        };
+        let Ok(ProbeEvent::Mapping(change)) = decode_event(&as_bytes(&event)) else {
+            panic!("not a mapping event");
+        };
+        assert_eq!(
+            (change.addr, change.len, change.new_addr, change.new_len),
+            (0x1000, 0x2000, 0x9000, 0x4000)
+        );
     }
 
     #[test]

@@ -9,13 +9,16 @@ pub mod preflight;
 use std::path::Path;
 
 use aya::{
-    maps::{HashMap, MapData, MapError, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, MapData, MapError, PerCpuArray, RingBuf},
     programs::{ProgramError, TracePoint},
     Ebpf, EbpfError, EbpfLoader,
 };
-pub use events::{decode_event, DecodeError, ProbeEvent, ProcessExit, ProcessStart};
+pub use events::{
+    decode_event, DecodeError, MappingChange, OomVictim, ProbeEvent, ProcessExit, ProcessStart,
+};
 use profiler_common::{
-    capacity, drop_reason, global, map, program, MemoryCounters, ProcessCounters,
+    capacity, drop_reason, global, map, program, MemoryCounters, PendingCall, ProcessCounters,
+    WindowKey, WindowPeaks,
 };
 use thiserror::Error;
 use tokio::io::{unix::AsyncFd, Interest};
@@ -24,7 +27,7 @@ use tokio::io::{unix::AsyncFd, Interest};
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/profiler"));
 
 /// Every tracepoint headroom attaches: (program name, category, event).
-pub const TRACEPOINTS: [(&str, &str, &str); 8] = [
+pub const TRACEPOINTS: [(&str, &str, &str); 15] = [
     (program::TASK_NEWTASK, "task", "task_newtask"),
     (program::SCHED_PROCESS_EXIT, "sched", "sched_process_exit"),
     (program::SCHED_PROCESS_EXEC, "sched", "sched_process_exec"),
@@ -32,7 +35,18 @@ pub const TRACEPOINTS: [(&str, &str, &str); 8] = [
     (program::SYS_ENTER_MMAP, "syscalls", "sys_enter_mmap"),
     (program::SYS_EXIT_MMAP, "syscalls", "sys_exit_mmap"),
     (program::SYS_ENTER_MUNMAP, "syscalls", "sys_enter_munmap"),
+    (program::SYS_EXIT_MUNMAP, "syscalls", "sys_exit_munmap"),
+    (program::SYS_ENTER_MREMAP, "syscalls", "sys_enter_mremap"),
+    (program::SYS_EXIT_MREMAP, "syscalls", "sys_exit_mremap"),
+    (
+        program::SYS_ENTER_MPROTECT,
+        "syscalls",
+        "sys_enter_mprotect",
+    ),
+    (program::SYS_EXIT_MPROTECT, "syscalls", "sys_exit_mprotect"),
     (program::SYS_EXIT_BRK, "syscalls", "sys_exit_brk"),
+    (program::RSS_STAT, "kmem", "rss_stat"),
+    (program::MARK_VICTIM, "oom", "mark_victim"),
 ];
 
 #[derive(Debug, Error)]
@@ -45,6 +59,14 @@ pub enum ProbeError {
     MissingProgram(&'static str),
     #[error("the eBPF object has no map `{0}` (build mismatch: rebuild headroom)")]
     MissingMap(&'static str),
+    #[error(
+        "the kernel's verifier refused program `{name}` ({io_error}); the end of its log:\n{log_tail}"
+    )]
+    Verifier {
+        name: &'static str,
+        io_error: std::io::Error,
+        log_tail: String,
+    },
     #[error("the kernel refused to load program `{name}`")]
     ProgramLoad {
         name: &'static str,
@@ -85,10 +107,12 @@ pub enum ProbeError {
 #[derive(Clone, Debug)]
 pub struct ProbeConfig {
     /// Count every cgroup on the host (agent) instead of only the ones passed to
-    /// [`Probes::track_cgroup`] (capture sessions).
+    /// [`Probes::track_cgroup`] and [`Probes::follow_process`] (capture sessions).
     pub trace_all_cgroups: bool,
-    /// Cgroups counted at once.
-    pub max_cgroups: u32,
+    /// Send every mapping change through the ring buffer, for exact per-region reserved memory.
+    pub track_regions: bool,
+    /// Targets counted at once.
+    pub max_targets: u32,
     /// Processes counted at once (LRU).
     pub max_processes: u32,
 }
@@ -97,7 +121,8 @@ impl Default for ProbeConfig {
     fn default() -> Self {
         Self {
             trace_all_cgroups: false,
-            max_cgroups: capacity::CGROUPS,
+            track_regions: true,
+            max_targets: capacity::TARGETS,
             max_processes: capacity::PROCESSES,
         }
     }
@@ -107,23 +132,41 @@ impl Default for ProbeConfig {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct DropCounts {
     pub ringbuf_full: u64,
-    pub pending_mmaps_full: u64,
-    pub cgroup_map_full: u64,
+    pub pending_calls_full: u64,
+    pub target_map_full: u64,
     pub process_map_full: u64,
+    pub tracked_tgids_full: u64,
 }
 
 impl DropCounts {
     pub fn total(&self) -> u64 {
-        self.ringbuf_full + self.pending_mmaps_full + self.cgroup_map_full + self.process_map_full
+        self.ringbuf_full
+            + self.pending_calls_full
+            + self.target_map_full
+            + self.process_map_full
+            + self.tracked_tgids_full
     }
+}
+
+/// Kernel map entries still held for one target: all zero once its processes are gone.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct KernelEntries {
+    pub processes: u64,
+    pub pending_calls: u64,
+    pub followed_processes: u64,
 }
 
 /// The loaded and attached probes, with typed handles on their maps.
 pub struct Probes {
     // Field order matters for drop: the maps close first, then `ebpf` detaches the programs.
-    cgroup_counters: HashMap<MapData, u64, MemoryCounters>,
+    target_counters: HashMap<MapData, u64, MemoryCounters>,
     process_counters: HashMap<MapData, u32, ProcessCounters>,
+    pending_calls: HashMap<MapData, u64, PendingCall>,
     tracked_cgroups: HashMap<MapData, u64, u8>,
+    tracked_tgids: HashMap<MapData, u32, u64>,
+    window_peaks: HashMap<MapData, WindowKey, WindowPeaks>,
+    window_epoch: Array<MapData, u64>,
+    epoch: u64,
     drops: PerCpuArray<MapData, u64>,
     events: Option<RingBuf<MapData>>,
     _ebpf: Ebpf,
@@ -135,9 +178,11 @@ impl Probes {
         let started = std::time::Instant::now();
         preflight::check(Path::new("/"))?;
         let trace_all = u8::from(config.trace_all_cgroups);
+        let track_regions = u8::from(config.track_regions);
         let mut ebpf = EbpfLoader::new()
             .override_global(global::TRACE_ALL_CGROUPS, &trace_all, true)
-            .map_max_entries(map::CGROUP_COUNTERS, config.max_cgroups)
+            .override_global(global::TRACK_REGIONS, &track_regions, true)
+            .map_max_entries(map::TARGET_COUNTERS, config.max_targets)
             .map_max_entries(map::PROCESS_COUNTERS, config.max_processes)
             .load(EBPF_OBJECT)
             .map_err(|err| match preflight::explain_load_error(&err) {
@@ -154,9 +199,19 @@ impl Probes {
                     name,
                     source: Box::new(source),
                 })?;
-            program.load().map_err(|source| ProbeError::ProgramLoad {
-                name,
-                source: Box::new(source),
+            program.load().map_err(|source| match source {
+                ProgramError::LoadError {
+                    io_error,
+                    verifier_log,
+                } => ProbeError::Verifier {
+                    name,
+                    io_error,
+                    log_tail: last_lines(&verifier_log.to_string(), 25),
+                },
+                source => ProbeError::ProgramLoad {
+                    name,
+                    source: Box::new(source),
+                },
             })?;
             program
                 .attach(category, event)
@@ -174,9 +229,14 @@ impl Probes {
             "probes loaded and attached"
         );
         Ok(Self {
-            cgroup_counters: take_map(&mut ebpf, map::CGROUP_COUNTERS)?,
+            target_counters: take_map(&mut ebpf, map::TARGET_COUNTERS)?,
             process_counters: take_map(&mut ebpf, map::PROCESS_COUNTERS)?,
+            pending_calls: take_map(&mut ebpf, map::PENDING_CALLS)?,
             tracked_cgroups: take_map(&mut ebpf, map::TRACKED_CGROUPS)?,
+            tracked_tgids: take_map(&mut ebpf, map::TRACKED_TGIDS)?,
+            window_peaks: take_map(&mut ebpf, map::WINDOW_PEAKS)?,
+            window_epoch: take_map(&mut ebpf, map::WINDOW_EPOCH)?,
+            epoch: 0,
             drops: take_map(&mut ebpf, map::DROPS)?,
             events: Some(take_map(&mut ebpf, map::EVENTS)?),
             _ebpf: ebpf,
@@ -193,16 +253,85 @@ impl Probes {
             })
     }
 
-    /// The kernel's counters for one cgroup, or `None` if nothing happened in it yet.
-    pub fn cgroup_counters(&self, cgroup_id: u64) -> Result<Option<MemoryCounters>, ProbeError> {
-        match self.cgroup_counters.get(&cgroup_id, 0) {
+    /// Follows a process and, from now on, every process it forks, counting them all under
+    /// `target_id` (capture `--pid`).
+    pub fn follow_process(&mut self, tgid: u32, target_id: u64) -> Result<(), ProbeError> {
+        self.tracked_tgids
+            .insert(tgid, target_id, 0)
+            .map_err(|source| ProbeError::MapWrite {
+                name: map::TRACKED_TGIDS,
+                source: Box::new(source),
+            })
+    }
+
+    /// The kernel's counters for one target, or `None` if nothing happened in it yet.
+    pub fn target_counters(&self, target_id: u64) -> Result<Option<MemoryCounters>, ProbeError> {
+        match self.target_counters.get(&target_id, 0) {
             Ok(counters) => Ok(Some(counters)),
             Err(MapError::KeyNotFound) => Ok(None),
             Err(source) => Err(ProbeError::MapRead {
-                name: map::CGROUP_COUNTERS,
+                name: map::TARGET_COUNTERS,
                 source: Box::new(source),
             }),
         }
+    }
+
+    /// Closes the current high-water-mark window of a target and returns its marks. The kernel
+    /// writes into one of two slots chosen by the epoch's parity; flipping the epoch first means
+    /// the slot read here is no longer written, so no update falls between read and reset.
+    pub fn close_window(&mut self, target_id: u64) -> Result<WindowPeaks, ProbeError> {
+        let closing = WindowKey {
+            target_id,
+            slot: self.epoch & 1,
+        };
+        self.epoch += 1;
+        self.window_epoch
+            .set(0, self.epoch, 0)
+            .map_err(|source| ProbeError::MapWrite {
+                name: map::WINDOW_EPOCH,
+                source: Box::new(source),
+            })?;
+        let peaks = match self.window_peaks.get(&closing, 0) {
+            Ok(peaks) => peaks,
+            Err(MapError::KeyNotFound) => return Ok(WindowPeaks::default()),
+            Err(source) => {
+                return Err(ProbeError::MapRead {
+                    name: map::WINDOW_PEAKS,
+                    source: Box::new(source),
+                })
+            }
+        };
+        match self.window_peaks.remove(&closing) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(peaks),
+            Err(source) => Err(ProbeError::MapWrite {
+                name: map::WINDOW_PEAKS,
+                source: Box::new(source),
+            }),
+        }
+    }
+
+    /// Kernel entries still held for a target (for checking that nothing leaks).
+    pub fn kernel_entries(&self, target_id: u64) -> Result<KernelEntries, ProbeError> {
+        let read_error = |name: &'static str| {
+            move |source| ProbeError::MapRead {
+                name,
+                source: Box::new(source),
+            }
+        };
+        let mut entries = KernelEntries::default();
+        for entry in self.process_counters.iter() {
+            let (_, process) = entry.map_err(read_error(map::PROCESS_COUNTERS))?;
+            entries.processes += u64::from(process.target_id == target_id);
+        }
+        for entry in self.pending_calls.iter() {
+            let (_, call) = entry.map_err(read_error(map::PENDING_CALLS))?;
+            entries.pending_calls += u64::from(call.target_id == target_id);
+        }
+        for entry in self.tracked_tgids.iter() {
+            let (_, target) = entry.map_err(read_error(map::TRACKED_TGIDS))?;
+            entries.followed_processes += u64::from(target == target_id);
+        }
+        Ok(entries)
     }
 
     /// Processes still in the kernel's table (alive, or exited while the event was dropped).
@@ -232,9 +361,10 @@ impl Probes {
         };
         Ok(DropCounts {
             ringbuf_full: read(drop_reason::RINGBUF_FULL)?,
-            pending_mmaps_full: read(drop_reason::PENDING_MMAPS_FULL)?,
-            cgroup_map_full: read(drop_reason::CGROUP_MAP_FULL)?,
+            pending_calls_full: read(drop_reason::PENDING_CALLS_FULL)?,
+            target_map_full: read(drop_reason::TARGET_MAP_FULL)?,
             process_map_full: read(drop_reason::PROCESS_MAP_FULL)?,
+            tracked_tgids_full: read(drop_reason::TRACKED_TGIDS_FULL)?,
         })
     }
 
@@ -252,6 +382,12 @@ impl Probes {
             None => Ok(None),
         }
     }
+}
+
+/// The last `count` lines of a (possibly huge) verifier log.
+fn last_lines(text: &str, count: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(count)..].join("\n")
 }
 
 fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, ProbeError>

@@ -1,6 +1,15 @@
-//! Aggregation in user space: turns the kernel's counters and the rare process events into
-//! per-process records and per-cgroup totals. Bounded: past `max_processes` records, finished
-//! processes are folded into one "others" record, so a fork storm cannot grow the agent.
+//! Aggregation in user space: turns the kernel's counters and events into per-process records,
+//! per-target totals, live reserved memory by region, a bounded timeline of maxima, and its
+//! reading (startup, steady state, spikes). Everything here is bounded, whatever the run length.
+//!
+//! - [`ProcessTable`]: per-process records, folded into a count past `max_processes`;
+//! - [`regions`]: live reserved address space per process, region by region;
+//! - [`timeline`]: fixed-resolution bucket maxima;
+//! - [`analysis`]: startup, steady state and spikes.
+
+pub mod analysis;
+pub mod regions;
+pub mod timeline;
 
 use std::collections::HashMap;
 
@@ -45,11 +54,14 @@ pub struct ActivitySummary {
     pub peak_tasks: Option<u64>,
     pub tasks_exited: u64,
     pub execs: u64,
+    pub oom_kills: u64,
     pub mmap_calls: u64,
     pub mmap_failures: u64,
     pub mmapped: MappedBytes,
     pub munmap_calls: u64,
     pub munmapped_bytes: u64,
+    pub mremap_calls: u64,
+    pub mprotect_calls: u64,
     pub brk_calls: u64,
     pub brk_grown_bytes: u64,
     pub brk_shrunk_bytes: u64,
@@ -65,11 +77,14 @@ impl ActivitySummary {
                 .map(|baseline| baseline.saturating_add_signed(counters.peak_live_tasks.max(0))),
             tasks_exited: counters.tasks_exited,
             execs: counters.execs,
+            oom_kills: counters.oom_kills,
             mmap_calls: counters.mmap_calls,
             mmap_failures: counters.mmap_failures,
             mmapped: MappedBytes::from_counters(counters),
             munmap_calls: counters.munmap_calls,
             munmapped_bytes: counters.munmap_bytes,
+            mremap_calls: counters.mremap_calls,
+            mprotect_calls: counters.mprotect_calls,
             brk_calls: counters.brk_calls,
             brk_grown_bytes: counters.brk_grown_bytes,
             brk_shrunk_bytes: counters.brk_shrunk_bytes,
@@ -89,6 +104,8 @@ pub struct ProcessRecord {
     pub activity: ActivitySummary,
     /// Highest program break minus the first one seen since the last exec.
     pub brk_heap_bytes: u64,
+    /// Highest resident total (file + anon + shmem) the kernel saw for this process.
+    pub resident_peak_bytes: u64,
 }
 
 impl ProcessRecord {
@@ -100,6 +117,7 @@ impl ProcessRecord {
             exited: false,
             activity: ActivitySummary::default(),
             brk_heap_bytes: 0,
+            resident_peak_bytes: 0,
         }
     }
 
@@ -107,26 +125,27 @@ impl ProcessRecord {
         let baseline = (counters.tasks_known != 0).then_some(0);
         self.activity = ActivitySummary::from_counters(&counters.counters, baseline);
         self.brk_heap_bytes = counters.brk_highest.saturating_sub(counters.brk_start);
+        self.resident_peak_bytes = counters.counters.resident_peak_bytes;
     }
 }
 
-/// Processes of one cgroup, built from events and the kernel's process table.
+/// Processes of one target, built from events and the kernel's process table.
 #[derive(Debug)]
 pub struct ProcessTable {
-    cgroup_id: u64,
+    target_id: u64,
     max_records: usize,
     running: HashMap<u32, ProcessRecord>,
     finished: Vec<ProcessRecord>,
     /// Processes not kept because the table was full.
     pub folded: u64,
-    /// Events that belonged to another cgroup (none expected in a capture session).
+    /// Events that belonged to another target (none expected in a capture session).
     pub foreign_events: u64,
 }
 
 impl ProcessTable {
-    pub fn new(cgroup_id: u64, max_records: usize) -> Self {
+    pub fn new(target_id: u64, max_records: usize) -> Self {
         Self {
-            cgroup_id,
+            target_id,
             max_records: max_records.max(1),
             running: HashMap::new(),
             finished: Vec::new(),
@@ -143,11 +162,12 @@ impl ProcessTable {
         match event {
             ProbeEvent::ProcessStart(start) => self.started(start),
             ProbeEvent::ProcessExit(exit) => self.exited(exit),
+            ProbeEvent::Mapping(_) | ProbeEvent::OomVictim(_) => {}
         }
     }
 
     fn started(&mut self, start: &ProcessStart) {
-        if start.cgroup_id != self.cgroup_id {
+        if start.target_id != self.target_id {
             self.foreign_events += 1;
             return;
         }
@@ -166,7 +186,7 @@ impl ProcessTable {
     }
 
     fn exited(&mut self, exit: &ProcessExit) {
-        if exit.cgroup_id != self.cgroup_id {
+        if exit.target_id != self.target_id {
             self.foreign_events += 1;
             return;
         }
@@ -191,7 +211,7 @@ impl ProcessTable {
         still_in_kernel: &[(u32, ProcessCounters)],
     ) -> (Vec<ProcessRecord>, u64) {
         for (pid, counters) in still_in_kernel {
-            if counters.cgroup_id != self.cgroup_id {
+            if counters.target_id != self.target_id {
                 continue;
             }
             if let Some(record) = self.running.get_mut(pid) {
@@ -230,7 +250,7 @@ mod tests {
         counters.counters.mmap_bytes[mapping_kind::ANONYMOUS] = anon;
         counters.counters.peak_live_tasks = 1 + threads as i64;
         counters.tasks_known = 1;
-        counters.cgroup_id = 5;
+        counters.target_id = 5;
         counters.brk_start = 1000;
         counters.brk_highest = 5096;
         counters
@@ -240,7 +260,7 @@ mod tests {
         ProbeEvent::ProcessStart(ProcessStart {
             tgid: pid,
             parent_tgid: parent,
-            cgroup_id: 5,
+            target_id: 5,
             timestamp_ns: 1,
             comm: "parent".into(),
         })
@@ -249,7 +269,7 @@ mod tests {
     fn exit(pid: u32, threads: u64, anon: u64) -> ProbeEvent {
         ProbeEvent::ProcessExit(Box::new(ProcessExit {
             tgid: pid,
-            cgroup_id: 5,
+            target_id: 5,
             timestamp_ns: 2,
             comm: "child".into(),
             counters: counters(threads, anon),
@@ -279,7 +299,7 @@ mod tests {
         let mut table = ProcessTable::new(5, 10);
         table.apply(&start(11, 0));
         let mut other_cgroup = counters(1, 1);
-        other_cgroup.cgroup_id = 6;
+        other_cgroup.target_id = 6;
         let (records, _) = table.finish(&[(11, counters(2, 4096)), (12, other_cgroup)]);
         assert_eq!(records.len(), 1);
         assert!(!records[0].exited);

@@ -1,0 +1,155 @@
+//! Readers of /proc, with the filesystem root as a parameter so that they test on fixtures.
+
+use std::{
+    collections::{HashMap, HashSet},
+    fs,
+    path::Path,
+};
+
+/// Sums the `Rss:` of the mappings in a /proc/PID/smaps text whose start lies in one of
+/// `ranges` (half-open `[start, end)`).
+pub fn smaps_rss_in_ranges(smaps: &str, ranges: &[(u64, u64)]) -> u64 {
+    let mut total = 0;
+    let mut counting = false;
+    for line in smaps.lines() {
+        if let Some(rss) = line.strip_prefix("Rss:") {
+            if counting {
+                let kib: u64 = rss
+                    .trim()
+                    .trim_end_matches("kB")
+                    .trim()
+                    .parse()
+                    .unwrap_or(0);
+                total += kib * 1024;
+            }
+            continue;
+        }
+        // A mapping header starts with `start-end `; attribute lines start with a capital.
+        let header_start = line
+            .split_once('-')
+            .filter(|(start, _)| !start.is_empty() && start.bytes().all(|b| b.is_ascii_hexdigit()))
+            .and_then(|(start, _)| u64::from_str_radix(start, 16).ok());
+        if let Some(start) = header_start {
+            counting = ranges
+                .iter()
+                .any(|&(low, high)| start >= low && start < high);
+        }
+    }
+    total
+}
+
+/// Resident bytes of a process's mappings that start inside `ranges`.
+pub fn resident_in_ranges(root: &Path, pid: u32, ranges: &[(u64, u64)]) -> Option<u64> {
+    if ranges.is_empty() {
+        return Some(0);
+    }
+    let smaps = fs::read_to_string(root.join(format!("proc/{pid}/smaps"))).ok()?;
+    Some(smaps_rss_in_ranges(&smaps, ranges))
+}
+
+/// A process and all its living descendants, from the ppid field of /proc/*/stat.
+pub fn process_tree(root: &Path, pid: u32) -> Vec<u32> {
+    let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
+    if let Ok(entries) = fs::read_dir(root.join("proc")) {
+        for entry in entries.flatten() {
+            let Some(child) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if let Some(parent) = fs::read_to_string(entry.path().join("stat"))
+                .ok()
+                .and_then(|stat| parent_pid(&stat))
+            {
+                children.entry(parent).or_default().push(child);
+            }
+        }
+    }
+    let mut tree = vec![pid];
+    let mut seen: HashSet<u32> = HashSet::from([pid]);
+    let mut index = 0;
+    while index < tree.len() {
+        for &child in children
+            .get(&tree[index])
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+        {
+            if seen.insert(child) {
+                tree.push(child);
+            }
+        }
+        index += 1;
+    }
+    tree
+}
+
+/// The ppid field of a /proc/PID/stat text (after the parenthesised command, which may itself
+/// contain spaces and parentheses).
+pub fn parent_pid(stat: &str) -> Option<u32> {
+    let after_command = &stat[stat.rfind(')')? + 1..];
+    after_command.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The `Threads:` count of /proc/PID/status.
+pub fn thread_count(root: &Path, pid: u32) -> Option<u64> {
+    let status = fs::read_to_string(root.join(format!("proc/{pid}/status"))).ok()?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("Threads:"))
+        .and_then(|count| count.trim().parse().ok())
+}
+
+/// The process's command name (/proc/PID/comm).
+pub fn command_name(root: &Path, pid: u32) -> Option<String> {
+    fs::read_to_string(root.join(format!("proc/{pid}/comm")))
+        .ok()
+        .map(|name| name.trim_end().to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SMAPS: &str = "\
+7f0000000000-7f0000001000 ---p 00000000 00:00 0 
+Size:                  4 kB
+Rss:                   0 kB
+7f0000001000-7f0000101000 rw-p 00000000 00:00 0 
+Size:               1024 kB
+Rss:                  96 kB
+VmFlags: rd wr mr mw me ac 
+7f1000000000-7f1000100000 rw-p 00000000 00:00 0 
+Size:               1024 kB
+Rss:                1024 kB
+";
+
+    #[test]
+    fn sums_rss_of_mappings_in_the_ranges() {
+        let ranges = [(0x7f00_0000_0000, 0x7f00_0010_1000)];
+        assert_eq!(smaps_rss_in_ranges(SMAPS, &ranges), 96 * 1024);
+        assert_eq!(smaps_rss_in_ranges(SMAPS, &[]), 0);
+        assert_eq!(smaps_rss_in_ranges("garbage\nRss: x kB\n", &ranges), 0);
+    }
+
+    #[test]
+    fn reads_the_parent_pid_past_a_tricky_command() {
+        assert_eq!(parent_pid("42 (a) b (c)) S 7 42 42 0"), Some(7));
+        assert_eq!(parent_pid("no parens"), None);
+    }
+
+    #[test]
+    fn builds_a_process_tree_from_a_fixture() {
+        let root = std::env::temp_dir().join(format!("headroom-proc-{}", std::process::id()));
+        for (pid, ppid) in [(10, 1), (11, 10), (12, 11), (13, 1)] {
+            let dir = root.join(format!("proc/{pid}"));
+            fs::create_dir_all(&dir).expect("fixture");
+            fs::write(dir.join("stat"), format!("{pid} (x) S {ppid} 0 0")).expect("fixture");
+        }
+        let mut tree = process_tree(&root, 10);
+        tree.sort_unstable();
+        assert_eq!(tree, vec![10, 11, 12]);
+        fs::remove_dir_all(&root).expect("cleanup");
+    }
+}
