@@ -187,6 +187,15 @@ impl Observations {
             match &event {
                 ProbeEvent::Mapping(change) if change.target_id == self.target_id => {
                     self.regions.apply(change);
+                    if change.op == profiler_common::mapping_op::EXEC {
+                        // execve maps the binary, the interpreter and the main stack without
+                        // mmap calls; read them once. Later events re-apply idempotently.
+                        if let Ok(maps) =
+                            std::fs::read_to_string(format!("/proc/{}/maps", change.tgid))
+                        {
+                            self.regions.seed_from_maps(change.tgid, &maps);
+                        }
+                    }
                     self.reserved_window_peak =
                         self.reserved_window_peak.max(self.regions.current.total());
                 }
@@ -512,6 +521,16 @@ fn target_alive(watched: &Watched, probes: &Probes) -> Result<bool, CaptureError
     Ok(alive_roots || probes.kernel_entries(watched.target_id)?.followed_processes > 0)
 }
 
+/// The buckets from the first to the last one in which the target had a task.
+fn alive_span(buckets: &[BucketPeaks]) -> std::ops::Range<usize> {
+    let first = buckets.iter().position(|b| b.tasks > 0);
+    let last = buckets.iter().rposition(|b| b.tasks > 0);
+    match (first, last) {
+        (Some(first), Some(last)) => first..last + 1,
+        _ => 0..buckets.len(),
+    }
+}
+
 fn phases_to_resident(phases: &Phases) -> ResidentPhases {
     ResidentPhases {
         startup_seconds: phases.startup_seconds,
@@ -534,11 +553,28 @@ fn build_report(
         .unwrap_or_default();
     let resolution = seen.timeline.resolution_ms();
     let buckets = seen.timeline.buckets().to_vec();
-    let series = |pick: fn(&BucketPeaks) -> u64| buckets.iter().map(pick).collect::<Vec<u64>>();
-    let resident_phases = analyse(&series(|b| b.resident), resolution, &options.analysis);
+    // Phases are read while the target had processes: an empty cgroup before its workload
+    // starts, or after it ends, is neither startup nor steady state.
+    let alive = alive_span(&buckets);
+    let series = |pick: fn(&BucketPeaks) -> u64| {
+        buckets[alive.clone()]
+            .iter()
+            .map(pick)
+            .collect::<Vec<u64>>()
+    };
+    let offset_seconds = (alive.start as u64 * resolution) as f64 / 1000.0;
+    let read_phases = |values: Vec<u64>| {
+        let mut phases = analyse(&values, resolution, &options.analysis);
+        phases.startup_seconds = phases.startup_seconds.map(|s| s + offset_seconds);
+        for spike in &mut phases.spikes {
+            spike.start_seconds += offset_seconds;
+        }
+        phases
+    };
+    let resident_phases = read_phases(series(|b| b.resident));
 
     let memory = watched.charge.as_ref().map(|charge| {
-        let charged_phases = analyse(&series(|b| b.charged), resolution, &options.analysis);
+        let charged_phases = read_phases(series(|b| b.charged));
         // The kernel's lifetime high-water mark is exact, but it is the session's own only
         // when the cgroup was made for it.
         let (peak_bytes, peak_source) = match (&watched.session, charge.lifetime_peak()) {
@@ -577,7 +613,7 @@ fn build_report(
         }
     });
     let spikes = match &watched.charge {
-        Some(_) => analyse(&series(|b| b.charged), resolution, &options.analysis).spikes,
+        Some(_) => read_phases(series(|b| b.charged)).spikes,
         None => resident_phases.spikes.clone(),
     };
     for kill in &mut seen.oom_events {

@@ -1,15 +1,17 @@
 /*
- * headroom's demo workload: a small service with the memory behaviour that trips people up.
+ * headroom's demo workload: a small service with the memory behaviour that trips people up
+ * when they size limits from averages.
  *
- *  1. Startup: warms a 64 MiB cache (malloc of 1 MiB blocks: glibc serves them with mmap),
- *     then drops half of it, so the startup peak is well above steady state.
+ *  1. Startup: warms a 300 MiB cache (malloc of 1 MiB blocks: glibc serves them with mmap),
+ *     then keeps only 60 MiB of it. The startup peak is three times steady state.
  *  2. A 4 MiB shared statistics segment (MAP_SHARED).
- *  3. A pool of 6 worker threads: each has a thread stack and, because it mallocs, its own
- *     glibc arena (a 64 MiB PROT_NONE reservation, barely used).
- *  4. About 1.5 s of "requests" (small allocations on the workers), with one 48 MiB burst
- *     half way through: a spike that a 15-second metric would never see.
+ *  3. A pool of 12 worker threads. Each has a thread stack and, because it mallocs, its own
+ *     glibc arena (a 64 MiB PROT_NONE reservation, barely used), and holds 3 MiB of session
+ *     buffers: about 100 MiB in all at steady state.
+ *  4. Requests (small allocations on the workers) for SECONDS, with one 48 MiB burst half way
+ *     through: a spike that a 15-second metric would never see.
  *
- * Usage: demo_service [SECONDS]   (default 1.5)
+ * Usage: demo_service [SECONDS]   (default 4)
  */
 #define _GNU_SOURCE
 #include <pthread.h>
@@ -21,11 +23,14 @@
 #include <time.h>
 #include <unistd.h>
 
-#define WORKERS 6
-#define CACHE_BLOCKS 64
+#define WORKERS 12
+#define CACHE_BLOCKS 300
+#define CACHE_KEPT 60
+#define SESSION_BYTES (3u << 20)
+#define BURST_BYTES (48u << 20)
 #define BLOCK (1u << 20)
 
-static double run_seconds = 1.5;
+static double run_seconds = 4.0;
 static atomic_long served;
 static atomic_int burst_done;
 
@@ -44,25 +49,28 @@ static double now(void) {
 
 static void *worker(void *arg) {
     long id = (long)arg;
+    char *sessions = malloc(SESSION_BYTES);
+    if (!sessions) return NULL;
+    touch(sessions, SESSION_BYTES, (int)id);
     double start = now();
     while (now() - start < run_seconds) {
         char *request = malloc(32 * 1024);
-        if (!request) return NULL;
+        if (!request) break;
         touch(request, 32 * 1024, (int)id);
         free(request);
         atomic_fetch_add(&served, 1);
         if (id == 0 && !atomic_load(&burst_done) && now() - start > run_seconds / 2) {
-            /* The burst: a large temporary buffer, touched, then released. */
-            size_t burst = 48u << 20;
-            char *spike = malloc(burst);
+            char *spike = malloc(BURST_BYTES);
             if (spike) {
-                touch(spike, burst, 1);
+                touch(spike, BURST_BYTES, 1);
+                usleep(100 * 1000);
                 free(spike);
             }
             atomic_store(&burst_done, 1);
         }
-        usleep(200);
+        usleep(500);
     }
+    free(sessions);
     return NULL;
 }
 
@@ -79,8 +87,9 @@ int main(int argc, char **argv) {
         if (!cache[i]) return 1;
         touch(cache[i], BLOCK, i);
     }
-    for (int i = CACHE_BLOCKS / 2; i < CACHE_BLOCKS; i++) free(cache[i]);
-    printf("demo_service: warmed a %d MiB cache, kept %d MiB\n", CACHE_BLOCKS, CACHE_BLOCKS / 2);
+    usleep(300 * 1000);
+    for (int i = CACHE_KEPT; i < CACHE_BLOCKS; i++) free(cache[i]);
+    printf("demo_service: warmed a %d MiB cache, kept %d MiB\n", CACHE_BLOCKS, CACHE_KEPT);
 
     char *stats = mmap(NULL, 4u << 20, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     if (stats == MAP_FAILED) return 1;
@@ -92,7 +101,7 @@ int main(int argc, char **argv) {
     for (int i = 0; i < WORKERS; i++) pthread_join(pool[i], NULL);
 
     printf("demo_service: served %ld requests with %d workers\n", atomic_load(&served), WORKERS);
-    for (int i = 0; i < CACHE_BLOCKS / 2; i++) free(cache[i]);
+    for (int i = 0; i < CACHE_KEPT; i++) free(cache[i]);
     munmap(stats, 4u << 20);
     return 0;
 }

@@ -13,8 +13,16 @@ use anyhow::{bail, Context as _, Result};
 /// The toolchain aya-build uses for the eBPF crate (aya_build::Toolchain::default()).
 const EBPF_TOOLCHAIN: &str = "nightly";
 const BPF_LINKER_VERSION: &str = "0.13.0";
-/// Debian packages: LLVM for bpf-linker, static libc and gcc for the test workloads.
-const APT_PACKAGES: [&str; 3] = ["llvm-22-dev", "libc6-dev", "gcc"];
+/// Debian packages: LLVM for bpf-linker; static libc and gcc for the test workloads; stress-ng,
+/// redis-server and redis-tools for the tests that run real programs no one here wrote.
+const APT_PACKAGES: [&str; 6] = [
+    "llvm-22-dev",
+    "libc6-dev",
+    "gcc",
+    "stress-ng",
+    "redis-server",
+    "redis-tools",
+];
 
 /// What setup found, for later steps.
 pub struct Toolchain {

@@ -2,7 +2,8 @@
 //! and which spikes rose above it.
 //!
 //! **Startup rule.** Startup ends at the start of the first *stable window* after which memory
-//! never again falls clearly below that window. A stable window is `stable_ms` (default 2 s) of
+//! never again falls clearly below that window. A stable window is `stable_ms` (default 2 s, but
+//! at most a fifth of the observed time and at least 3 buckets, so short runs can have one) of
 //! buckets whose highest and lowest values differ by at most 5 % (or 4 MiB, whichever is
 //! larger). The second condition makes a startup cache that is later released part of startup,
 //! rather than mistaking its plateau for steady state. Startup is capped at `max_startup_ms`;
@@ -66,7 +67,9 @@ fn percentile(sorted: &[u64], fraction: f64) -> Option<u64> {
 /// Splits `series` (bucket maxima, `resolution_ms` apart) into startup, steady state and spikes.
 pub fn analyse(series: &[u64], resolution_ms: u64, config: &AnalysisConfig) -> Phases {
     let resolution_ms = resolution_ms.max(1);
-    let window = (config.stable_ms.div_ceil(resolution_ms) as usize).max(1);
+    let window = (config.stable_ms.div_ceil(resolution_ms) as usize)
+        .min(series.len() / 5)
+        .max(3);
     let cap = (config.max_startup_ms / resolution_ms) as usize;
     // Lowest value from each index to the end, to check "never falls clearly below" in O(n).
     let mut suffix_min = vec![u64::MAX; series.len() + 1];
@@ -181,6 +184,16 @@ mod tests {
         assert_eq!(phases.startup_seconds, None);
         assert_eq!(phases.steady_bytes, None);
         assert_eq!(phases.startup_peak_bytes, 950 * MIB);
+    }
+
+    #[test]
+    fn a_short_run_gets_a_shorter_stable_window() {
+        // 3 s at 50 ms: 1 s of base, a spike, 2 s of base. A 2 s window would not fit.
+        let mut series = vec![40 * MIB; 60];
+        series[20] = 240 * MIB;
+        let phases = analyse(&series, 50, &AnalysisConfig::default());
+        assert_eq!(phases.startup_seconds, Some(0.0));
+        assert_eq!(phases.spikes.len(), 1);
     }
 
     #[test]

@@ -17,8 +17,8 @@ pub use events::{
     decode_event, DecodeError, MappingChange, OomVictim, ProbeEvent, ProcessExit, ProcessStart,
 };
 use profiler_common::{
-    capacity, drop_reason, global, map, program, MemoryCounters, PendingCall, ProcessCounters,
-    WindowKey, WindowPeaks,
+    capacity, drop_reason, global, map, program, MemoryCounters, MmOwner, PendingCall,
+    ProcessCounters, WindowKey, WindowPeaks,
 };
 use thiserror::Error;
 use tokio::io::{unix::AsyncFd, Interest};
@@ -154,6 +154,7 @@ pub struct KernelEntries {
     pub processes: u64,
     pub pending_calls: u64,
     pub followed_processes: u64,
+    pub address_space_owners: u64,
 }
 
 /// The loaded and attached probes, with typed handles on their maps.
@@ -164,6 +165,7 @@ pub struct Probes {
     pending_calls: HashMap<MapData, u64, PendingCall>,
     tracked_cgroups: HashMap<MapData, u64, u8>,
     tracked_tgids: HashMap<MapData, u32, u64>,
+    mm_owners: HashMap<MapData, u32, MmOwner>,
     window_peaks: HashMap<MapData, WindowKey, WindowPeaks>,
     window_epoch: Array<MapData, u64>,
     epoch: u64,
@@ -234,6 +236,7 @@ impl Probes {
             pending_calls: take_map(&mut ebpf, map::PENDING_CALLS)?,
             tracked_cgroups: take_map(&mut ebpf, map::TRACKED_CGROUPS)?,
             tracked_tgids: take_map(&mut ebpf, map::TRACKED_TGIDS)?,
+            mm_owners: take_map(&mut ebpf, map::MM_OWNERS)?,
             window_peaks: take_map(&mut ebpf, map::WINDOW_PEAKS)?,
             window_epoch: take_map(&mut ebpf, map::WINDOW_EPOCH)?,
             epoch: 0,
@@ -330,6 +333,10 @@ impl Probes {
         for entry in self.tracked_tgids.iter() {
             let (_, target) = entry.map_err(read_error(map::TRACKED_TGIDS))?;
             entries.followed_processes += u64::from(target == target_id);
+        }
+        for entry in self.mm_owners.iter() {
+            let (_, owner) = entry.map_err(read_error(map::MM_OWNERS))?;
+            entries.address_space_owners += u64::from(owner.target_id == target_id);
         }
         Ok(entries)
     }

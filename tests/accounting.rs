@@ -1,0 +1,389 @@
+//! The accounting engine against independent truth: the workloads' own figures, /proc VmHWM
+//! and VmSize, and the kernel's cgroup high-water mark. Real probes, real programs (our C
+//! workloads, stress-ng, redis).
+//!
+//! They need root. Without it they print SKIPPED, except in CI or under `cargo xtask test`,
+//! where they fail.
+
+mod common;
+
+use std::{
+    io::Read as _,
+    os::unix::process::CommandExt as _,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use common::{
+    capture, headroom, leftover_session_cgroups, loaded_programs_named, privileged, workload,
+    Captured,
+};
+
+const MIB: u64 = 1 << 20;
+
+fn within(actual: u64, expected: u64, fraction: f64, floor: u64) -> bool {
+    let tolerance = ((expected as f64 * fraction) as u64).max(floor);
+    actual.abs_diff(expected) <= tolerance
+}
+
+/// A cgroup made by the test at the same relative path in the unified and v1 memory
+/// hierarchies; removed on drop.
+struct TestCgroup {
+    name: String,
+    dirs: Vec<PathBuf>,
+}
+
+impl TestCgroup {
+    fn new(tag: &str) -> Self {
+        let name = format!("headroom-test-{}-{tag}", std::process::id());
+        let dirs: Vec<PathBuf> = [
+            "/sys/fs/cgroup/unified",
+            "/sys/fs/cgroup/memory",
+            "/sys/fs/cgroup",
+        ]
+        .iter()
+        .map(Path::new)
+        .filter(|root| root.join("cgroup.procs").exists())
+        .map(|root| root.join(&name))
+        .collect();
+        for dir in &dirs {
+            std::fs::create_dir(dir)
+                .unwrap_or_else(|err| panic!("create {}: {err}", dir.display()));
+        }
+        Self { name, dirs }
+    }
+
+    fn path(&self) -> String {
+        format!("/{}", self.name)
+    }
+
+    fn memory_file(&self, file: &str) -> Option<u64> {
+        self.dirs
+            .iter()
+            .find_map(|dir| std::fs::read_to_string(dir.join(file)).ok())
+            .and_then(|text| text.trim().parse().ok())
+    }
+
+    /// Runs `program` inside this cgroup.
+    fn spawn(&self, program: &Path, args: &[&str]) -> Child {
+        let procs: Vec<PathBuf> = self
+            .dirs
+            .iter()
+            .map(|dir| dir.join("cgroup.procs"))
+            .collect();
+        let mut command = Command::new(program);
+        command.args(args).stdout(Stdio::piped());
+        // SAFETY: the closure only writes to files between fork and exec (the test process is
+        // multi-threaded, but std::fs::write allocates nothing that another thread could hold
+        // locked in a way that matters for this short-lived child).
+        unsafe {
+            command.pre_exec(move || {
+                for file in &procs {
+                    std::fs::write(file, "0")?;
+                }
+                Ok(())
+            });
+        }
+        command.spawn().expect("spawn workload in cgroup")
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        for dir in &self.dirs {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+}
+
+/// Starts `headroom capture` with these flags (report to a JSON file) in the background.
+fn start_capture(flags: &[&str], tag: &str) -> (Child, PathBuf) {
+    let report =
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{tag}-{}.json", std::process::id()));
+    let _ = std::fs::remove_file(&report);
+    let before = loaded_programs_named("rss_stat");
+    let child = headroom()
+        .arg("capture")
+        .args(["--format", "json", "--output"])
+        .arg(&report)
+        .args(flags)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn headroom");
+    // The probes are attached once the program shows up in the kernel's list.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while loaded_programs_named("rss_stat") <= before {
+        assert!(
+            Instant::now() < deadline,
+            "headroom never attached its probes"
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
+    // Attached is not yet tracking: give it the moment it takes to register the target.
+    thread::sleep(Duration::from_millis(300));
+    (child, report)
+}
+
+fn finish_capture(child: Child, report: &Path) -> Captured {
+    let output = child.wait_with_output().expect("wait for headroom");
+    let text = std::fs::read_to_string(report).unwrap_or_else(|err| {
+        panic!(
+            "no report ({err}); stderr:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        )
+    });
+    Captured {
+        output,
+        report: serde_json::from_str(&text).expect("report is JSON"),
+    }
+}
+
+fn key_value(stdout: &str, key: &str) -> u64 {
+    stdout
+        .lines()
+        .find_map(|line| line.strip_prefix(key)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("workload printed no {key}: {stdout}"))
+}
+
+#[test]
+fn a_60_ms_spike_is_caught_and_matches_the_kernel_high_water_mark() {
+    let Some(_guard) = privileged("a_60_ms_spike_is_caught_and_matches_the_kernel_high_water_mark")
+    else {
+        return;
+    };
+    let program = workload("spike", false);
+    let cgroup = TestCgroup::new("spike");
+    let (headroom, report) =
+        start_capture(&["--cgroup", &cgroup.path(), "--duration", "7s"], "spike");
+    // 40 MiB base for 2.5 s, a 200 MiB spike held 60 ms, then 1.5 s of base again.
+    let mut workload = cgroup.spawn(&program, &["40", "200", "60", "2500", "1500"]);
+    assert!(workload.wait().expect("workload").success());
+    let run = finish_capture(headroom, &report);
+    let kernel_peak = cgroup
+        .memory_file("memory.max_usage_in_bytes")
+        .or_else(|| cgroup.memory_file("memory.peak"))
+        .expect("kernel high-water mark");
+
+    // The cgroup existed before the capture, so its lifetime mark is not used: this is the
+    // 10 ms sampler's own figure, checked against the kernel's.
+    let peak = run.target("/memory/peak_bytes");
+    assert!(
+        within(peak, kernel_peak, 0.05, 4 * MIB),
+        "peak {peak} vs kernel high-water mark {kernel_peak}"
+    );
+    let spikes = run.target_json()["spikes"]
+        .as_array()
+        .expect("spikes")
+        .clone();
+    assert_eq!(
+        spikes.len(),
+        1,
+        "{spikes:?}\n{}",
+        run.target_json()["memory"]
+    );
+    let above = spikes[0]["bytes_above_steady"].as_u64().expect("height");
+    assert!(
+        within(above, 200 * MIB, 0.1, 4 * MIB),
+        "spike height {above}"
+    );
+    assert!(spikes[0]["duration_ms"].as_u64().expect("duration") <= 300);
+    let steady = run.target("/memory/steady_bytes");
+    assert!(within(steady, 40 * MIB, 0.1, 4 * MIB), "steady {steady}");
+    // Resident memory (rss_stat, aggregated in the kernel) saw the same spike.
+    let resident = run.target("/resident/peak_bytes");
+    assert!(
+        within(resident, 240 * MIB, 0.05, 4 * MIB),
+        "resident peak {resident}"
+    );
+}
+
+#[test]
+fn a_process_tree_is_followed_by_pid_and_its_peak_matches_vmhwm() {
+    let Some(_guard) = privileged("a_process_tree_is_followed_by_pid_and_its_peak_matches_vmhwm")
+    else {
+        return;
+    };
+    let program = workload("spike", false);
+    let mut child = Command::new(&program)
+        .args(["16", "96", "200", "2000", "500"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn workload");
+    let pid = child.id().to_string();
+    let (headroom, report) = start_capture(&["--pid", &pid], "pid");
+    let mut stdout = String::new();
+    child
+        .stdout
+        .take()
+        .expect("stdout")
+        .read_to_string(&mut stdout)
+        .expect("read workload output");
+    assert!(child.wait().expect("workload").success());
+    // The capture ends by itself when the process tree is gone.
+    let run = finish_capture(headroom, &report);
+    let vm_hwm = key_value(&stdout, "vm_hwm_kib") * 1024;
+    let resident = run.target("/resident/peak_bytes");
+    assert!(
+        within(resident, vm_hwm, 0.05, 2 * MIB),
+        "resident peak {resident} vs VmHWM {vm_hwm}"
+    );
+    assert_eq!(run.target_json()["kind"], "pid");
+    assert!(run.target_json()["memory"].is_null());
+}
+
+#[test]
+fn thread_stacks_reserved_and_resident_match_what_the_threads_did() {
+    let Some(_guard) = privileged("thread_stacks_reserved_and_resident_match_what_the_threads_did")
+    else {
+        return;
+    };
+    let program = workload("stacks", false);
+    let program = program.to_str().expect("utf-8");
+    // 8 threads, 1 MiB stacks, 256 KiB touched in each, held 1.5 s for the smaps sampler.
+    let run = capture(&[program, "8", "1024", "256", "1500"]);
+    assert!(run.output.status.success(), "{}", run.stderr());
+    assert_eq!(run.target("/threads/created"), 8);
+    assert_eq!(run.target("/threads/peak"), 9);
+    let reserved = run.target("/threads/stack_reserved_bytes");
+    assert!(
+        within(reserved, 8 * MIB, 0.05, 0),
+        "stack reserved {reserved}"
+    );
+    let resident = run.target("/threads/stack_resident_bytes");
+    let touched = 8 * 256 * 1024;
+    assert!(
+        within(resident, touched, 0.1, MIB),
+        "stack resident {resident} vs touched {touched}"
+    );
+    assert_no_leak(&run);
+}
+
+#[test]
+fn many_malloc_arenas_reserve_far_more_than_they_use() {
+    let Some(_guard) = privileged("many_malloc_arenas_reserve_far_more_than_they_use") else {
+        return;
+    };
+    let program = workload("arenas", false);
+    let program = program.to_str().expect("utf-8");
+    let run = capture(&[program, "16", "1000"]);
+    assert!(run.output.status.success(), "{}", run.stderr());
+    let vm_size = key_value(&String::from_utf8_lossy(&run.output.stdout), "vm_size_kib") * 1024;
+    let reserved = run.target("/reserved/peak_bytes");
+    assert!(
+        reserved as f64 >= 0.8 * vm_size as f64,
+        "reserved peak {reserved} vs VmSize {vm_size}"
+    );
+    let resident = run.target("/resident/peak_bytes");
+    assert!(
+        resident * 10 < reserved,
+        "resident {resident} vs reserved {reserved}"
+    );
+    assert!(run.target("/reserved/peak_by_kind/no_access") >= 8 * 64 * MIB);
+    assert_eq!(run.target("/threads/created"), 16);
+    assert_no_leak(&run);
+}
+
+fn assert_no_leak(run: &Captured) {
+    let entries = &run.target_json()["kernel_entries_at_end"];
+    for key in [
+        "processes",
+        "pending_calls",
+        "followed_processes",
+        "address_space_owners",
+    ] {
+        assert_eq!(entries[key], 0, "kernel entries left: {entries}");
+    }
+    assert!(
+        leftover_session_cgroups().is_empty(),
+        "session cgroup left behind"
+    );
+}
+
+/// The sampled charge peak against the kernel's own high-water mark of the session cgroup.
+fn assert_peak_matches_kernel(run: &Captured, what: &str) {
+    let kernel = run.target("/memory/peak_bytes");
+    let sampled = run.target("/memory/sampled_peak_bytes");
+    assert!(
+        within(sampled, kernel, 0.05, 2 * MIB),
+        "{what}: sampled peak {sampled} vs kernel high-water mark {kernel}"
+    );
+    assert!(
+        run.target("/resident/peak_bytes") > 0,
+        "{what}: no resident memory seen"
+    );
+    assert_no_leak(run);
+}
+
+#[test]
+fn stress_ng_stressors_peaks_match_the_kernel() {
+    let Some(_guard) = privileged("stress_ng_stressors_peaks_match_the_kernel") else {
+        return;
+    };
+    for (what, args) in [
+        ("vm", &["--vm", "1", "--vm-bytes", "96M", "--vm-keep"][..]),
+        ("mmap", &["--mmap", "1", "--mmap-bytes", "64M"]),
+        ("pthread", &["--pthread", "2", "--pthread-max", "16"]),
+    ] {
+        let mut command = vec!["stress-ng", "--timeout", "3s", "--quiet"];
+        command.extend_from_slice(args);
+        let run = capture(&command);
+        assert!(run.output.status.success(), "{what}: {}", run.stderr());
+        assert_peak_matches_kernel(&run, what);
+        if what == "pthread" {
+            assert!(run.target("/threads/created") > 10, "{what}: threads");
+        }
+    }
+}
+
+#[test]
+fn redis_under_redis_benchmark_peak_matches_the_kernel() {
+    let Some(_guard) = privileged("redis_under_redis_benchmark_peak_matches_the_kernel") else {
+        return;
+    };
+    let port = (20_000 + std::process::id() % 20_000).to_string();
+    let report =
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("redis-{}.json", std::process::id()));
+    let server = headroom()
+        .args(["capture", "--format", "json", "--output"])
+        .arg(&report)
+        .args(["--", "redis-server", "--port", &port, "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no", "--loglevel", "warning"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn headroom with redis-server");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port.parse::<u16>().expect("port"))).is_err() {
+        assert!(Instant::now() < deadline, "redis-server never listened");
+        thread::sleep(Duration::from_millis(50));
+    }
+    let benchmark = Command::new("redis-benchmark")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-q",
+            "-n",
+            "50000",
+            "-c",
+            "20",
+            "-d",
+            "4096",
+        ])
+        .args(["-t", "set,get,lpush"])
+        .output()
+        .expect("redis-benchmark (redis-tools) is installed");
+    assert!(benchmark.status.success());
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(server.id()).expect("pid"));
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).expect("stop redis");
+    let run = finish_capture(server, &report);
+    assert_peak_matches_kernel(&run, "redis");
+    assert!(
+        run.target("/memory/peak_bytes") > 100 * MIB,
+        "50000 x 4 KiB values and more"
+    );
+}

@@ -1,0 +1,59 @@
+/*
+ * A steady base with one short spike, for checking that headroom catches spikes no 15-second
+ * metric would show.
+ *
+ * Usage: spike BASE_MIB SPIKE_MIB SPIKE_MS BEFORE_MS AFTER_MS
+ * Touches BASE_MIB and holds it; after BEFORE_MS touches SPIKE_MIB more, holds it SPIKE_MS,
+ * releases it, and exits AFTER_MS later. Prints what it did and its VmHWM, one `key value`
+ * per line.
+ */
+#define _GNU_SOURCE
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
+
+static void touch(char *memory, size_t bytes) {
+    volatile char *page = memory;
+    for (size_t offset = 0; offset < bytes; offset += 4096) page[offset] = 1;
+}
+
+static void sleep_ms(long ms) {
+    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+static char *map(size_t bytes) {
+    char *memory = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (memory == MAP_FAILED) {
+        perror("mmap");
+        exit(2);
+    }
+    return memory;
+}
+
+int main(int argc, char **argv) {
+    if (argc != 6) {
+        fprintf(stderr, "usage: spike BASE_MIB SPIKE_MIB SPIKE_MS BEFORE_MS AFTER_MS\n");
+        return 2;
+    }
+    size_t base = (size_t)atol(argv[1]) << 20, spike = (size_t)atol(argv[2]) << 20;
+    long spike_ms = atol(argv[3]), before_ms = atol(argv[4]), after_ms = atol(argv[5]);
+    char *base_memory = map(base);
+    touch(base_memory, base);
+    sleep_ms(before_ms);
+    char *spike_memory = map(spike);
+    touch(spike_memory, spike);
+    sleep_ms(spike_ms);
+    munmap(spike_memory, spike);
+    sleep_ms(after_ms);
+    printf("base_bytes %zu\nspike_bytes %zu\n", base, spike);
+    FILE *status = fopen("/proc/self/status", "r");
+    char line[256];
+    while (status && fgets(line, sizeof line, status))
+        if (strncmp(line, "VmHWM:", 6) == 0) printf("vm_hwm_kib %ld\n", atol(line + 6));
+    if (status) fclose(status);
+    return 0;
+}
