@@ -387,3 +387,47 @@ fn redis_under_redis_benchmark_peak_matches_the_kernel() {
         "50000 x 4 KiB values and more"
     );
 }
+
+#[test]
+fn an_oom_kill_is_reported_with_the_timeline_before_it() {
+    let Some(_guard) = privileged("an_oom_kill_is_reported_with_the_timeline_before_it") else {
+        return;
+    };
+    let program = workload("spike", false);
+    let program = program.to_str().expect("utf-8");
+    // A 200 MiB spike under a 64 MiB limit: the kernel kills it.
+    let run = common::capture_with(
+        &["--memory-limit", "64Mi"],
+        &[program, "16", "200", "60", "500", "200"],
+    );
+    assert_eq!(run.output.status.code(), Some(128 + 9), "{}", run.stderr());
+    assert_eq!(run.target("/oom_kills"), 1);
+    assert_eq!(
+        run.target("/oom_kills_cgroup"),
+        1,
+        "the cgroup's own count agrees"
+    );
+    assert_eq!(run.target("/memory/limit_bytes"), 64 * MIB);
+    let event = &run.target_json()["oom_events"][0];
+    assert_eq!(event["pid"].as_u64(), Some(run.target("/pids/0")));
+    assert_eq!(event["command"], "spike");
+    let anon = event["anon_rss_bytes"].as_u64().expect("anon rss");
+    assert!(
+        (32 * MIB..=64 * MIB).contains(&anon),
+        "anon at the kill {anon}"
+    );
+    let before = event["timeline_before"]["buckets"]
+        .as_array()
+        .expect("timeline");
+    assert!(!before.is_empty());
+    let highest = before
+        .iter()
+        .filter_map(|bucket| bucket["charged"].as_u64())
+        .max()
+        .unwrap_or(0);
+    assert!(
+        highest >= 48 * MIB,
+        "the climb to the limit is in the timeline: {highest}"
+    );
+    assert_no_leak(&run);
+}
