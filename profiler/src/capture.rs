@@ -93,6 +93,8 @@ pub struct CaptureOptions {
     /// Bound on tracked mapping regions (about 80 bytes each).
     pub max_regions: usize,
     pub analysis: AnalysisConfig,
+    /// Headroom over the worst realistic peak for the recommended limit.
+    pub headroom: f64,
 }
 
 impl CaptureOptions {
@@ -107,6 +109,7 @@ impl CaptureOptions {
             timeline_buckets: 2048,
             max_regions: 262_144,
             analysis: AnalysisConfig::default(),
+            headroom: crate::sizing::DEFAULT_HEADROOM,
         }
     }
 }
@@ -372,7 +375,8 @@ pub async fn run(options: &CaptureOptions) -> Result<CaptureReport, CaptureError
     seen.record(events.drain_now());
     close_bucket(&mut probes, &mut watched, &mut seen, started)?;
 
-    let report = build_report(options, &probes, &watched, seen, exit, duration)?;
+    let mut report = build_report(options, &probes, &watched, seen, exit, duration)?;
+    report.recommend(options.headroom);
     if let Some(session) = watched.session.take() {
         session.remove()?;
     }
@@ -695,6 +699,8 @@ fn build_report(
                 resolution_ms: resolution,
                 buckets,
             },
+            recommendation: None,
+            checklist: None,
         }],
         drops,
         undecodable_events: seen.undecodable,

@@ -4,7 +4,10 @@ use std::{io::Write as _, path::PathBuf, time::Duration};
 
 use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 
-use crate::capture::{self, CaptureError, CaptureOptions, TargetSpec};
+use crate::{
+    capture::{self, CaptureError, CaptureOptions, TargetSpec},
+    sizing,
+};
 
 /// headroom: measures what a workload really needs in memory (charged, resident and reserved;
 /// startup peaks, steady state, spikes, thread stacks) with eBPF probes, to size Kubernetes
@@ -40,15 +43,65 @@ pub enum Command {
     /// Exit codes of headroom itself: 125 when it fails, 126 when the command is not
     /// executable, 127 when it is not found, 2 for bad flags.
     Capture(CaptureArgs),
+    /// Recommend a memory request and limit from saved capture reports (`--format json`).
+    ///
+    /// Several reports are taken as replicas of one workload: the highest peaks across them,
+    /// and their steady states pooled, make one recommendation.
+    Recommend(RecommendArgs),
 }
 
-/// Report formats.
+#[derive(Debug, Args)]
+pub struct RecommendArgs {
+    /// headroom.report/v1 JSON files written by `headroom capture --format json`.
+    #[arg(required = true, value_name = "REPORT")]
+    pub reports: Vec<PathBuf>,
+
+    #[command(flatten)]
+    pub sizing: SizingArgs,
+
+    /// The request set now, to flag over-provisioning (e.g. 512Mi).
+    #[arg(long, value_name = "SIZE", value_parser = parse_bytes)]
+    pub current_request: Option<u64>,
+
+    /// The limit set now, to flag OOM risk (e.g. 1Gi); default: the limit the reports saw.
+    #[arg(long, value_name = "SIZE", value_parser = parse_bytes)]
+    pub current_limit: Option<u64>,
+
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+
+    /// Write the output to FILE ("-" for stdout, the default).
+    #[arg(long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+}
+
+/// Flags shared by everything that recommends.
+#[derive(Debug, Args)]
+pub struct SizingArgs {
+    /// Headroom over the worst realistic peak, as a fraction or a percentage (0.25, 25%).
+    /// The sizing rule calls for 20-30 %; other values are allowed, with a warning.
+    #[arg(long, value_name = "FRACTION", default_value = "25%", value_parser = parse_headroom)]
+    pub headroom: f64,
+
+    /// With --format yaml: the container's name, to emit a strategic-merge patch for the
+    /// owning workload (`kubectl patch deploy/NAME --type strategic -p "$(cat patch.yaml)"`)
+    /// instead of a bare `resources:` block.
+    #[arg(long, value_name = "NAME")]
+    pub container: Option<String>,
+}
+
+/// Output formats.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Format {
     /// A table for humans.
     Table,
-    /// The headroom.report/v1 JSON document.
+    /// JSON (capture: the headroom.report/v1 document).
     Json,
+    /// The recommendation and checklist as Markdown.
+    Markdown,
+    /// A `resources:` patch (with --container, a strategic-merge patch) per target.
+    Yaml,
 }
 
 #[derive(Debug, Args)]
@@ -85,6 +138,9 @@ pub struct CaptureArgs {
     #[arg(long, default_value_t = 10_000, value_name = "N",
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_processes: u32,
+
+    #[command(flatten)]
+    pub sizing: SizingArgs,
 
     /// The command to run, and its arguments (after `--`).
     #[arg(last = true, value_name = "COMMAND")]
@@ -156,6 +212,22 @@ pub fn parse_bytes(text: &str) -> Result<u64, String> {
     Ok(bytes)
 }
 
+/// Parses a headroom fraction: `0.25` or `25%`, from 0 to 400 %.
+pub fn parse_headroom(text: &str) -> Result<f64, String> {
+    let text = text.trim();
+    let value = match text.strip_suffix('%') {
+        Some(percent) => percent.trim().parse::<f64>().map(|p| p / 100.0),
+        None => text.parse::<f64>(),
+    }
+    .map_err(|_| format!("`{text}` is not a fraction or a percentage: write e.g. 0.25 or 25%"))?;
+    if !(0.0..=4.0).contains(&value) {
+        return Err(format!(
+            "`{text}` is out of range: headroom must be 0 to 400 %"
+        ));
+    }
+    Ok(value)
+}
+
 /// headroom's own failure exit code (like `env` and container runtimes).
 pub const EXIT_FAILURE: u8 = 125;
 
@@ -173,7 +245,78 @@ impl CaptureArgs {
 pub fn run(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
         Command::Capture(args) => run_capture(args),
+        Command::Recommend(args) => run_recommend(args),
     }
+}
+
+/// Writes output to FILE, stdout ("-"), or the default destination.
+fn emit(
+    output: Option<&std::path::Path>,
+    rendered: &str,
+    default_to_stderr: bool,
+) -> anyhow::Result<()> {
+    match output {
+        Some(path) if path.as_os_str() != "-" => std::fs::write(path, rendered).map_err(|err| {
+            anyhow::anyhow!(
+                "cannot write the report to {}: {err} (check the directory exists and has room)",
+                path.display()
+            )
+        }),
+        None if default_to_stderr => {
+            eprint!("\n{rendered}");
+            Ok(())
+        }
+        _ => Ok(std::io::stdout().lock().write_all(rendered.as_bytes())?),
+    }
+}
+
+fn run_recommend(args: RecommendArgs) -> anyhow::Result<u8> {
+    let mut observations = Vec::new();
+    for path in &args.reports {
+        let text = std::fs::read_to_string(path)
+            .map_err(|err| anyhow::anyhow!("cannot read report {}: {err}", path.display()))?;
+        let value: serde_json::Value = serde_json::from_str(&text).map_err(|err| {
+            anyhow::anyhow!(
+                "{} is not JSON ({err}); write reports with `headroom capture --format json`",
+                path.display()
+            )
+        })?;
+        observations.extend(
+            sizing::Observation::from_report(&value)
+                .map_err(|err| anyhow::anyhow!("{}: {err}", path.display()))?,
+        );
+    }
+    let mut merged = sizing::Observation::merge(&observations)
+        .ok_or_else(|| anyhow::anyhow!("the reports hold no targets"))?;
+    if args.current_limit.is_some() {
+        merged.current_limit_bytes = args.current_limit;
+    }
+    merged.current_request_bytes = args.current_request;
+    let (recommendation, checklist) = sizing::recommend(&merged, args.sizing.headroom);
+    let rendered = match args.format {
+        Format::Table => format!(
+            "{}\n{}",
+            merged.name,
+            sizing::render_table(&recommendation, &checklist)
+        ),
+        Format::Json => {
+            serde_json::to_string_pretty(&serde_json::json!({
+                "schema": "headroom.recommendation/v1",
+                "target": merged.name,
+                "reports": args.reports,
+                "recommendation": recommendation,
+                "checklist": checklist,
+            }))? + "\n"
+        }
+        Format::Markdown => sizing::render_markdown(&merged.name, &recommendation, &checklist),
+        Format::Yaml => sizing::yaml_patch(
+            &recommendation,
+            &merged.name,
+            args.sizing.container.as_deref(),
+        ),
+    };
+    emit(args.output.as_deref(), &rendered, false)?;
+    Ok(0)
 }
 
 fn run_capture(args: CaptureArgs) -> anyhow::Result<u8> {
@@ -183,6 +326,7 @@ fn run_capture(args: CaptureArgs) -> anyhow::Result<u8> {
     options.duration = args.duration;
     options.max_processes = args.max_processes as usize;
     options.memory_limit = args.memory_limit;
+    options.headroom = args.sizing.headroom;
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -196,18 +340,10 @@ fn run_capture(args: CaptureArgs) -> anyhow::Result<u8> {
     let rendered = match args.format {
         Format::Table => report.render_table(),
         Format::Json => serde_json::to_string_pretty(&report)? + "\n",
+        Format::Markdown => report.render_markdown(),
+        Format::Yaml => report.render_yaml(args.sizing.container.as_deref()),
     };
-    match args.output.as_deref() {
-        Some(path) if path.as_os_str() != "-" => std::fs::write(path, rendered).map_err(|err| {
-            anyhow::anyhow!(
-                "cannot write the report to {}: {err} (check the directory exists and has room)",
-                path.display()
-            )
-        })?,
-        Some(_) => std::io::stdout().lock().write_all(rendered.as_bytes())?,
-        None if is_command => eprint!("\n{rendered}"),
-        None => std::io::stdout().lock().write_all(rendered.as_bytes())?,
-    }
+    emit(args.output.as_deref(), &rendered, is_command)?;
     let code = report
         .targets
         .first()
@@ -229,8 +365,10 @@ mod tests {
 
     fn capture_args(argv: &[&str]) -> Result<CaptureArgs, clap::Error> {
         let cli = Cli::try_parse_from(argv)?;
-        let Command::Capture(args) = cli.command;
-        Ok(args)
+        match cli.command {
+            Command::Capture(args) => Ok(args),
+            Command::Recommend(_) => panic!("not a capture"),
+        }
     }
 
     #[test]
@@ -316,6 +454,32 @@ mod tests {
             .expect_err("unit")
             .contains("unknown unit"));
         assert!(parse_duration("s").expect_err("number").contains("number"));
+    }
+
+    #[test]
+    fn headroom_parses_as_fraction_or_percentage() {
+        assert_eq!(parse_headroom("25%"), Ok(0.25));
+        assert_eq!(parse_headroom("0.3"), Ok(0.3));
+        assert!(parse_headroom("-5%").is_err());
+        assert!(parse_headroom("lots")
+            .expect_err("word")
+            .contains("0.25 or 25%"));
+    }
+
+    #[test]
+    fn recommend_needs_reports() {
+        let err = Cli::try_parse_from(["headroom", "recommend"]).expect_err("no reports");
+        assert_eq!(err.kind(), clap::error::ErrorKind::MissingRequiredArgument);
+        assert!(Cli::try_parse_from([
+            "headroom",
+            "recommend",
+            "a.json",
+            "--format",
+            "yaml",
+            "--container",
+            "app"
+        ])
+        .is_ok());
     }
 
     #[test]

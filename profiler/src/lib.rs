@@ -8,6 +8,7 @@
 //!   live reserved memory by region, the timeline of maxima and its reading;
 //! - [`procfs`]: /proc readers (smaps, process trees);
 //! - [`report`]: the `headroom.report/v1` document and its table rendering;
+//! - [`sizing`]: requests and limits with reasons, confidence and the seed's checklist;
 //! - [`capture`]: on-demand capture sessions;
 //! - [`cli`]: flags and dispatch.
 pub mod accounting;
@@ -17,3 +18,4 @@ pub mod cli;
 pub mod probes;
 pub mod procfs;
 pub mod report;
+pub mod sizing;

@@ -11,6 +11,7 @@ use crate::{
         ProcessRecord,
     },
     probes::{DropCounts, KernelEntries},
+    sizing::{self, Checklist, Observation, Recommendation},
 };
 
 pub const REPORT_SCHEMA: &str = "headroom.report/v1";
@@ -149,6 +150,10 @@ pub struct TargetReport {
     /// Kernel map entries still held for the target at the end (0 when nothing leaks).
     pub kernel_entries_at_end: KernelEntries,
     pub timeline: TimelineExcerpt,
+    /// Request and limit with their reasons (see the sizing module).
+    pub recommendation: Option<Recommendation>,
+    /// The seed's checklist, answered from this capture.
+    pub checklist: Option<Checklist>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
@@ -208,6 +213,59 @@ fn plural(count: u64, one: &str, many: &str) -> String {
 }
 
 impl CaptureReport {
+    /// Computes each target's recommendation and checklist from the report itself (the same
+    /// path `headroom recommend` takes over saved reports).
+    pub fn recommend(&mut self, headroom: f64) {
+        let observations = serde_json::to_value(&*self)
+            .ok()
+            .and_then(|value| Observation::from_report(&value).ok())
+            .unwrap_or_default();
+        for (target, observation) in self.targets.iter_mut().zip(observations) {
+            let (recommendation, checklist) = sizing::recommend(&observation, headroom);
+            target.recommendation = Some(recommendation);
+            target.checklist = Some(checklist);
+        }
+    }
+
+    /// A name for each target, for patches and headings.
+    pub fn target_name(target: &TargetReport) -> String {
+        match (&target.command, &target.cgroup) {
+            (Some(command), _) => command.join(" "),
+            (None, Some(cgroup)) => cgroup.clone(),
+            (None, None) => format!("pid {}", target.pids.first().copied().unwrap_or(0)),
+        }
+    }
+
+    /// Markdown: each target's recommendation and checklist.
+    pub fn render_markdown(&self) -> String {
+        self.targets
+            .iter()
+            .filter_map(|target| {
+                Some(sizing::render_markdown(
+                    &Self::target_name(target),
+                    target.recommendation.as_ref()?,
+                    target.checklist.as_ref()?,
+                ))
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// YAML `resources:` patches, one per target.
+    pub fn render_yaml(&self, container: Option<&str>) -> String {
+        self.targets
+            .iter()
+            .filter_map(|target| {
+                Some(sizing::yaml_patch(
+                    target.recommendation.as_ref()?,
+                    &Self::target_name(target),
+                    container,
+                ))
+            })
+            .collect::<Vec<_>>()
+            .join("---\n")
+    }
+
     /// The table printed at the end of a capture.
     pub fn render_table(&self) -> String {
         let mut out = String::new();
@@ -391,6 +449,10 @@ fn render_target(out: &mut String, t: &TargetReport, duration: f64) {
         }
     }
 
+    if let (Some(recommendation), Some(checklist)) = (&t.recommendation, &t.checklist) {
+        out.push('\n');
+        out.push_str(&sizing::render_table(recommendation, checklist));
+    }
     if !t.processes.is_empty() {
         out.push('\n');
         let _ = writeln!(

@@ -1,5 +1,9 @@
 //! Helpers for the privileged integration tests: privilege gate, workload builds, running the
 //! real `headroom` binary.
+#![allow(
+    dead_code,
+    reason = "each test binary uses its own subset of these helpers; expect() would fail in the others"
+)]
 
 use std::{
     path::{Path, PathBuf},

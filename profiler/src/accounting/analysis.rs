@@ -6,7 +6,8 @@
 //! at most a fifth of the observed time and at least 3 buckets, so short runs can have one) of
 //! buckets whose highest and lowest values differ by at most 5 % (or 4 MiB, whichever is
 //! larger). The second condition makes a startup cache that is later released part of startup,
-//! rather than mistaking its plateau for steady state. Startup is capped at `max_startup_ms`;
+//! rather than mistaking its plateau for steady state; memory released in the last 5 % of the
+//! observation is shutdown and does not count. Startup is capped at `max_startup_ms`;
 //! when no window qualifies, startup has not ended and no steady state is reported.
 //!
 //! **Steady state** is the median and 95th percentile of bucket maxima after startup.
@@ -72,8 +73,11 @@ pub fn analyse(series: &[u64], resolution_ms: u64, config: &AnalysisConfig) -> P
         .max(3);
     let cap = (config.max_startup_ms / resolution_ms) as usize;
     // Lowest value from each index to the end, to check "never falls clearly below" in O(n).
+    // The last 5 % (at least one bucket) is shutdown, when memory is released on the way out,
+    // and does not count as falling below.
+    let checked_end = series.len().saturating_sub((series.len() / 20).max(1));
     let mut suffix_min = vec![u64::MAX; series.len() + 1];
-    for index in (0..series.len()).rev() {
+    for index in (0..checked_end).rev() {
         suffix_min[index] = suffix_min[index + 1].min(series[index]);
     }
     let startup_end = (0..series.len().saturating_sub(window - 1))
@@ -153,6 +157,16 @@ mod tests {
         assert_eq!(phases.startup_peak_bytes, 300 * MIB);
         assert_eq!(phases.steady_bytes, Some(100 * MIB));
         assert!(phases.spikes.is_empty());
+    }
+
+    #[test]
+    fn memory_released_at_shutdown_does_not_hide_steady_state() {
+        let mut series = vec![300 * MIB; 6];
+        series.extend(std::iter::repeat_n(100 * MIB, 80));
+        series.push(20 * MIB);
+        let phases = analyse(&series, 50, &config());
+        assert_eq!(phases.startup_seconds, Some(0.3));
+        assert_eq!(phases.steady_bytes, Some(100 * MIB));
     }
 
     #[test]
