@@ -2,8 +2,9 @@
 //!
 //! - [`probes`]: loading, attaching and reading the eBPF programs (kernel side in
 //!   `profiler-ebpf/`), with preflight checks that name missing privileges and features;
-//! - [`cgroups`]: cgroup hierarchies, /proc/PID/cgroup, and capture sessions' own cgroups
-//!   (the base that container attribution builds on);
+//! - [`cgroups`]: cgroup hierarchies, /proc/PID/cgroup, capture sessions' own cgroups and the
+//!   v1/v2 charge reader;
+//! - [`attribution`]: cgroup id to path to container identity to pod names (Kubernetes API);
 //! - [`accounting`]: aggregation of kernel counters and events per target and per process,
 //!   live reserved memory by region, the timeline of maxima and its reading;
 //! - [`procfs`]: /proc readers (smaps, process trees);
@@ -12,6 +13,7 @@
 //! - [`capture`]: on-demand capture sessions;
 //! - [`cli`]: flags and dispatch.
 pub mod accounting;
+pub mod attribution;
 pub mod capture;
 pub mod cgroups;
 pub mod cli;
