@@ -27,6 +27,11 @@ use crate::{
         timeline::{BucketPeaks, Timeline},
         ActivitySummary, ProcessTable,
     },
+    attribution::{
+        self,
+        kubernetes::{self as k8s, KubernetesError},
+        Attribution, CgroupResolver, KubernetesMeta, PodCache,
+    },
     cgroups::{self, CgroupError, ChargeReader, ChargeVersion, SessionCgroup},
     probes::{DecodeError, ProbeConfig, ProbeError, ProbeEvent, Probes},
     procfs,
@@ -48,6 +53,26 @@ pub enum CaptureError {
     UnknownPid(u32),
     #[error("--memory-limit needs a cgroup with a memory controller; this host has none for the session")]
     NoMemoryController,
+    #[error(transparent)]
+    Kubernetes(#[from] KubernetesError),
+    #[error(
+        "pod {namespace}/{name} has no cgroup on this node (looked for its UID {uid} under {root}): \
+         run headroom on the node the pod is scheduled on"
+    )]
+    PodNotOnThisNode {
+        namespace: String,
+        name: String,
+        uid: String,
+        root: PathBuf,
+    },
+    #[error(
+        "container `{container}` of pod {namespace}/{name} has not started (no container id yet)"
+    )]
+    ContainerNotStarted {
+        namespace: String,
+        name: String,
+        container: String,
+    },
     #[error(transparent)]
     Probes(#[from] ProbeError),
     #[error(transparent)]
@@ -73,6 +98,32 @@ pub enum TargetSpec {
     Cgroup(String),
     /// A running process and everything it forks from now on.
     Pid(u32),
+    /// A pod (or one of its containers), found through the Kubernetes API and this node's
+    /// cgroup tree.
+    Pod {
+        namespace: String,
+        name: String,
+        container: Option<String>,
+    },
+    /// Every cgroup on the node, each attributed to a container, a host service, or
+    /// "unattributed" with the reason.
+    Node(NodeOptions),
+}
+
+/// Where pod names come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MetadataSource {
+    /// The Kubernetes API when a configuration is found, else none.
+    Auto,
+    Kubernetes,
+    None,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeOptions {
+    pub metadata: MetadataSource,
+    /// The node whose pods to watch (default: this host's name).
+    pub node: Option<String>,
 }
 
 /// How to capture.
@@ -257,8 +308,20 @@ struct Watched {
 
 /// Runs one capture session to the end and returns its report.
 pub async fn run(options: &CaptureOptions) -> Result<CaptureReport, CaptureError> {
+    let (target, kubernetes) = match &options.target {
+        TargetSpec::Node(node) => return run_node(options, node).await,
+        TargetSpec::Pod {
+            namespace,
+            name,
+            container,
+        } => {
+            let (path, meta) = resolve_pod(namespace, name, container.as_deref()).await?;
+            (TargetSpec::Cgroup(path), Some(meta))
+        }
+        other => (other.clone(), None),
+    };
     // Validate everything that needs no privileges before loading anything.
-    let command = match &options.target {
+    let command = match &target {
         TargetSpec::Command(command) => {
             let (program, args) = command.split_first().ok_or(CaptureError::EmptyCommand)?;
             Some((resolve_command(program)?, program.clone(), args.to_vec()))
@@ -273,10 +336,14 @@ pub async fn run(options: &CaptureOptions) -> Result<CaptureReport, CaptureError
             cgroups::resolve_cgroup_path(Path::new("/"), path)?;
             None
         }
+        TargetSpec::Pod { .. } | TargetSpec::Node(_) => None,
     };
 
     let mut probes = Probes::load(&ProbeConfig::default())?;
-    let mut watched = watch(&options.target, &mut probes, options.memory_limit)?;
+    let mut watched = watch(&target, &mut probes, options.memory_limit)?;
+    if kubernetes.is_some() {
+        watched.kind = "pod";
+    }
     let mut events = probes
         .take_event_stream()?
         .ok_or_else(|| ProbeError::MissingMap(profiler_common::map::EVENTS))?;
@@ -376,6 +443,13 @@ pub async fn run(options: &CaptureOptions) -> Result<CaptureReport, CaptureError
     close_bucket(&mut probes, &mut watched, &mut seen, started)?;
 
     let mut report = build_report(options, &probes, &watched, seen, exit, duration)?;
+    if let Some(target) = report.targets.first_mut() {
+        target.attribution = kubernetes.as_ref().map(|_| Attribution::Kubernetes {
+            names_known: true,
+            reason: None,
+        });
+        target.kubernetes = kubernetes;
+    }
     report.recommend(options.headroom);
     if let Some(session) = watched.session.take() {
         session.remove()?;
@@ -454,6 +528,12 @@ fn watch(
                 baseline_tasks,
                 oom_kills_at_start: None,
             })
+        }
+        TargetSpec::Pod { .. } | TargetSpec::Node(_) => {
+            Err(CaptureError::Cgroup(CgroupError::BadCgroupPath {
+                path: String::new(),
+                reason: "pods and nodes are resolved before they are watched".to_owned(),
+            }))
         }
     }
 }
@@ -644,6 +724,7 @@ fn build_report(
     let regions = &seen.regions;
     Ok(CaptureReport {
         schema: REPORT_SCHEMA,
+        mode: "target",
         duration_seconds: duration.as_secs_f64(),
         sample_interval_ms: options.sample_interval.as_millis() as u64,
         targets: vec![TargetReport {
@@ -701,9 +782,226 @@ fn build_report(
             },
             recommendation: None,
             checklist: None,
+            kubernetes: None,
+            attribution: None,
         }],
         drops,
         undecodable_events: seen.undecodable,
+    })
+}
+
+/// Finds a pod (or one of its containers) through the API, then its cgroup on this node.
+async fn resolve_pod(
+    namespace: &str,
+    name: &str,
+    container: Option<&str>,
+) -> Result<(String, KubernetesMeta), CaptureError> {
+    let client = k8s::client().await?;
+    let pod = k8s::get_pod(client, namespace, name).await?;
+    let container_id =
+        match container {
+            None => None,
+            Some(wanted) => {
+                let info = pod
+                    .containers
+                    .iter()
+                    .find(|c| c.name == wanted)
+                    .ok_or_else(|| KubernetesError::NoSuchContainer {
+                        namespace: namespace.to_owned(),
+                        name: name.to_owned(),
+                        container: wanted.to_owned(),
+                        known: pod
+                            .containers
+                            .iter()
+                            .map(|c| c.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                    })?;
+                Some(info.container_id.clone().ok_or_else(|| {
+                    CaptureError::ContainerNotStarted {
+                        namespace: namespace.to_owned(),
+                        name: name.to_owned(),
+                        container: wanted.to_owned(),
+                    }
+                })?)
+            }
+        };
+    let root = Path::new("/");
+    let unified = cgroups::Hierarchies::discover(root)?.unified;
+    let path = attribution::find_pod_cgroup(&unified, &pod.uid, container_id.as_deref())
+        .ok_or_else(|| CaptureError::PodNotOnThisNode {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            uid: pod.uid.clone(),
+            root: unified.clone(),
+        })?;
+    let identity = attribution::parse_cgroup_path(&path).ok();
+    let mut meta = KubernetesMeta {
+        pod_uid: pod.uid.clone(),
+        container_id: container_id.clone(),
+        runtime: identity.as_ref().and_then(|i| i.runtime),
+        qos: identity.as_ref().map(|i| i.qos),
+        ..KubernetesMeta::default()
+    };
+    attribution::fill_from_pod(&mut meta, &pod, container_id.as_deref());
+    Ok((path, meta))
+}
+
+/// Starts the pod metadata watch the options ask for; None when there is to be none.
+async fn start_metadata(
+    node: &NodeOptions,
+) -> Result<
+    Option<(
+        std::sync::Arc<std::sync::Mutex<PodCache>>,
+        tokio::task::JoinHandle<()>,
+    )>,
+    CaptureError,
+> {
+    let client = match (node.metadata, k8s::client().await) {
+        (MetadataSource::None, _) => return Ok(None),
+        (MetadataSource::Auto, Err(err)) => {
+            tracing::info!(error = %err, "no Kubernetes configuration; pods are named by cgroup path only");
+            return Ok(None);
+        }
+        (MetadataSource::Kubernetes, Err(err)) => return Err(err.into()),
+        (_, Ok(client)) => client,
+    };
+    let node_name = match &node.node {
+        Some(name) => name.clone(),
+        None => nix::unistd::gethostname()
+            .ok()
+            .and_then(|name| name.into_string().ok())
+            .unwrap_or_default(),
+    };
+    let cache = std::sync::Arc::new(std::sync::Mutex::new(PodCache::new(NODE_POD_CAPACITY)));
+    let task = k8s::watch_node_pods(client, &node_name, cache.clone());
+    Ok(Some((cache, task)))
+}
+
+/// Pods kept by a node-wide capture (kubelet's default is 110 a node).
+const NODE_POD_CAPACITY: usize = 1024;
+/// Cgroup paths remembered by a node-wide capture.
+const NODE_CGROUP_CAPACITY: usize = 16_384;
+
+/// Every cgroup on the node: kernel counters per cgroup, attributed at the end.
+async fn run_node(
+    options: &CaptureOptions,
+    node: &NodeOptions,
+) -> Result<CaptureReport, CaptureError> {
+    let metadata = start_metadata(node).await?;
+    let mut probes = Probes::load(&ProbeConfig {
+        trace_all_cgroups: true,
+        // Every mapping change on a node is too many events; node-wide figures come from the
+        // kernel counters.
+        track_regions: false,
+        ..ProbeConfig::default()
+    })?;
+    let mut events = probes
+        .take_event_stream()?
+        .ok_or_else(|| ProbeError::MissingMap(profiler_common::map::EVENTS))?;
+    let mut interrupts = signal(SignalKind::interrupt()).map_err(CaptureError::Signals)?;
+    let mut terminations = signal(SignalKind::terminate()).map_err(CaptureError::Signals)?;
+    let started = Instant::now();
+    let deadline = async {
+        match options.duration {
+            Some(duration) => tokio::time::sleep(duration).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(deadline);
+    let mut undecodable = 0u64;
+    loop {
+        tokio::select! {
+            () = &mut deadline => break,
+            batch = events.next_batch() => {
+                // Process events are not needed per process here; only decoding is checked.
+                undecodable += batch?.iter().filter(|event| event.is_err()).count() as u64;
+            }
+            _ = interrupts.recv() => break,
+            _ = terminations.recv() => break,
+        }
+    }
+    let duration = started.elapsed();
+    undecodable += events
+        .drain_now()
+        .iter()
+        .filter(|event| event.is_err())
+        .count() as u64;
+
+    let hierarchies = cgroups::Hierarchies::discover(Path::new("/"))?;
+    let mut resolver = CgroupResolver::new(&hierarchies.unified, NODE_CGROUP_CAPACITY);
+    let pods = metadata.as_ref().and_then(|(cache, _)| cache.lock().ok());
+    let mut targets = Vec::new();
+    for (target_id, counters) in probes.all_target_counters()? {
+        let path = resolver.resolve(target_id);
+        let (attribution, kubernetes) = attribution::attribute(path.as_deref(), pods.as_deref());
+        let charge = path.as_deref().and_then(|path| {
+            let relative = path.trim_start_matches('/');
+            let memory_v1 = hierarchies.memory_v1.as_ref().map(|m| m.join(relative));
+            ChargeReader::open(&hierarchies.unified.join(relative), memory_v1.as_deref())
+        });
+        let memory = charge.as_ref().map(|charge| ChargedMemory {
+            peak_bytes: charge.lifetime_peak().map_or(0, |(peak, _)| peak),
+            peak_source: "the cgroup's lifetime high-water mark (it predates the capture)"
+                .to_owned(),
+            working_set_peak_bytes: charge.current().map_or(0, |current| {
+                current.saturating_sub(charge.inactive_file().unwrap_or(0))
+            }),
+            limit_bytes: charge.limit(),
+            sampled_peak_bytes: charge.current().unwrap_or(0),
+            ..ChargedMemory::default()
+        });
+        let activity = ActivitySummary::from_counters(&counters, None);
+        targets.push(TargetReport {
+            kind: "cgroup",
+            command: None,
+            cgroup: path,
+            target_id,
+            pids: Vec::new(),
+            exit: None,
+            memory,
+            resident: ResidentMemory {
+                peak_bytes: counters.resident_peak_bytes,
+                anon_peak_bytes: counters.anon_peak_bytes,
+                file_peak_bytes: counters.file_peak_bytes,
+                current_bytes: counters.resident_bytes().max(0) as u64,
+            },
+            reserved: ReservedMemory::default(),
+            threads: Threads {
+                created: counters.threads_created,
+                peak: None,
+                stack_reserved_bytes: 0,
+                stack_resident_bytes: 0,
+            },
+            resident_phases: ResidentPhases::default(),
+            spikes: Vec::new(),
+            oom_kills: counters.oom_kills,
+            oom_kills_cgroup: charge.as_ref().and_then(ChargeReader::oom_kills),
+            oom_events: Vec::new(),
+            activity,
+            processes: Vec::new(),
+            processes_not_listed: 0,
+            kernel_entries_at_end: probes.kernel_entries(target_id)?,
+            timeline: TimelineExcerpt::default(),
+            recommendation: None,
+            checklist: None,
+            kubernetes,
+            attribution: Some(attribution),
+        });
+    }
+    drop(pods);
+    if let Some((_, task)) = metadata {
+        task.abort();
+    }
+    targets.sort_by_key(|t| std::cmp::Reverse(t.resident.peak_bytes));
+    Ok(CaptureReport {
+        schema: REPORT_SCHEMA,
+        mode: "node",
+        duration_seconds: duration.as_secs_f64(),
+        sample_interval_ms: 0,
+        targets,
+        drops: probes.drops()?,
+        undecodable_events: undecodable,
     })
 }
 

@@ -5,7 +5,8 @@ use std::{io::Write as _, path::PathBuf, time::Duration};
 use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 
 use crate::{
-    capture::{self, CaptureError, CaptureOptions, TargetSpec},
+    attribution::kubernetes::{parse_pod_name, KubernetesError},
+    capture::{self, CaptureError, CaptureOptions, MetadataSource, NodeOptions, TargetSpec},
     sizing,
 };
 
@@ -84,11 +85,22 @@ pub struct SizingArgs {
     #[arg(long, value_name = "FRACTION", default_value = "25%", value_parser = parse_headroom)]
     pub headroom: f64,
 
-    /// With --format yaml: the container's name, to emit a strategic-merge patch for the
-    /// owning workload (`kubectl patch deploy/NAME --type strategic -p "$(cat patch.yaml)"`)
-    /// instead of a bare `resources:` block.
+    /// The container: with --pod, the one to watch; with --format yaml, the name for a
+    /// strategic-merge patch of the owning workload (`kubectl patch deploy/NAME --type
+    /// strategic -p "$(cat patch.yaml)"`) instead of a bare `resources:` block.
     #[arg(long, value_name = "NAME")]
     pub container: Option<String>,
+}
+
+/// Where pod names come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Metadata {
+    /// The Kubernetes API if a configuration is found, else none.
+    Auto,
+    /// The Kubernetes API; fail without a configuration.
+    Kubernetes,
+    /// No names: containers are identified by pod UID and container id only.
+    None,
 }
 
 /// Output formats.
@@ -105,8 +117,27 @@ pub enum Format {
 }
 
 #[derive(Debug, Args)]
-#[command(group(ArgGroup::new("target").required(true).args(["cgroup", "pid", "command"])))]
+#[command(group(ArgGroup::new("target").required(true).args(["cgroup", "pid", "pod", "all", "command"])))]
 pub struct CaptureArgs {
+    /// Watch a pod through the Kubernetes API (KUBECONFIG, ~/.kube/config or in-cluster) and
+    /// this node's cgroups: NAMESPACE/POD. With --container, one of its containers.
+    #[arg(long, value_name = "NAMESPACE/POD")]
+    pub pod: Option<String>,
+
+    /// Watch every cgroup on the node; each is attributed to a container (with pod names
+    /// from the Kubernetes API), a host service, or "unattributed" with the reason.
+    #[arg(long)]
+    pub all: bool,
+
+    /// With --all: where pod names come from.
+    #[arg(long, value_enum, default_value_t = Metadata::Auto,
+          conflicts_with_all = ["cgroup", "pid", "pod", "command"])]
+    pub metadata: Metadata,
+
+    /// With --all: the node whose pods to watch (default: this host's name).
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["cgroup", "pid", "pod", "command"])]
+    pub node: Option<String>,
+
     /// Watch an existing cgroup, by its path as /proc/PID/cgroup shows it (after `0::`).
     #[arg(long, value_name = "PATH")]
     pub cgroup: Option<String>,
@@ -232,12 +263,30 @@ pub fn parse_headroom(text: &str) -> Result<f64, String> {
 pub const EXIT_FAILURE: u8 = 125;
 
 impl CaptureArgs {
-    fn target(&self) -> TargetSpec {
-        match (&self.cgroup, self.pid) {
+    fn target(&self) -> Result<TargetSpec, KubernetesError> {
+        if self.all {
+            return Ok(TargetSpec::Node(NodeOptions {
+                metadata: match self.metadata {
+                    Metadata::Auto => MetadataSource::Auto,
+                    Metadata::Kubernetes => MetadataSource::Kubernetes,
+                    Metadata::None => MetadataSource::None,
+                },
+                node: self.node.clone(),
+            }));
+        }
+        if let Some(pod) = &self.pod {
+            let (namespace, name) = parse_pod_name(pod)?;
+            return Ok(TargetSpec::Pod {
+                namespace,
+                name,
+                container: self.sizing.container.clone(),
+            });
+        }
+        Ok(match (&self.cgroup, self.pid) {
             (Some(path), _) => TargetSpec::Cgroup(path.clone()),
             (None, Some(pid)) => TargetSpec::Pid(pid),
             (None, None) => TargetSpec::Command(self.command.clone()),
-        }
+        })
     }
 }
 
@@ -320,7 +369,7 @@ fn run_recommend(args: RecommendArgs) -> anyhow::Result<u8> {
 }
 
 fn run_capture(args: CaptureArgs) -> anyhow::Result<u8> {
-    let target = args.target();
+    let target = args.target()?;
     let is_command = matches!(target, TargetSpec::Command(_));
     let mut options = CaptureOptions::new(target);
     options.duration = args.duration;
@@ -385,7 +434,7 @@ mod tests {
         assert_eq!(args.command, ["ls", "--format", "x"]);
         assert_eq!(args.format, Format::Json);
         assert_eq!(
-            args.target(),
+            args.target().expect("target"),
             TargetSpec::Command(vec!["ls".into(), "--format".into(), "x".into()])
         );
     }
@@ -409,9 +458,51 @@ mod tests {
         assert_eq!(
             capture_args(&["headroom", "capture", "--cgroup", "/a/b"])
                 .expect("valid")
-                .target(),
+                .target()
+                .expect("target"),
             TargetSpec::Cgroup("/a/b".into())
         );
+    }
+
+    #[test]
+    fn pod_and_node_targets() {
+        let args = capture_args(&[
+            "headroom",
+            "capture",
+            "--pod",
+            "shop/web",
+            "--container",
+            "app",
+        ])
+        .expect("valid");
+        assert_eq!(
+            args.target().expect("target"),
+            TargetSpec::Pod {
+                namespace: "shop".into(),
+                name: "web".into(),
+                container: Some("app".into())
+            }
+        );
+        let args = capture_args(&["headroom", "capture", "--pod", "web"]).expect("parses");
+        assert!(args
+            .target()
+            .expect_err("no namespace")
+            .to_string()
+            .contains("NAMESPACE/POD"));
+        let args =
+            capture_args(&["headroom", "capture", "--all", "--metadata", "none"]).expect("valid");
+        assert!(matches!(
+            args.target(),
+            Ok(TargetSpec::Node(NodeOptions {
+                metadata: MetadataSource::None,
+                ..
+            }))
+        ));
+        assert!(
+            Cli::try_parse_from(["headroom", "capture", "--metadata", "none", "--", "true"])
+                .is_err()
+        );
+        assert!(Cli::try_parse_from(["headroom", "capture", "--all", "--pid", "3"]).is_err());
     }
 
     #[test]

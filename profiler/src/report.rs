@@ -10,6 +10,7 @@ use crate::{
         analysis::Spike, regions::ReservedBytes, timeline::BucketPeaks, ActivitySummary,
         ProcessRecord,
     },
+    attribution::{Attribution, KubernetesMeta},
     probes::{DropCounts, KernelEntries},
     sizing::{self, Checklist, Observation, Recommendation},
 };
@@ -154,6 +155,10 @@ pub struct TargetReport {
     pub recommendation: Option<Recommendation>,
     /// The seed's checklist, answered from this capture.
     pub checklist: Option<Checklist>,
+    /// Who the memory belongs to (node-wide and pod captures).
+    pub attribution: Option<Attribution>,
+    /// namespace, pod, container, pod_uid, container_id, qos, workload, spec request/limit.
+    pub kubernetes: Option<KubernetesMeta>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
@@ -168,6 +173,8 @@ pub struct ResidentPhases {
 #[derive(Clone, Debug, Serialize)]
 pub struct CaptureReport {
     pub schema: &'static str,
+    /// "target" (one command, cgroup, process tree or pod) or "node" (every cgroup).
+    pub mode: &'static str,
     pub duration_seconds: f64,
     pub sample_interval_ms: u64,
     pub targets: Vec<TargetReport>,
@@ -269,8 +276,12 @@ impl CaptureReport {
     /// The table printed at the end of a capture.
     pub fn render_table(&self) -> String {
         let mut out = String::new();
-        for target in &self.targets {
-            render_target(&mut out, target, self.duration_seconds);
+        if self.mode == "node" {
+            render_node(&mut out, self);
+        } else {
+            for target in &self.targets {
+                render_target(&mut out, target, self.duration_seconds);
+            }
         }
         let drops = self.drops.total();
         if drops == 0 && self.undecodable_events == 0 {
@@ -285,6 +296,56 @@ impl CaptureReport {
         }
         out
     }
+}
+
+/// One line a cgroup, largest resident peak first.
+fn render_node(out: &mut String, report: &CaptureReport) {
+    let _ = writeln!(
+        out,
+        "headroom capture --all: {} cgroups over {:.1} s\n",
+        report.targets.len(),
+        report.duration_seconds
+    );
+    let _ = writeln!(
+        out,
+        "{:<48} {:>10} {:>10} {:>8} {:>6}",
+        "TARGET", "RSS PEAK", "CHARGE", "THREADS", "OOM"
+    );
+    for t in &report.targets {
+        let name = match (&t.kubernetes, &t.attribution) {
+            (Some(k), _) => match (&k.namespace, &k.pod) {
+                (Some(namespace), Some(pod)) => format!(
+                    "{namespace}/{pod}{}",
+                    k.container
+                        .as_ref()
+                        .map_or(String::new(), |c| format!(" [{c}]"))
+                ),
+                _ => format!(
+                    "pod {}{}",
+                    k.pod_uid,
+                    k.container_id.as_ref().map_or(String::new(), |id| format!(
+                        " [{}]",
+                        &id[..id.len().min(12)]
+                    ))
+                ),
+            },
+            (None, Some(Attribution::Host { name })) => format!("host {name}"),
+            (None, Some(Attribution::Unattributed { reason })) => format!("unattributed: {reason}"),
+            _ => t.cgroup.clone().unwrap_or_default(),
+        };
+        let name: String = name.chars().take(48).collect();
+        let _ = writeln!(
+            out,
+            "{name:<48} {:>10} {:>10} {:>8} {:>6}",
+            format_bytes(t.resident.peak_bytes),
+            t.memory
+                .as_ref()
+                .map_or_else(|| "n/a".to_owned(), |m| format_bytes(m.sampled_peak_bytes)),
+            t.activity.threads_created,
+            t.oom_kills
+        );
+    }
+    out.push('\n');
 }
 
 fn render_target(out: &mut String, t: &TargetReport, duration: f64) {
@@ -320,6 +381,22 @@ fn render_target(out: &mut String, t: &TargetReport, duration: f64) {
     );
     if let Some(cgroup) = &t.cgroup {
         let _ = writeln!(out, "cgroup: {cgroup} (id {})", t.target_id);
+    }
+    if let Some(k) = &t.kubernetes {
+        let _ = writeln!(
+            out,
+            "pod: {}/{} container {} (uid {}, qos {}, {} {}); spec request {}, limit {}",
+            k.namespace.as_deref().unwrap_or("?"),
+            k.pod.as_deref().unwrap_or("?"),
+            k.container.as_deref().unwrap_or("(all)"),
+            k.pod_uid,
+            k.qos
+                .map_or("?".to_owned(), |q| format!("{q:?}").to_lowercase()),
+            k.workload_kind.as_deref().unwrap_or("no owner"),
+            k.workload_name.as_deref().unwrap_or(""),
+            format_optional(k.spec_request_bytes),
+            format_optional(k.spec_limit_bytes)
+        );
     }
     out.push('\n');
 

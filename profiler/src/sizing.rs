@@ -246,8 +246,10 @@ impl Observation {
             peak_bytes,
             spikes,
             ooms,
-            current_limit_bytes: number(t, "/memory/limit_bytes"),
-            current_request_bytes: None,
+            // The pod spec's limit when known (what kubelet enforces), else the cgroup's.
+            current_limit_bytes: number(t, "/kubernetes/spec_limit_bytes")
+                .or_else(|| number(t, "/memory/limit_bytes")),
+            current_request_bytes: number(t, "/kubernetes/spec_request_bytes"),
             reserved_peak_bytes: number(t, "/reserved/peak_bytes").unwrap_or(0),
             no_access_peak_bytes: number(t, "/reserved/peak_by_kind/no_access").unwrap_or(0),
             resident_peak_bytes: number(t, "/resident/peak_bytes").unwrap_or(0),

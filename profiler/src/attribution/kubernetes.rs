@@ -98,7 +98,12 @@ impl PodInfo {
             .as_ref()
             .and_then(|status| status.container_statuses.clone())
             .unwrap_or_default();
-        let memory = |resources: Option<&std::collections::BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>>| {
+        let memory = |resources: Option<
+            &std::collections::BTreeMap<
+                String,
+                k8s_openapi::apimachinery::pkg::api::resource::Quantity,
+            >,
+        >| {
             resources
                 .and_then(|values| values.get("memory"))
                 .and_then(|quantity| parse_quantity(&quantity.0))
@@ -129,7 +134,10 @@ impl PodInfo {
             namespace: metadata.namespace.clone().unwrap_or_default(),
             name: metadata.name.clone().unwrap_or_default(),
             uid,
-            qos: pod.status.as_ref().and_then(|status| status.qos_class.clone()),
+            qos: pod
+                .status
+                .as_ref()
+                .and_then(|status| status.qos_class.clone()),
             workload_kind,
             workload_name,
             containers,
@@ -264,7 +272,9 @@ impl PodCache {
 
 /// Builds a client from KUBECONFIG, ~/.kube/config or the in-cluster service account.
 pub async fn client() -> Result<Client, KubernetesError> {
-    let config = kube::Config::infer().await.map_err(KubernetesError::Config)?;
+    let config = kube::Config::infer()
+        .await
+        .map_err(KubernetesError::Config)?;
     Client::try_from(config).map_err(KubernetesError::Client)
 }
 
@@ -294,7 +304,11 @@ pub fn watch_node_pods(
 }
 
 /// Reads one pod.
-pub async fn get_pod(client: Client, namespace: &str, name: &str) -> Result<PodInfo, KubernetesError> {
+pub async fn get_pod(
+    client: Client,
+    namespace: &str,
+    name: &str,
+) -> Result<PodInfo, KubernetesError> {
     let pods: Api<Pod> = Api::namespaced(client, namespace);
     let pod = pods
         .get_opt(name)
@@ -411,7 +425,10 @@ mod tests {
         assert_eq!(cache.len(), 1);
         cache.apply(watcher::Event::Init, &mut relisting);
         cache.apply(watcher::Event::InitDone, &mut relisting);
-        assert!(cache.is_empty(), "a pod gone while the watch was down must go");
+        assert!(
+            cache.is_empty(),
+            "a pod gone while the watch was down must go"
+        );
     }
 
     #[test]

@@ -157,8 +157,9 @@ pub fn attribute(
     let Some(path) = path else {
         return (
             Attribution::Unattributed {
-                reason: "no cgroup: its id could not be resolved to a path (deleted before it was seen)"
-                    .to_owned(),
+                reason:
+                    "no cgroup: its id could not be resolved to a path (deleted before it was seen)"
+                        .to_owned(),
             },
             None,
         );
@@ -253,7 +254,13 @@ pub fn host_name(path: &str) -> String {
                 .any(|suffix| component.ends_with(suffix))
         })
         .map(str::to_owned)
-        .unwrap_or_else(|| if path.is_empty() { "/".to_owned() } else { path.to_owned() })
+        .unwrap_or_else(|| {
+            if path.is_empty() {
+                "/".to_owned()
+            } else {
+                path.to_owned()
+            }
+        })
 }
 
 /// Finds the cgroup (path relative to `root`) of a pod, or of one of its containers, by walking
@@ -275,14 +282,12 @@ pub fn find_pod_cgroup(root: &Path, pod_uid: &str, container_id: Option<&str>) -
                 let target = match container_id {
                     None => Some(path),
                     Some(id) => fs::read_dir(&path).ok().and_then(|children| {
-                        children
-                            .flatten()
-                            .map(|child| child.path())
-                            .find(|child| {
-                                child
-                                    .file_name()
-                                    .is_some_and(|n| n.to_string_lossy().contains(id) && !n.to_string_lossy().contains("conmon"))
+                        children.flatten().map(|child| child.path()).find(|child| {
+                            child.file_name().is_some_and(|n| {
+                                n.to_string_lossy().contains(id)
+                                    && !n.to_string_lossy().contains("conmon")
                             })
+                        })
                     }),
                 };
                 return target.and_then(|found| {
@@ -366,17 +371,23 @@ mod tests {
     fn unknown_pods_host_paths_and_failures_say_why() {
         let path = format!("/kubepods/burstable/pod{UID}/{ID}");
         let (attribution, meta) = attribute(Some(&path), Some(&PodCache::new(1)));
-        assert!(matches!(attribution, Attribution::Kubernetes { names_known: false, reason: Some(ref r) } if r.contains("not (yet) known")));
+        assert!(
+            matches!(attribution, Attribution::Kubernetes { names_known: false, reason: Some(ref r) } if r.contains("not (yet) known"))
+        );
         assert_eq!(meta.expect("ids").container_id.as_deref(), Some(ID));
         let (attribution, _) = attribute(Some(&path), None);
-        assert!(matches!(attribution, Attribution::Kubernetes { reason: Some(ref r), .. } if r.contains("no metadata provider")));
+        assert!(
+            matches!(attribution, Attribution::Kubernetes { reason: Some(ref r), .. } if r.contains("no metadata provider"))
+        );
         assert_eq!(
             attribute(Some("/system.slice/sshd.service"), None).0,
             Attribution::Host {
                 name: "sshd.service".into()
             }
         );
-        assert!(matches!(attribute(None, None).0, Attribution::Unattributed { ref reason } if reason.starts_with("no cgroup")));
+        assert!(
+            matches!(attribute(None, None).0, Attribution::Unattributed { ref reason } if reason.starts_with("no cgroup"))
+        );
         assert!(matches!(
             attribute(Some(&format!("/kubepods/pod{UID}/gvisor-x")), None).0,
             Attribution::Unattributed { ref reason } if reason.starts_with("unknown runtime")
@@ -425,8 +436,14 @@ mod tests {
 
     #[test]
     fn host_targets_are_named_by_unit() {
-        assert_eq!(host_name("/system.slice/containerd.service"), "containerd.service");
-        assert_eq!(host_name("/user.slice/user-0.slice/session-3.scope"), "session-3.scope");
+        assert_eq!(
+            host_name("/system.slice/containerd.service"),
+            "containerd.service"
+        );
+        assert_eq!(
+            host_name("/user.slice/user-0.slice/session-3.scope"),
+            "session-3.scope"
+        );
         assert_eq!(host_name("/"), "/");
         assert_eq!(host_name("/headroom-test"), "/headroom-test");
     }

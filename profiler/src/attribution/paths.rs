@@ -72,8 +72,11 @@ fn normalize_pod_uid(raw: &str) -> Option<String> {
     let uid = raw.replace('_', "-");
     let groups: Vec<&str> = uid.split('-').collect();
     let lengths: Vec<usize> = groups.iter().map(|g| g.len()).collect();
-    (lengths == [8, 4, 4, 4, 12] && groups.iter().all(|g| g.bytes().all(|b| b.is_ascii_hexdigit())))
-        .then(|| uid.to_ascii_lowercase())
+    (lengths == [8, 4, 4, 4, 12]
+        && groups
+            .iter()
+            .all(|g| g.bytes().all(|b| b.is_ascii_hexdigit())))
+    .then(|| uid.to_ascii_lowercase())
 }
 
 fn container_component(component: &str) -> Result<(Runtime, String, bool), String> {
@@ -88,7 +91,9 @@ fn container_component(component: &str) -> Result<(Runtime, String, bool), Strin
             return if is_container_id(id) {
                 Ok((runtime, id.to_owned(), helper))
             } else {
-                Err(format!("`{component}` does not end in a 64-hex container id"))
+                Err(format!(
+                    "`{component}` does not end in a 64-hex container id"
+                ))
             };
         }
     }
@@ -210,12 +215,24 @@ mod tests {
         let mut cases = Vec::new();
         for (qos, systemd_qos, cgroupfs_qos, pod_prefix) in [
             (Guaranteed, "", "", "kubepods-pod"),
-            (Burstable, "/kubepods-burstable.slice", "/burstable", "kubepods-burstable-pod"),
-            (BestEffort, "/kubepods-besteffort.slice", "/besteffort", "kubepods-besteffort-pod"),
+            (
+                Burstable,
+                "/kubepods-burstable.slice",
+                "/burstable",
+                "kubepods-burstable-pod",
+            ),
+            (
+                BestEffort,
+                "/kubepods-besteffort.slice",
+                "/besteffort",
+                "kubepods-besteffort-pod",
+            ),
         ] {
-            for (runtime, scope_prefix) in
-                [(Containerd, "cri-containerd-"), (CriO, "crio-"), (Docker, "docker-")]
-            {
+            for (runtime, scope_prefix) in [
+                (Containerd, "cri-containerd-"),
+                (CriO, "crio-"),
+                (Docker, "docker-"),
+            ] {
                 cases.push(container(
                     format!("/kubepods.slice{systemd_qos}/{pod_prefix}{UID_}.slice/{scope_prefix}{ID}.scope"),
                     qos,
@@ -264,10 +281,8 @@ mod tests {
         let identity = parse_cgroup_path(&format!("/kubepods/besteffort/pod{UID}")).expect("pod");
         assert_eq!(identity.container_id, None);
         assert_eq!(identity.qos, Qos::BestEffort);
-        let identity = parse_cgroup_path(&format!(
-            "/kubepods.slice/kubepods-pod{UID_}.slice"
-        ))
-        .expect("pod");
+        let identity =
+            parse_cgroup_path(&format!("/kubepods.slice/kubepods-pod{UID_}.slice")).expect("pod");
         assert_eq!(identity.qos, Qos::Guaranteed);
         assert_eq!(identity.pod_uid, UID);
     }
@@ -284,8 +299,18 @@ mod tests {
 
     #[test]
     fn host_paths_are_not_kubernetes() {
-        for path in ["/", "/system.slice/sshd.service", "/user.slice/user-0.slice/session-1.scope"] {
-            assert!(matches!(parse_cgroup_path(path), Err(PathError::NotKubernetes { .. })), "{path}");
+        for path in [
+            "/",
+            "/system.slice/sshd.service",
+            "/user.slice/user-0.slice/session-1.scope",
+        ] {
+            assert!(
+                matches!(
+                    parse_cgroup_path(path),
+                    Err(PathError::NotKubernetes { .. })
+                ),
+                "{path}"
+            );
         }
     }
 
@@ -296,9 +321,18 @@ mod tests {
             ("/kubepods/burstable", "QoS-level"),
             ("/kubepods/burstable/notapod", "not a pod cgroup"),
             ("/kubepods/burstable/podxyz", "not a pod UID"),
-            ("/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-podzz.slice", "not a pod UID"),
-            (&format!("/kubepods/pod{UID}/cri-containerd-1234"), "64-hex container id"),
-            (&format!("/kubepods/pod{UID}/{ID}/extra"), "below the container"),
+            (
+                "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-podzz.slice",
+                "not a pod UID",
+            ),
+            (
+                &format!("/kubepods/pod{UID}/cri-containerd-1234"),
+                "64-hex container id",
+            ),
+            (
+                &format!("/kubepods/pod{UID}/{ID}/extra"),
+                "below the container",
+            ),
         ];
         for (path, expected) in cases {
             let err = parse_cgroup_path(path).expect_err(path);
@@ -306,7 +340,13 @@ mod tests {
         }
         let err = parse_cgroup_path(&format!("/kubepods/pod{UID}/runsc-{ID}")).expect_err("runsc");
         assert!(matches!(err, PathError::UnknownRuntime { .. }), "{err}");
-        for garbage in ["", "////", "kubepods//pod", "\u{0}", "/kubepods/pod\u{1F600}/x"] {
+        for garbage in [
+            "",
+            "////",
+            "kubepods//pod",
+            "\u{0}",
+            "/kubepods/pod\u{1F600}/x",
+        ] {
             let _ = parse_cgroup_path(garbage);
         }
     }

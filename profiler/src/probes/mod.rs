@@ -279,6 +279,19 @@ impl Probes {
         }
     }
 
+    /// Every target's counters (node-wide captures).
+    pub fn all_target_counters(&self) -> Result<Vec<(u64, MemoryCounters)>, ProbeError> {
+        self.target_counters
+            .iter()
+            .map(|entry| {
+                entry.map_err(|source| ProbeError::MapRead {
+                    name: map::TARGET_COUNTERS,
+                    source: Box::new(source),
+                })
+            })
+            .collect()
+    }
+
     /// Closes the current high-water-mark window of a target and returns its marks. The kernel
     /// writes into one of two slots chosen by the epoch's parity; flipping the epoch first means
     /// the slot read here is no longer written, so no update falls between read and reset.
