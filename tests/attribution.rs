@@ -165,3 +165,131 @@ fn kubepods_processes_are_attributed_to_their_pod_and_container_and_others_to_th
     // Every target carries an attribution; none is dropped silently.
     assert!(targets.iter().all(|t| t["attribution"]["kind"].is_string()));
 }
+
+#[test]
+fn a_pod_is_captured_by_name_through_the_kubernetes_api() {
+    let Some(_guard) = privileged("a_pod_is_captured_by_name_through_the_kubernetes_api") else {
+        return;
+    };
+    let pid = std::process::id();
+    let pod_uid = format!("2c3d4e5f-6071-4a7b-8c9d-{pid:012x}");
+    let container_id = format!("{:064x}", u128::from(pid) * 0x2545_f491_4f6c_dd1d);
+    let container = format!("/kubepods/burstable/pod{pod_uid}/{container_id}");
+    let mut tree = Tree { made: Vec::new() };
+    for root in hierarchies() {
+        tree.make(&root.join(container.trim_start_matches('/')));
+    }
+
+    // The API server, on loopback, in a thread of its own for as long as the test runs.
+    let api = common::fake_api::FakeApi::new(vec![common::fake_api::pod(
+        "web-1",
+        &pod_uid,
+        Some(&container_id),
+    )]);
+    let (url_tx, url_rx) = std::sync::mpsc::channel();
+    thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async move {
+            let _ = url_tx.send(api.start().await);
+            std::future::pending::<()>().await;
+        });
+    });
+    let url = url_rx.recv().expect("API server URL");
+    let kubeconfig = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("kubeconfig-{pid}"));
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: {url}\n\
+             contexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\n\
+             current-context: fake\nusers:\n- name: fake\n  user: {{}}\n"
+        ),
+    )
+    .expect("kubeconfig");
+
+    // The container's process: 48 MiB held for 2.5 s (and a 4 MiB blip).
+    let program = workload("spike", false);
+    let procs: Vec<PathBuf> = hierarchies()
+        .iter()
+        .map(|root| {
+            root.join(container.trim_start_matches('/'))
+                .join("cgroup.procs")
+        })
+        .collect();
+    let mut command = Command::new(&program);
+    command
+        .args(["48", "4", "10", "2500", "0"])
+        .stdout(Stdio::null());
+    // SAFETY: between fork and exec the child only writes its pid into cgroup.procs files.
+    unsafe {
+        command.pre_exec(move || {
+            for file in &procs {
+                std::fs::write(file, "0")?;
+            }
+            Ok(())
+        });
+    }
+    let mut workload_process = command.spawn().expect("workload");
+
+    let report = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("pod-{pid}.json"));
+    let output = headroom()
+        .env("KUBECONFIG", &kubeconfig)
+        .args([
+            "capture",
+            "--pod",
+            "shop/web-1",
+            "--container",
+            "app",
+            "--duration",
+            "2s",
+        ])
+        .args(["--format", "json", "--output"])
+        .arg(&report)
+        .output()
+        .expect("run headroom");
+    assert!(workload_process.wait().expect("workload").success());
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).expect("report")).expect("JSON");
+    let target = &report["targets"][0];
+    assert_eq!(target["kind"], "pod");
+    assert_eq!(target["cgroup"], container.as_str());
+    let k = &target["kubernetes"];
+    assert_eq!(k["namespace"], "shop");
+    assert_eq!(k["pod"], "web-1");
+    assert_eq!(k["container"], "app");
+    assert_eq!(k["pod_uid"], pod_uid.as_str());
+    assert_eq!(k["container_id"], container_id.as_str());
+    assert_eq!(k["workload_kind"], "Deployment");
+    assert_eq!(k["workload_name"], "web");
+    assert_eq!(k["spec_limit_bytes"], 256 * MIB);
+    assert_eq!(k["spec_request_bytes"], 128 * MIB);
+    let resident = target["resident"]["peak_bytes"].as_u64().expect("resident");
+    assert!(
+        (48 * MIB..64 * MIB).contains(&resident),
+        "pod resident peak {resident}"
+    );
+    let _ = std::fs::remove_file(&kubeconfig);
+
+    // A pod the API does not know is named in the error.
+    let output = headroom()
+        .env(
+            "KUBECONFIG",
+            Path::new(env!("CARGO_TARGET_TMPDIR")).join("no-such-kubeconfig"),
+        )
+        .args(["capture", "--pod", "shop/web-1", "--duration", "1s"])
+        .output()
+        .expect("run headroom");
+    assert_eq!(output.status.code(), Some(125));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("Kubernetes configuration"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}

@@ -657,10 +657,14 @@ fn try_rss_stat(ctx: &TracePointContext) -> Result<u32, i64> {
         // SAFETY: map value pointer from a successful lookup.
         let known_mm = unsafe { (*process).mm_id };
         if known_mm != mm_id {
-            // First event, or a new address space after exec: the old one's memory leaves
-            // the sums, and the new one is remembered for events raised outside the process.
-            release_resident(target, process);
-            let _ = MM_OWNERS.remove(known_mm);
+            // A new address space after exec: the old one's memory leaves the sums. (mm_id 0 is
+            // a first sight: a fresh entry holds nothing, and one seeded by user space from
+            // /proc holds this very address space's figures, which the exchange below updates.)
+            // The new one is remembered for events raised outside the process.
+            if known_mm != 0 {
+                release_resident(target, process);
+                let _ = MM_OWNERS.remove(known_mm);
+            }
             // SAFETY: as above.
             unsafe { (*process).mm_id = mm_id };
             let owner = MmOwner {

@@ -490,6 +490,10 @@ fn watch(
         TargetSpec::Cgroup(path) => {
             let (unified, memory_v1) = cgroups::resolve_cgroup_path(root, path)?;
             let id = cgroups::cgroup_id(&unified)?;
+            let running: Vec<u32> = std::fs::read_to_string(unified.join("cgroup.procs"))
+                .map(|text| text.lines().filter_map(|l| l.trim().parse().ok()).collect())
+                .unwrap_or_default();
+            seed_running(probes, id, &running)?;
             probes.track_cgroup(id)?;
             let charge = ChargeReader::open(&unified, memory_v1.as_deref());
             let read_ids = |file: &str| -> Vec<u32> {
@@ -511,6 +515,7 @@ fn watch(
         TargetSpec::Pid(pid) => {
             let target_id = PROCESS_TREE_TARGET | u64::from(*pid);
             let tree = procfs::process_tree(root, *pid);
+            seed_running(probes, target_id, &tree)?;
             for &member in &tree {
                 probes.follow_process(member, target_id)?;
             }
@@ -536,6 +541,16 @@ fn watch(
             }))
         }
     }
+}
+
+/// Seeds the resident memory of processes already running in a target, before it is tracked.
+fn seed_running(probes: &mut Probes, target_id: u64, pids: &[u32]) -> Result<(), CaptureError> {
+    let resident: Vec<(u32, [i64; 4])> = pids
+        .iter()
+        .filter_map(|&pid| Some((pid, procfs::resident_by_member(Path::new("/"), pid)?)))
+        .collect();
+    probes.seed_resident(target_id, &resident)?;
+    Ok(())
 }
 
 fn sample_charge(watched: &Watched, seen: &mut Observations, started: Instant) {
@@ -934,7 +949,25 @@ async fn run_node(
     let mut targets = Vec::new();
     for (target_id, counters) in probes.all_target_counters()? {
         let path = resolver.resolve(target_id);
-        let (attribution, kubernetes) = attribution::attribute(path.as_deref(), pods.as_deref());
+        let (mut attribution, kubernetes) =
+            attribution::attribute(path.as_deref(), pods.as_deref());
+        // A host cgroup that is not a systemd unit is named by its main process as well.
+        if let (Attribution::Host { name }, Some(path)) = (&mut attribution, path.as_deref()) {
+            if name.as_str() == path {
+                let main_process = std::fs::read_to_string(
+                    hierarchies
+                        .unified
+                        .join(path.trim_start_matches('/'))
+                        .join("cgroup.procs"),
+                )
+                .ok()
+                .and_then(|procs| procs.lines().next().and_then(|pid| pid.trim().parse().ok()))
+                .and_then(|pid| procfs::command_name(Path::new("/"), pid));
+                if let Some(command) = main_process {
+                    *name = format!("{path} ({command})");
+                }
+            }
+        }
         let charge = path.as_deref().and_then(|path| {
             let relative = path.trim_start_matches('/');
             let memory_v1 = hierarchies.memory_v1.as_ref().map(|m| m.join(relative));

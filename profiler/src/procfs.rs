@@ -101,6 +101,35 @@ pub fn thread_count(root: &Path, pid: u32) -> Option<u64> {
         .and_then(|count| count.trim().parse().ok())
 }
 
+/// Resident memory of a process by `profiler_common::rss_member` (file, anon, swap, shmem),
+/// in bytes, from /proc/PID/status (the same per-mm counters rss_stat reports).
+pub fn resident_by_member(root: &Path, pid: u32) -> Option<[i64; 4]> {
+    let status = fs::read_to_string(root.join(format!("proc/{pid}/status"))).ok()?;
+    Some(parse_status_resident(&status))
+}
+
+pub fn parse_status_resident(status: &str) -> [i64; 4] {
+    let read = |key: &str| -> i64 {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(key))
+            .and_then(|rest| {
+                rest.trim()
+                    .trim_end_matches("kB")
+                    .trim()
+                    .parse::<i64>()
+                    .ok()
+            })
+            .map_or(0, |kib| kib * 1024)
+    };
+    [
+        read("RssFile:"),
+        read("RssAnon:"),
+        read("VmSwap:"),
+        read("RssShmem:"),
+    ]
+}
+
 /// The process's command name (/proc/PID/comm).
 pub fn command_name(root: &Path, pid: u32) -> Option<String> {
     fs::read_to_string(root.join(format!("proc/{pid}/comm")))
@@ -131,6 +160,16 @@ Rss:                1024 kB
         assert_eq!(smaps_rss_in_ranges(SMAPS, &ranges), 96 * 1024);
         assert_eq!(smaps_rss_in_ranges(SMAPS, &[]), 0);
         assert_eq!(smaps_rss_in_ranges("garbage\nRss: x kB\n", &ranges), 0);
+    }
+
+    #[test]
+    fn reads_resident_members_from_status() {
+        let status = "Name:\tx\nVmSwap:\t       8 kB\nRssAnon:\t   49152 kB\nRssFile:\t    1024 kB\nRssShmem:\t       0 kB\n";
+        assert_eq!(
+            parse_status_resident(status),
+            [1024 * 1024, 48 << 20, 8192, 0]
+        );
+        assert_eq!(parse_status_resident("garbage"), [0; 4]);
     }
 
     #[test]

@@ -5,6 +5,8 @@
     reason = "each test binary uses its own subset of these helpers; expect() would fail in the others"
 )]
 
+pub mod fake_api;
+
 use std::{
     path::{Path, PathBuf},
     process::{Command, Output, Stdio},

@@ -17,7 +17,7 @@ pub use events::{
     decode_event, DecodeError, MappingChange, OomVictim, ProbeEvent, ProcessExit, ProcessStart,
 };
 use profiler_common::{
-    capacity, drop_reason, global, map, program, MemoryCounters, MmOwner, PendingCall,
+    capacity, drop_reason, global, map, program, rss_member, MemoryCounters, MmOwner, PendingCall,
     ProcessCounters, WindowKey, WindowPeaks,
 };
 use thiserror::Error;
@@ -279,6 +279,48 @@ impl Probes {
         }
     }
 
+    /// Seeds the resident memory of processes that were running before tracking began, so an
+    /// idle one is counted before its next page fault. Must run before the target is tracked:
+    /// the kernel does not touch an untracked target's entries, so nothing races with these
+    /// writes. `processes` are (tgid, rss by `rss_member`).
+    pub fn seed_resident(
+        &mut self,
+        target_id: u64,
+        processes: &[(u32, [i64; rss_member::COUNT])],
+    ) -> Result<(), ProbeError> {
+        let write_error = |name: &'static str| {
+            move |source| ProbeError::MapWrite {
+                name,
+                source: Box::new(source),
+            }
+        };
+        let mut sums = MemoryCounters::default();
+        for &(tgid, rss) in processes {
+            let mut process = ProcessCounters {
+                target_id,
+                ..ProcessCounters::default()
+            };
+            process.counters.rss_bytes = rss;
+            raise_resident_peaks(&mut process.counters);
+            // NOEXIST: an entry the kernel already made is more current than /proc was.
+            match self.process_counters.insert(tgid, process, BPF_NOEXIST) {
+                Ok(()) => {
+                    for (sum, value) in sums.rss_bytes.iter_mut().zip(rss) {
+                        *sum += value;
+                    }
+                }
+                Err(err) if already_exists(&err) => {}
+                Err(source) => return Err(write_error(map::PROCESS_COUNTERS)(source)),
+            }
+        }
+        raise_resident_peaks(&mut sums);
+        match self.target_counters.insert(target_id, sums, BPF_NOEXIST) {
+            Ok(()) => Ok(()),
+            Err(err) if already_exists(&err) => Ok(()),
+            Err(source) => Err(write_error(map::TARGET_COUNTERS)(source)),
+        }
+    }
+
     /// Every target's counters (node-wide captures).
     pub fn all_target_counters(&self) -> Result<Vec<(u64, MemoryCounters)>, ProbeError> {
         self.target_counters
@@ -402,6 +444,24 @@ impl Probes {
             None => Ok(None),
         }
     }
+}
+
+/// Whether a map insert failed because BPF_NOEXIST found the key.
+fn already_exists(err: &MapError) -> bool {
+    matches!(err, MapError::SyscallError(e) if e.io_error.raw_os_error() == Some(libc::EEXIST))
+}
+
+/// BPF_NOEXIST: create only.
+const BPF_NOEXIST: u64 = 1;
+
+/// Sets the resident high-water marks of seeded counters to their current sums.
+fn raise_resident_peaks(counters: &mut MemoryCounters) {
+    let anon = counters.rss_bytes[rss_member::ANON].max(0) as u64;
+    let file = (counters.rss_bytes[rss_member::FILE] + counters.rss_bytes[rss_member::SHMEM]).max(0)
+        as u64;
+    counters.resident_peak_bytes = counters.resident_peak_bytes.max(anon + file);
+    counters.anon_peak_bytes = counters.anon_peak_bytes.max(anon);
+    counters.file_peak_bytes = counters.file_peak_bytes.max(file);
 }
 
 /// The last `count` lines of a (possibly huge) verifier log.
