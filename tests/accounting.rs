@@ -9,7 +9,6 @@ mod common;
 
 use std::{
     io::Read as _,
-    os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     thread,
@@ -68,25 +67,12 @@ impl TestCgroup {
 
     /// Runs `program` inside this cgroup.
     fn spawn(&self, program: &Path, args: &[&str]) -> Child {
-        let procs: Vec<PathBuf> = self
+        let procs = self
             .dirs
             .iter()
             .map(|dir| dir.join("cgroup.procs"))
             .collect();
-        let mut command = Command::new(program);
-        command.args(args).stdout(Stdio::piped());
-        // SAFETY: the closure only writes to files between fork and exec (the test process is
-        // multi-threaded, but std::fs::write allocates nothing that another thread could hold
-        // locked in a way that matters for this short-lived child).
-        unsafe {
-            command.pre_exec(move || {
-                for file in &procs {
-                    std::fs::write(file, "0")?;
-                }
-                Ok(())
-            });
-        }
-        command.spawn().expect("spawn workload in cgroup")
+        common::spawn_in_cgroups(procs, program, args)
     }
 }
 

@@ -6,9 +6,8 @@
 mod common;
 
 use std::{
-    os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
-    process::{Command, Stdio},
+    process::Stdio,
     thread,
     time::{Duration, Instant},
 };
@@ -57,27 +56,21 @@ fn hierarchies() -> Vec<PathBuf> {
         .collect()
 }
 
-/// Runs a workload inside `relative` in every hierarchy and waits for it.
-fn run_inside(relative: &str, program: &Path, args: &[&str]) {
-    let procs: Vec<PathBuf> = hierarchies()
+fn procs_files(relative: &str) -> Vec<PathBuf> {
+    hierarchies()
         .iter()
         .map(|root| {
             root.join(relative.trim_start_matches('/'))
                 .join("cgroup.procs")
         })
-        .collect();
-    let mut command = Command::new(program);
-    command.args(args).stdout(Stdio::null());
-    // SAFETY: between fork and exec the child only writes its pid into cgroup.procs files.
-    unsafe {
-        command.pre_exec(move || {
-            for file in &procs {
-                std::fs::write(file, "0")?;
-            }
-            Ok(())
-        });
-    }
-    let status = command.status().expect("run workload");
+        .collect()
+}
+
+/// Runs a workload inside `relative` in every hierarchy and waits for it.
+fn run_inside(relative: &str, program: &Path, args: &[&str]) {
+    let status = common::spawn_in_cgroups(procs_files(relative), program, args)
+        .wait()
+        .expect("wait for workload");
     assert!(status.success());
 }
 
@@ -211,27 +204,11 @@ fn a_pod_is_captured_by_name_through_the_kubernetes_api() {
 
     // The container's process: 48 MiB held for 2.5 s (and a 4 MiB blip).
     let program = workload("spike", false);
-    let procs: Vec<PathBuf> = hierarchies()
-        .iter()
-        .map(|root| {
-            root.join(container.trim_start_matches('/'))
-                .join("cgroup.procs")
-        })
-        .collect();
-    let mut command = Command::new(&program);
-    command
-        .args(["48", "4", "10", "2500", "0"])
-        .stdout(Stdio::null());
-    // SAFETY: between fork and exec the child only writes its pid into cgroup.procs files.
-    unsafe {
-        command.pre_exec(move || {
-            for file in &procs {
-                std::fs::write(file, "0")?;
-            }
-            Ok(())
-        });
-    }
-    let mut workload_process = command.spawn().expect("workload");
+    let mut workload_process = common::spawn_in_cgroups(
+        procs_files(&container),
+        &program,
+        &["48", "4", "10", "2500", "0"],
+    );
 
     let report = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("pod-{pid}.json"));
     let output = headroom()

@@ -239,15 +239,15 @@ impl Observations {
                 }
             };
             match &event {
-                ProbeEvent::Mapping(change) if change.target_id == self.target_id => {
+                ProbeEvent::Mapping(change) if change.header.target_id == self.target_id => {
                     self.regions.apply(change);
                     if change.op == profiler_common::mapping_op::EXEC {
                         // execve maps the binary, the interpreter and the main stack without
                         // mmap calls; read them once. Later events re-apply idempotently.
                         if let Ok(maps) =
-                            std::fs::read_to_string(format!("/proc/{}/maps", change.tgid))
+                            std::fs::read_to_string(format!("/proc/{}/maps", change.header.tgid))
                         {
-                            self.regions.seed_from_maps(change.tgid, &maps);
+                            self.regions.seed_from_maps(change.header.tgid, &maps);
                         }
                     }
                     self.reserved_window_peak =
@@ -756,12 +756,7 @@ fn build_report(
                 signal: status.signal(),
             }),
             memory,
-            resident: ResidentMemory {
-                peak_bytes: counters.resident_peak_bytes,
-                anon_peak_bytes: counters.anon_peak_bytes,
-                file_peak_bytes: counters.file_peak_bytes,
-                current_bytes: counters.resident_bytes().max(0) as u64,
-            },
+            resident: ResidentMemory::from_counters(&counters),
             reserved: ReservedMemory {
                 peak_bytes: regions.peak_total,
                 by_kind: regions.at_peak,
@@ -993,12 +988,7 @@ async fn run_node(
             pids: Vec::new(),
             exit: None,
             memory,
-            resident: ResidentMemory {
-                peak_bytes: counters.resident_peak_bytes,
-                anon_peak_bytes: counters.anon_peak_bytes,
-                file_peak_bytes: counters.file_peak_bytes,
-                current_bytes: counters.resident_bytes().max(0) as u64,
-            },
+            resident: ResidentMemory::from_counters(&counters),
             reserved: ReservedMemory::default(),
             threads: Threads {
                 created: counters.threads_created,

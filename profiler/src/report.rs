@@ -70,6 +70,17 @@ pub struct ResidentMemory {
     pub current_bytes: u64,
 }
 
+impl ResidentMemory {
+    pub fn from_counters(counters: &profiler_common::MemoryCounters) -> Self {
+        Self {
+            peak_bytes: counters.resident_peak_bytes,
+            anon_peak_bytes: counters.anon_peak_bytes,
+            file_peak_bytes: counters.file_peak_bytes,
+            current_bytes: counters.resident_bytes().max(0) as u64,
+        }
+    }
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct ReservedMemory {
     /// Highest total reserved address space of the target's processes together.

@@ -201,6 +201,29 @@ fn walk_for_sessions(dir: &Path, depth: u32) -> Vec<PathBuf> {
     found
 }
 
+/// Starts `program` with its pid written into each of these `cgroup.procs` files between fork
+/// and exec, so it is inside those cgroups before its first instruction.
+pub fn spawn_in_cgroups(
+    procs_files: Vec<PathBuf>,
+    program: &Path,
+    args: &[&str],
+) -> std::process::Child {
+    use std::os::unix::process::CommandExt as _;
+    let mut command = Command::new(program);
+    command.args(args).stdout(Stdio::piped());
+    // SAFETY: between fork and exec the child only opens and writes small files; it takes no
+    // lock another thread of the test could hold.
+    unsafe {
+        command.pre_exec(move || {
+            for file in &procs_files {
+                std::fs::write(file, "0")?;
+            }
+            Ok(())
+        });
+    }
+    command.spawn().expect("spawn workload in its cgroups")
+}
+
 /// How many loaded BPF programs have this name (from the kernel's program list).
 pub fn loaded_programs_named(name: &str) -> usize {
     aya::programs::loaded_programs()

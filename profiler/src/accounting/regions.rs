@@ -223,7 +223,7 @@ impl RegionTracker {
             return;
         }
         self.events += 1;
-        let space = self.processes.entry(change.tgid).or_default();
+        let space = self.processes.entry(change.header.tgid).or_default();
         let before = space.totals;
         let regions_before = space.region_count();
         let end = |addr: u64, len: u64| addr.saturating_add(page_round_up(len));
@@ -428,9 +428,12 @@ mod tests {
 
     fn change(op: u32, addr: u64, len: u64, prot: u32, flags: u64) -> MappingChange {
         MappingChange {
-            tgid: 1,
-            target_id: 9,
-            timestamp_ns: 0,
+            header: profiler_common::EventHeader {
+                kind: profiler_common::event_kind::MAPPING,
+                tgid: 1,
+                target_id: 9,
+                timestamp_ns: 0,
+            },
             op,
             prot,
             flags,

@@ -41,20 +41,9 @@ pub struct ProcessExit {
     pub counters: ProcessCounters,
 }
 
-/// One change to a process's address space (see `profiler_common::mapping_op`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct MappingChange {
-    pub tgid: u32,
-    pub target_id: u64,
-    pub timestamp_ns: u64,
-    pub op: u32,
-    pub prot: u32,
-    pub flags: u64,
-    pub addr: u64,
-    pub len: u64,
-    pub new_addr: u64,
-    pub new_len: u64,
-}
+/// One change to a process's address space: the wire struct as the kernel sent it (its
+/// header names the process, the target and the time; see `profiler_common::mapping_op`).
+pub type MappingChange = MappingEvent;
 
 /// The OOM killer chose this process.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -136,18 +125,7 @@ pub fn decode_event(bytes: &[u8]) -> Result<ProbeEvent, DecodeError> {
         event_kind::MAPPING => {
             expect_size(header.kind, size_of::<MappingEvent>(), bytes.len())?;
             let event: MappingEvent = read_pod(bytes).ok_or(DecodeError::TooShort(bytes.len()))?;
-            Ok(ProbeEvent::Mapping(MappingChange {
-                tgid: header.tgid,
-                target_id: header.target_id,
-                timestamp_ns: header.timestamp_ns,
-                op: event.op,
-                prot: event.prot,
-                flags: event.flags,
-                addr: event.addr,
-                len: event.len,
-                new_addr: event.new_addr,
-                new_len: event.new_len,
-            }))
+            Ok(ProbeEvent::Mapping(event))
         }
         event_kind::OOM_VICTIM => {
             expect_size(header.kind, size_of::<OomVictimEvent>(), bytes.len())?;
