@@ -434,6 +434,25 @@ mod tests {
         fs::remove_dir_all(&root).expect("cleanup");
     }
 
+    /// The same paths as the kernel shows them in /proc/PID/cgroup: on a cgroup v2 host in the
+    /// `0::` line, on a v1 (or hybrid) host in the memory controller's line.
+    #[test]
+    fn real_world_paths_parse_from_proc_cgroup_on_v1_and_v2() {
+        for (path, expected) in paths::tests::real_world_paths() {
+            let v2 = format!("0::{path}\n");
+            let v1 = format!("12:pids:{path}\n11:memory:{path}\n4:cpu,cpuacct:{path}\n1:name=systemd:{path}\n0::/\n");
+            let from_v2 = crate::cgroups::parse_proc_cgroup(&v2, Path::new("v2")).expect("v2");
+            assert_eq!(
+                parse_cgroup_path(&from_v2.unified).as_ref(),
+                Ok(&expected),
+                "{v2}"
+            );
+            let from_v1 = crate::cgroups::parse_proc_cgroup(&v1, Path::new("v1")).expect("v1");
+            let memory = from_v1.memory_v1.expect("memory line");
+            assert_eq!(parse_cgroup_path(&memory).as_ref(), Ok(&expected), "{v1}");
+        }
+    }
+
     #[test]
     fn host_targets_are_named_by_unit() {
         assert_eq!(

@@ -180,7 +180,7 @@ pub fn parse_cgroup_path(path: &str) -> Result<PathIdentity, PathError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     const UID: &str = "1b2c3d4e-5f60-4a7b-8c9d-0e1f2a3b4c5d";
@@ -208,7 +208,7 @@ mod tests {
 
     /// runtime × driver × QoS, as kubelet and the runtimes write them. The same paths appear in
     /// cgroup v2 and in each v1 hierarchy.
-    fn real_world_paths() -> Vec<(String, PathIdentity)> {
+    pub(crate) fn real_world_paths() -> Vec<(String, PathIdentity)> {
         use CgroupDriver::*;
         use Qos::*;
         use Runtime::*;
