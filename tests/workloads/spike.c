@@ -4,8 +4,8 @@
  *
  * Usage: spike BASE_MIB SPIKE_MIB SPIKE_MS BEFORE_MS AFTER_MS
  * Touches BASE_MIB and holds it; after BEFORE_MS touches SPIKE_MIB more, holds it SPIKE_MS,
- * releases it, and exits AFTER_MS later. Prints what it did and its VmHWM, one `key value`
- * per line.
+ * releases it, and exits AFTER_MS later. Prints what it did (how long the spike really lasted,
+ * touching included) and its VmHWM, one `key value` per line.
  */
 #define _GNU_SOURCE
 #include <stdio.h>
@@ -44,12 +44,17 @@ int main(int argc, char **argv) {
     char *base_memory = map(base);
     touch(base_memory, base);
     sleep_ms(before_ms);
+    struct timespec spike_start, spike_end;
+    clock_gettime(CLOCK_MONOTONIC, &spike_start);
     char *spike_memory = map(spike);
     touch(spike_memory, spike);
     sleep_ms(spike_ms);
     munmap(spike_memory, spike);
+    clock_gettime(CLOCK_MONOTONIC, &spike_end);
     sleep_ms(after_ms);
-    printf("base_bytes %zu\nspike_bytes %zu\n", base, spike);
+    long spike_lasted_ms = (spike_end.tv_sec - spike_start.tv_sec) * 1000 +
+                           (spike_end.tv_nsec - spike_start.tv_nsec) / 1000000;
+    printf("base_bytes %zu\nspike_bytes %zu\nspike_lasted_ms %ld\n", base, spike, spike_lasted_ms);
     FILE *status = fopen("/proc/self/status", "r");
     char line[256];
     while (status && fgets(line, sizeof line, status))
