@@ -14,6 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub use crate::attribution::MetadataSource;
 use thiserror::Error;
 use tokio::{
     signal::unix::{signal, SignalKind},
@@ -30,7 +31,7 @@ use crate::{
     attribution::{
         self,
         kubernetes::{self as k8s, KubernetesError},
-        Attribution, CgroupResolver, KubernetesMeta, PodCache,
+        Attribution, CgroupResolver, KubernetesMeta,
     },
     cgroups::{self, CgroupError, ChargeReader, ChargeVersion, SessionCgroup},
     probes::{DecodeError, ProbeConfig, ProbeError, ProbeEvent, Probes},
@@ -108,15 +109,6 @@ pub enum TargetSpec {
     /// Every cgroup on the node, each attributed to a container, a host service, or
     /// "unattributed" with the reason.
     Node(NodeOptions),
-}
-
-/// Where pod names come from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum MetadataSource {
-    /// The Kubernetes API when a configuration is found, else none.
-    Auto,
-    Kubernetes,
-    None,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -857,37 +849,6 @@ async fn resolve_pod(
     Ok((path, meta))
 }
 
-/// Starts the pod metadata watch the options ask for; None when there is to be none.
-async fn start_metadata(
-    node: &NodeOptions,
-) -> Result<
-    Option<(
-        std::sync::Arc<std::sync::Mutex<PodCache>>,
-        tokio::task::JoinHandle<()>,
-    )>,
-    CaptureError,
-> {
-    let client = match (node.metadata, k8s::client().await) {
-        (MetadataSource::None, _) => return Ok(None),
-        (MetadataSource::Auto, Err(err)) => {
-            tracing::info!(error = %err, "no Kubernetes configuration; pods are named by cgroup path only");
-            return Ok(None);
-        }
-        (MetadataSource::Kubernetes, Err(err)) => return Err(err.into()),
-        (_, Ok(client)) => client,
-    };
-    let node_name = match &node.node {
-        Some(name) => name.clone(),
-        None => nix::unistd::gethostname()
-            .ok()
-            .and_then(|name| name.into_string().ok())
-            .unwrap_or_default(),
-    };
-    let cache = std::sync::Arc::new(std::sync::Mutex::new(PodCache::new(NODE_POD_CAPACITY)));
-    let task = k8s::watch_node_pods(client, &node_name, cache.clone());
-    Ok(Some((cache, task)))
-}
-
 /// Pods kept by a node-wide capture (kubelet's default is 110 a node).
 const NODE_POD_CAPACITY: usize = 1024;
 /// Cgroup paths remembered by a node-wide capture.
@@ -898,7 +859,8 @@ async fn run_node(
     options: &CaptureOptions,
     node: &NodeOptions,
 ) -> Result<CaptureReport, CaptureError> {
-    let metadata = start_metadata(node).await?;
+    let metadata =
+        attribution::start_metadata(node.metadata, node.node.as_deref(), NODE_POD_CAPACITY).await?;
     let mut probes = Probes::load(&ProbeConfig {
         trace_all_cgroups: true,
         // Every mapping change on a node is too many events; node-wide figures come from the

@@ -49,6 +49,38 @@ pub enum Command {
     /// Several reports are taken as replicas of one workload: the highest peaks across them,
     /// and their steady states pooled, make one recommendation.
     Recommend(RecommendArgs),
+    /// Run the node agent: probes loaded once, every container tracked, and /metrics,
+    /// /healthz, /readyz and /api/v1/report served over HTTP, until SIGINT or SIGTERM.
+    ///
+    /// Settings come from --config (TOML; see deploy/agent.toml) and these flags, which win.
+    Agent(AgentArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// TOML configuration file (unknown keys are errors).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Address for the HTTP endpoints (default 127.0.0.1:9400).
+    #[arg(long, value_name = "IP:PORT")]
+    pub listen: Option<String>,
+
+    /// Where pod names come from: auto, kubernetes or none (default auto).
+    #[arg(long, value_name = "SOURCE")]
+    pub metadata: Option<String>,
+
+    /// The node whose pods to watch (default: the host name).
+    #[arg(long, value_name = "NAME")]
+    pub node: Option<String>,
+
+    /// How often counters and charges are read (default 1s, at least 100ms).
+    #[arg(long, value_name = "DURATION")]
+    pub interval: Option<String>,
+
+    /// Containers tracked at once (default 1000).
+    #[arg(long, value_name = "N")]
+    pub max_containers: Option<usize>,
 }
 
 #[derive(Debug, Args)]
@@ -295,7 +327,25 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
         Command::Capture(args) => run_capture(args),
         Command::Recommend(args) => run_recommend(args),
+        Command::Agent(args) => run_agent(args),
     }
+}
+
+fn run_agent(args: AgentArgs) -> anyhow::Result<u8> {
+    let mut config = crate::agent::AgentConfig::load(args.config.as_deref())?;
+    config.apply(&crate::agent::ConfigFile {
+        listen: args.listen,
+        metadata: args.metadata,
+        node: args.node,
+        interval: args.interval,
+        max_containers: args.max_containers,
+        ..crate::agent::ConfigFile::default()
+    })?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(crate::agent::run(config))?;
+    Ok(0)
 }
 
 /// Writes output to FILE, stdout ("-"), or the default destination.
@@ -416,7 +466,7 @@ mod tests {
         let cli = Cli::try_parse_from(argv)?;
         match cli.command {
             Command::Capture(args) => Ok(args),
-            Command::Recommend(_) => panic!("not a capture"),
+            Command::Recommend(_) | Command::Agent(_) => panic!("not a capture"),
         }
     }
 

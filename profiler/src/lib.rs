@@ -11,12 +11,16 @@
 //! - [`report`]: the `headroom.report/v1` document and its table rendering;
 //! - [`sizing`]: requests and limits with reasons, confidence and the seed's checklist;
 //! - [`capture`]: on-demand capture sessions;
+//! - [`agent`]: the node agent (always-on probes, HTTP endpoints);
+//! - [`exporters`]: Prometheus metrics;
 //! - [`cli`]: flags and dispatch.
 pub mod accounting;
+pub mod agent;
 pub mod attribution;
 pub mod capture;
 pub mod cgroups;
 pub mod cli;
+pub mod exporters;
 pub mod probes;
 pub mod procfs;
 pub mod report;

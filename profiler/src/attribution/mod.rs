@@ -20,6 +20,49 @@ pub use kubernetes::{ContainerInfo, PodCache, PodInfo};
 pub use paths::{parse_cgroup_path, CgroupDriver, PathError, PathIdentity, Qos, Runtime};
 use serde::Serialize;
 
+/// Where pod names come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MetadataSource {
+    /// The Kubernetes API when a configuration is found, else none.
+    Auto,
+    Kubernetes,
+    None,
+}
+
+/// A shared, bounded cache of this node's pods and the task that keeps it current.
+pub type PodWatch = (
+    std::sync::Arc<std::sync::Mutex<PodCache>>,
+    tokio::task::JoinHandle<()>,
+);
+
+/// Starts the pod metadata watch `source` asks for; None when there is to be none. Must run
+/// inside a tokio runtime.
+pub async fn start_metadata(
+    source: MetadataSource,
+    node: Option<&str>,
+    capacity: usize,
+) -> Result<Option<PodWatch>, kubernetes::KubernetesError> {
+    let client = match (source, kubernetes::client().await) {
+        (MetadataSource::None, _) => return Ok(None),
+        (MetadataSource::Auto, Err(err)) => {
+            tracing::info!(error = %err, "no Kubernetes configuration; pods are named by cgroup path only");
+            return Ok(None);
+        }
+        (MetadataSource::Kubernetes, Err(err)) => return Err(err),
+        (_, Ok(client)) => client,
+    };
+    let node_name = match node {
+        Some(name) => name.to_owned(),
+        None => nix::unistd::gethostname()
+            .ok()
+            .and_then(|name| name.into_string().ok())
+            .unwrap_or_default(),
+    };
+    let cache = std::sync::Arc::new(std::sync::Mutex::new(PodCache::new(capacity)));
+    let task = kubernetes::watch_node_pods(client, &node_name, cache.clone());
+    Ok(Some((cache, task)))
+}
+
 /// How long a failed id-to-path resolution is remembered before it is retried.
 const NEGATIVE_TTL: Duration = Duration::from_secs(10);
 /// How deep the inode walk goes below the cgroup2 root (kubepods trees are 4-5 deep; kind and

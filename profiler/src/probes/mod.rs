@@ -101,6 +101,8 @@ pub enum ProbeError {
     },
     #[error("watching the event ring buffer failed")]
     RingBufPoll(#[source] std::io::Error),
+    #[error("enabling the kernel's BPF run-time statistics failed")]
+    Stats(#[source] std::io::Error),
 }
 
 /// What to trace and how big the kernel maps may grow.
@@ -171,7 +173,7 @@ pub struct Probes {
     epoch: u64,
     drops: PerCpuArray<MapData, u64>,
     events: Option<RingBuf<MapData>>,
-    _ebpf: Ebpf,
+    ebpf: Ebpf,
 }
 
 impl Probes {
@@ -242,7 +244,7 @@ impl Probes {
             epoch: 0,
             drops: take_map(&mut ebpf, map::DROPS)?,
             events: Some(take_map(&mut ebpf, map::EVENTS)?),
-            _ebpf: ebpf,
+            ebpf,
         })
     }
 
@@ -319,6 +321,34 @@ impl Probes {
             Err(err) if already_exists(&err) => Ok(()),
             Err(source) => Err(write_error(map::TARGET_COUNTERS)(source)),
         }
+    }
+
+    /// Run time and run count of each program, from the kernel's BPF statistics (counted only
+    /// while statistics are enabled: see [`enable_run_time_stats`]).
+    pub fn program_stats(&self) -> Vec<(&'static str, std::time::Duration, u64)> {
+        TRACEPOINTS
+            .iter()
+            .filter_map(|(name, _, _)| {
+                let info = self.ebpf.program(name)?.info().ok()?;
+                Some((*name, info.run_time(), info.run_count()))
+            })
+            .collect()
+    }
+
+    /// Forgets a target's counters (it is gone), so the map does not fill with the dead.
+    pub fn forget_target(&mut self, target_id: u64) -> Result<(), ProbeError> {
+        match self.target_counters.remove(&target_id) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(source) => Err(ProbeError::MapWrite {
+                name: map::TARGET_COUNTERS,
+                source: Box::new(source),
+            }),
+        }
+    }
+
+    /// Entries in the process table (for its fill ratio).
+    pub fn process_entries(&self) -> usize {
+        self.process_counters.keys().filter(Result::is_ok).count()
     }
 
     /// Every target's counters (node-wide captures).
@@ -444,6 +474,12 @@ impl Probes {
             None => Ok(None),
         }
     }
+}
+
+/// Turns on the kernel's BPF run-time statistics for as long as the returned descriptor is
+/// open (they cost a clock read per program run, so only while someone looks).
+pub fn enable_run_time_stats() -> Result<std::os::fd::OwnedFd, ProbeError> {
+    aya::sys::enable_stats(aya::sys::Stats::RunTime).map_err(|err| ProbeError::Stats(err.io_error))
 }
 
 /// Whether a map insert failed because BPF_NOEXIST found the key.

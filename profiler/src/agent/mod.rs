@@ -1,0 +1,650 @@
+//! `headroom agent`: the node agent. It loads the probes once, tracks every container on the
+//! node (bounded, expiring with the container), and serves `/metrics`, `/healthz`, `/readyz`
+//! and `/api/v1/report` over HTTP.
+
+pub mod config;
+mod http;
+
+use std::{
+    collections::HashMap,
+    path::Path,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+pub use config::{AgentConfig, ConfigError, ConfigFile};
+use profiler_common::{capacity, MemoryCounters};
+use prometheus::Registry;
+use thiserror::Error;
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::{
+    accounting::{
+        analysis::{analyse, AnalysisConfig},
+        timeline::{BucketPeaks, Timeline},
+        ActivitySummary,
+    },
+    attribution::{
+        self, kubernetes::KubernetesError, Attribution, CgroupResolver, KubernetesMeta, PodWatch,
+    },
+    cgroups::{CgroupError, ChargeReader, Hierarchies},
+    exporters::{ContainerFigures, ContainerLabels, Metrics, MetricsError},
+    probes::{self, DropCounts, ProbeConfig, ProbeError, Probes},
+    report::{
+        CaptureReport, ChargedMemory, ReservedMemory, ResidentMemory, ResidentPhases, TargetReport,
+        Threads, TimelineExcerpt, REPORT_SCHEMA,
+    },
+    sizing::{self, Observation},
+};
+
+#[derive(Debug, Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Probes(#[from] ProbeError),
+    #[error(transparent)]
+    Cgroup(#[from] CgroupError),
+    #[error(transparent)]
+    Kubernetes(#[from] KubernetesError),
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
+    #[error("cannot listen on {address} (is another agent running? choose another with --listen)")]
+    Listen {
+        address: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("installing the SIGINT/SIGTERM handler failed")]
+    Signals(#[source] std::io::Error),
+}
+
+/// Pods kept in the metadata cache.
+const POD_CAPACITY: usize = 1024;
+/// A cgroup whose path cannot be resolved is dropped after this long.
+const UNRESOLVED_GRACE: Duration = Duration::from_secs(60);
+
+/// One tracked container (cgroup).
+struct Container {
+    path: Option<String>,
+    labels: ContainerLabels,
+    attribution: Attribution,
+    kubernetes: Option<KubernetesMeta>,
+    timeline: Timeline,
+    charged_peak: u64,
+    figures: ContainerFigures,
+    counters: MemoryCounters,
+    first_seen: Instant,
+}
+
+impl Container {
+    fn names_known(&self) -> bool {
+        !matches!(
+            self.attribution,
+            Attribution::Kubernetes {
+                names_known: false,
+                ..
+            }
+        )
+    }
+}
+
+/// What the HTTP handlers read.
+pub struct Shared {
+    containers: HashMap<u64, Container>,
+    ready: bool,
+    started: Instant,
+    drops: DropCounts,
+    headroom: f64,
+    interval: Duration,
+}
+
+fn labels_for(
+    path: Option<&str>,
+    attribution: &Attribution,
+    meta: Option<&KubernetesMeta>,
+) -> ContainerLabels {
+    let kind = match attribution {
+        Attribution::Kubernetes { .. } => "kubernetes",
+        Attribution::Host { .. } => "host",
+        Attribution::Unattributed { .. } => "unattributed",
+    };
+    let (namespace, pod, container, workload) = match (meta, attribution) {
+        (Some(meta), _) => (
+            meta.namespace.clone().unwrap_or_default(),
+            meta.pod.clone().unwrap_or_else(|| meta.pod_uid.clone()),
+            meta.container
+                .clone()
+                .or_else(|| {
+                    meta.container_id
+                        .as_ref()
+                        .map(|id| id.chars().take(12).collect())
+                })
+                .unwrap_or_default(),
+            match (&meta.workload_kind, &meta.workload_name) {
+                (Some(kind), Some(name)) => format!("{kind}/{name}"),
+                _ => String::new(),
+            },
+        ),
+        (None, Attribution::Host { name }) => {
+            (String::new(), String::new(), name.clone(), String::new())
+        }
+        (None, _) => (
+            String::new(),
+            String::new(),
+            path.unwrap_or("unresolved").to_owned(),
+            String::new(),
+        ),
+    };
+    ContainerLabels {
+        namespace,
+        pod,
+        container,
+        workload,
+        attribution: kind.to_owned(),
+    }
+}
+
+/// The observation sizing reads, from a container's timeline.
+fn observation(container: &Container, elapsed: Duration) -> Observation {
+    let resolution = container.timeline.resolution_ms();
+    let series: Vec<u64> = container
+        .timeline
+        .buckets()
+        .iter()
+        .map(|b| b.charged)
+        .collect();
+    let phases = analyse(&series, resolution, &AnalysisConfig::default());
+    let startup_end = phases.startup_seconds.map_or(series.len(), |s| {
+        ((s * 1000.0) as u64 / resolution) as usize
+    });
+    Observation {
+        name: container.labels.container.clone(),
+        basis: "charged",
+        duration_seconds: elapsed.as_secs_f64(),
+        saw_start: false,
+        startup_seconds: phases.startup_seconds,
+        startup_peak_bytes: phases.startup_peak_bytes,
+        startup_peak_at_seconds: None,
+        steady_series: series.get(startup_end..).unwrap_or_default().to_vec(),
+        resolution_ms: resolution,
+        peak_bytes: container.charged_peak,
+        spikes: phases
+            .spikes
+            .iter()
+            .map(|s| sizing::SpikeSeen {
+                start_seconds: s.start_seconds,
+                duration_ms: s.duration_ms,
+                peak_bytes: s.peak_bytes,
+            })
+            .collect(),
+        ooms: Vec::new(),
+        current_limit_bytes: container
+            .kubernetes
+            .as_ref()
+            .and_then(|k| k.spec_limit_bytes)
+            .or(container.figures.limit_bytes),
+        current_request_bytes: container
+            .kubernetes
+            .as_ref()
+            .and_then(|k| k.spec_request_bytes),
+        reserved_peak_bytes: 0,
+        no_access_peak_bytes: 0,
+        resident_peak_bytes: container.counters.resident_peak_bytes,
+        restarts: 0,
+    }
+}
+
+/// The per-container report served at /api/v1/report.
+fn container_report(id: u64, container: &Container, shared: &Shared) -> TargetReport {
+    let resolution = container.timeline.resolution_ms();
+    let series: Vec<u64> = container
+        .timeline
+        .buckets()
+        .iter()
+        .map(|b| b.charged)
+        .collect();
+    let phases = analyse(&series, resolution, &AnalysisConfig::default());
+    let observation = observation(container, shared.started.elapsed());
+    let (recommendation, checklist) = sizing::recommend(&observation, shared.headroom);
+    TargetReport {
+        kind: "cgroup",
+        command: None,
+        cgroup: container.path.clone(),
+        target_id: id,
+        pids: Vec::new(),
+        exit: None,
+        memory: container
+            .figures
+            .charged_bytes
+            .map(|current| ChargedMemory {
+                peak_bytes: container.charged_peak,
+                peak_source: format!(
+                    "maximum of every {} ms interval since the agent first saw the container",
+                    shared.interval.as_millis()
+                ),
+                startup_peak_bytes: phases.startup_peak_bytes,
+                startup_seconds: phases.startup_seconds,
+                steady_bytes: phases.steady_bytes,
+                steady_p95_bytes: phases.steady_p95_bytes,
+                working_set_peak_bytes: 0,
+                limit_bytes: container.figures.limit_bytes,
+                sampled_peak_bytes: container.charged_peak.max(current),
+            }),
+        resident: ResidentMemory::from_counters(&container.counters),
+        reserved: ReservedMemory::default(),
+        threads: Threads {
+            created: container.counters.threads_created,
+            peak: None,
+            stack_reserved_bytes: 0,
+            stack_resident_bytes: 0,
+        },
+        resident_phases: ResidentPhases::default(),
+        spikes: phases.spikes,
+        oom_kills: container.counters.oom_kills,
+        oom_kills_cgroup: None,
+        oom_events: Vec::new(),
+        activity: ActivitySummary::from_counters(&container.counters, None),
+        processes: Vec::new(),
+        processes_not_listed: 0,
+        kernel_entries_at_end: probes::KernelEntries::default(),
+        timeline: TimelineExcerpt {
+            start_seconds: 0.0,
+            resolution_ms: resolution,
+            buckets: container.timeline.buckets().to_vec(),
+        },
+        recommendation: Some(recommendation),
+        checklist: Some(checklist),
+        attribution: Some(container.attribution.clone()),
+        kubernetes: container.kubernetes.clone(),
+    }
+}
+
+impl Shared {
+    /// The `headroom.report/v1` document for every container, or those whose cgroup path is
+    /// `cgroup`.
+    pub fn report(&self, cgroup: Option<&str>) -> CaptureReport {
+        let mut targets: Vec<TargetReport> = self
+            .containers
+            .iter()
+            .filter(|(_, c)| cgroup.is_none_or(|wanted| c.path.as_deref() == Some(wanted)))
+            .map(|(id, c)| container_report(*id, c, self))
+            .collect();
+        targets.sort_by_key(|t| std::cmp::Reverse(t.resident.peak_bytes));
+        CaptureReport {
+            schema: REPORT_SCHEMA,
+            mode: "agent",
+            duration_seconds: self.started.elapsed().as_secs_f64(),
+            sample_interval_ms: self.interval.as_millis() as u64,
+            targets,
+            drops: self.drops,
+            undecodable_events: 0,
+        }
+    }
+}
+
+/// The agent's moving parts between ticks.
+struct Agent {
+    config: AgentConfig,
+    probes: Probes,
+    resolver: CgroupResolver,
+    hierarchies: Hierarchies,
+    pods: Option<PodWatch>,
+    metrics: Metrics,
+    shared: Arc<Mutex<Shared>>,
+    previous_drops: DropCounts,
+    previous_bpf: HashMap<&'static str, (Duration, u64)>,
+    started: Instant,
+    ticks: u64,
+}
+
+impl Agent {
+    fn tick(&mut self) -> Result<(), AgentError> {
+        self.ticks += 1;
+        let counters = self.probes.all_target_counters()?;
+        let elapsed_ms = self.started.elapsed().as_millis() as u64;
+        let pods_guard = self.pods.as_ref().and_then(|(cache, _)| cache.lock().ok());
+        let mut shared = self
+            .shared
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut seen = Vec::with_capacity(counters.len());
+        for (id, kernel) in counters {
+            if !shared.containers.contains_key(&id) {
+                if shared.containers.len() >= self.config.max_containers {
+                    self.metrics
+                        .containers_not_tracked
+                        .with_label_values(&[] as &[&str])
+                        .inc();
+                    continue;
+                }
+                let path = self.resolver.resolve(id);
+                let (attribution, kubernetes) =
+                    attribution::attribute(path.as_deref(), pods_guard.as_deref());
+                shared.containers.insert(
+                    id,
+                    Container {
+                        labels: labels_for(path.as_deref(), &attribution, kubernetes.as_ref()),
+                        path,
+                        attribution,
+                        kubernetes,
+                        timeline: Timeline::new(
+                            self.config.interval.as_millis() as u64,
+                            self.config.timeline_buckets,
+                        ),
+                        charged_peak: 0,
+                        figures: ContainerFigures::default(),
+                        counters: MemoryCounters::default(),
+                        first_seen: Instant::now(),
+                    },
+                );
+            }
+            seen.push(id);
+            let Some(container) = shared.containers.get_mut(&id) else {
+                continue;
+            };
+            // A pod that was not known yet may be now.
+            if !container.names_known() && pods_guard.is_some() {
+                let (attribution, kubernetes) =
+                    attribution::attribute(container.path.as_deref(), pods_guard.as_deref());
+                let labels =
+                    labels_for(container.path.as_deref(), &attribution, kubernetes.as_ref());
+                if labels != container.labels {
+                    self.metrics.remove(&container.labels);
+                    container.figures = ContainerFigures::default();
+                }
+                container.labels = labels;
+                container.attribution = attribution;
+                container.kubernetes = kubernetes;
+            }
+            let charge = container.path.as_deref().and_then(|path| {
+                let relative = path.trim_start_matches('/');
+                let memory_v1 = self
+                    .hierarchies
+                    .memory_v1
+                    .as_ref()
+                    .map(|m| m.join(relative));
+                ChargeReader::open(
+                    &self.hierarchies.unified.join(relative),
+                    memory_v1.as_deref(),
+                )
+            });
+            let charged = charge.as_ref().and_then(ChargeReader::current);
+            if let Some(charged) = charged {
+                container.charged_peak = container.charged_peak.max(charged);
+            }
+            container.counters = kernel;
+            container.timeline.record(
+                elapsed_ms,
+                &BucketPeaks {
+                    charged: charged.unwrap_or(0),
+                    resident: kernel.resident_bytes().max(0) as u64,
+                    anon: kernel.rss_bytes[profiler_common::rss_member::ANON].max(0) as u64,
+                    tasks: kernel.live_tasks.max(0) as u64,
+                    ..BucketPeaks::default()
+                },
+            );
+        }
+
+        // Expire containers that are gone (their cgroup directory is), and their series.
+        let unified = self.hierarchies.unified.clone();
+        let gone: Vec<u64> = shared
+            .containers
+            .iter()
+            .filter(|(id, c)| match &c.path {
+                Some(path) => !unified.join(path.trim_start_matches('/')).exists(),
+                None => !seen.contains(id) || c.first_seen.elapsed() > UNRESOLVED_GRACE,
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in gone {
+            if let Some(container) = shared.containers.remove(&id) {
+                self.metrics.remove(&container.labels);
+            }
+            self.probes.forget_target(id)?;
+        }
+
+        let elapsed = self.started.elapsed();
+        let headroom = self.config.headroom;
+        for container in shared.containers.values_mut() {
+            let limit = container.path.as_deref().and_then(|path| {
+                let relative = path.trim_start_matches('/');
+                let memory_v1 = self
+                    .hierarchies
+                    .memory_v1
+                    .as_ref()
+                    .map(|m| m.join(relative));
+                ChargeReader::open(
+                    &self.hierarchies.unified.join(relative),
+                    memory_v1.as_deref(),
+                )?
+                .limit()
+            });
+            let resolution = container.timeline.resolution_ms();
+            let series: Vec<u64> = container
+                .timeline
+                .buckets()
+                .iter()
+                .map(|b| b.charged)
+                .collect();
+            let phases = analyse(&series, resolution, &AnalysisConfig::default());
+            let mut figures = ContainerFigures {
+                charged_bytes: container
+                    .timeline
+                    .buckets()
+                    .last()
+                    .map(|b| b.charged)
+                    .filter(|_| container.path.is_some()),
+                charged_peak_bytes: Some(container.charged_peak).filter(|&p| p > 0),
+                startup_peak_bytes: phases.startup_seconds.map(|_| phases.startup_peak_bytes),
+                steady_bytes: phases.steady_bytes,
+                limit_bytes: limit,
+                resident_bytes: container.counters.resident_bytes().max(0) as u64,
+                resident_peak_bytes: container.counters.resident_peak_bytes,
+                threads_created: container.counters.threads_created,
+                oom_kills: container.counters.oom_kills,
+                recommended_request_bytes: None,
+                recommended_limit_bytes: None,
+            };
+            if phases.steady_bytes.is_some() {
+                let (recommendation, _) =
+                    sizing::recommend(&observation(container, elapsed), headroom);
+                figures.recommended_request_bytes = Some(recommendation.request_bytes);
+                figures.recommended_limit_bytes = Some(recommendation.limit_bytes);
+            }
+            self.metrics
+                .set(&container.labels, &figures, &container.figures);
+            container.figures = figures;
+        }
+        self.metrics
+            .containers_tracked
+            .set(i64::try_from(shared.containers.len()).unwrap_or(i64::MAX));
+        let tracked = shared.containers.len();
+        drop(pods_guard);
+
+        // Self metrics.
+        let drops = self.probes.drops()?;
+        shared.drops = drops;
+        shared.ready = true;
+        drop(shared);
+        for (reason, now, before) in [
+            (
+                "ringbuf_full",
+                drops.ringbuf_full,
+                self.previous_drops.ringbuf_full,
+            ),
+            (
+                "pending_calls_full",
+                drops.pending_calls_full,
+                self.previous_drops.pending_calls_full,
+            ),
+            (
+                "target_map_full",
+                drops.target_map_full,
+                self.previous_drops.target_map_full,
+            ),
+            (
+                "process_map_full",
+                drops.process_map_full,
+                self.previous_drops.process_map_full,
+            ),
+            (
+                "tracked_tgids_full",
+                drops.tracked_tgids_full,
+                self.previous_drops.tracked_tgids_full,
+            ),
+        ] {
+            self.metrics
+                .dropped_events
+                .with_label_values(&[reason])
+                .inc_by(now.saturating_sub(before));
+        }
+        self.previous_drops = drops;
+        if let Some(rss) = crate::procfs::resident_by_member(Path::new("/"), std::process::id()) {
+            let resident = rss[0] + rss[1] + rss[3];
+            self.metrics.agent_resident_bytes.set(resident);
+        }
+        self.metrics
+            .map_fill_ratio
+            .with_label_values(&["targets"])
+            .set(tracked as f64 / (self.config.max_containers * 2) as f64);
+        if self.ticks % 10 == 1 {
+            self.metrics
+                .map_fill_ratio
+                .with_label_values(&["processes"])
+                .set(self.probes.process_entries() as f64 / f64::from(capacity::PROCESSES));
+        }
+        for (program, run_time, runs) in self.probes.program_stats() {
+            let (time_before, runs_before) =
+                self.previous_bpf.get(program).copied().unwrap_or_default();
+            self.metrics
+                .bpf_run_seconds
+                .with_label_values(&[program])
+                .inc_by(run_time.saturating_sub(time_before).as_secs_f64());
+            self.metrics
+                .bpf_runs
+                .with_label_values(&[program])
+                .inc_by(runs.saturating_sub(runs_before));
+            self.previous_bpf.insert(program, (run_time, runs));
+        }
+        Ok(())
+    }
+}
+
+/// Runs the agent until SIGINT or SIGTERM; everything is detached on the way out.
+pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
+    let hierarchies = Hierarchies::discover(Path::new("/"))?;
+    let registry = Registry::new();
+    let metrics = Metrics::new(&registry)?;
+    let max_targets = u32::try_from(config.max_containers * 2).unwrap_or(u32::MAX);
+    let probes = Probes::load(&ProbeConfig {
+        trace_all_cgroups: true,
+        track_regions: false,
+        max_targets,
+        ..ProbeConfig::default()
+    })?;
+    // Per-program run time: counted by the kernel only while this descriptor is open.
+    let _stats = probes::enable_run_time_stats()
+        .map_err(|err| tracing::warn!(error = %err, "BPF run-time statistics unavailable"))
+        .ok();
+    let pods =
+        attribution::start_metadata(config.metadata, config.node.as_deref(), POD_CAPACITY).await?;
+    let shared = Arc::new(Mutex::new(Shared {
+        containers: HashMap::new(),
+        ready: false,
+        started: Instant::now(),
+        drops: DropCounts::default(),
+        headroom: config.headroom,
+        interval: config.interval,
+    }));
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| AgentError::Listen {
+            address: config.listen,
+            source,
+        })?;
+    tracing::info!(address = %config.listen, "serving /metrics, /healthz, /readyz, /api/v1/report");
+    let server = tokio::spawn(http::serve(listener, Arc::new(registry), shared.clone()));
+
+    let mut agent = Agent {
+        resolver: CgroupResolver::new(&hierarchies.unified, config.max_containers * 4),
+        hierarchies,
+        config,
+        probes,
+        pods,
+        metrics,
+        shared,
+        previous_drops: DropCounts::default(),
+        previous_bpf: HashMap::new(),
+        started: Instant::now(),
+        ticks: 0,
+    };
+    let mut interrupts = signal(SignalKind::interrupt()).map_err(AgentError::Signals)?;
+    let mut terminations = signal(SignalKind::terminate()).map_err(AgentError::Signals)?;
+    let mut tick = tokio::time::interval(agent.config.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                if let Err(err) = agent.tick() {
+                    tracing::warn!(error = %err, "agent tick failed");
+                }
+            }
+            _ = interrupts.recv() => break,
+            _ = terminations.recv() => break,
+        }
+    }
+    tracing::info!("shutting down: detaching probes");
+    server.abort();
+    if let Some((_, task)) = agent.pods.take() {
+        task.abort();
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_name_kubernetes_host_and_unattributed_targets() {
+        let meta = KubernetesMeta {
+            namespace: Some("shop".into()),
+            pod: Some("web-1".into()),
+            container: Some("app".into()),
+            pod_uid: "u".into(),
+            workload_kind: Some("Deployment".into()),
+            workload_name: Some("web".into()),
+            ..KubernetesMeta::default()
+        };
+        let labels = labels_for(
+            Some("/kubepods/x"),
+            &Attribution::Kubernetes {
+                names_known: true,
+                reason: None,
+            },
+            Some(&meta),
+        );
+        assert_eq!(labels.workload, "Deployment/web");
+        assert_eq!(labels.attribution, "kubernetes");
+        let host = labels_for(
+            Some("/system.slice/x.service"),
+            &Attribution::Host {
+                name: "x.service".into(),
+            },
+            None,
+        );
+        assert_eq!(host.container, "x.service");
+        let lost = labels_for(
+            None,
+            &Attribution::Unattributed {
+                reason: "gone".into(),
+            },
+            None,
+        );
+        assert_eq!(
+            (lost.container.as_str(), lost.attribution.as_str()),
+            ("unresolved", "unattributed")
+        );
+    }
+}

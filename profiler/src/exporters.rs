@@ -1,0 +1,321 @@
+//! Prometheus metrics: `headroom_*`, units in the names, `_total` on counters, one series set
+//! per container labelled `namespace`, `pod`, `container`, `workload` and `attribution`.
+//! Series of a container are deleted when it goes away: unbounded label sets are a leak.
+//! The registry is passed in, not global, so tests read exactly what one agent exported.
+
+use prometheus::{
+    core::{AtomicU64, GenericCounterVec},
+    IntGauge, IntGaugeVec, Opts, Registry,
+};
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum MetricsError {
+    #[error("registering metric failed")]
+    Register(#[from] prometheus::Error),
+}
+
+type CounterVec = GenericCounterVec<AtomicU64>;
+
+/// Labels of one container's series.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ContainerLabels {
+    pub namespace: String,
+    pub pod: String,
+    pub container: String,
+    pub workload: String,
+    /// `kubernetes`, `host` or `unattributed`.
+    pub attribution: String,
+}
+
+impl ContainerLabels {
+    fn values(&self) -> [&str; 5] {
+        [
+            &self.namespace,
+            &self.pod,
+            &self.container,
+            &self.workload,
+            &self.attribution,
+        ]
+    }
+}
+
+const LABELS: [&str; 5] = ["namespace", "pod", "container", "workload", "attribution"];
+
+/// Figures exported for one container at one tick.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ContainerFigures {
+    pub charged_bytes: Option<u64>,
+    pub charged_peak_bytes: Option<u64>,
+    pub startup_peak_bytes: Option<u64>,
+    pub steady_bytes: Option<u64>,
+    pub limit_bytes: Option<u64>,
+    pub resident_bytes: u64,
+    pub resident_peak_bytes: u64,
+    pub threads_created: u64,
+    pub oom_kills: u64,
+    pub recommended_request_bytes: Option<u64>,
+    pub recommended_limit_bytes: Option<u64>,
+}
+
+/// Every metric the agent exports.
+pub struct Metrics {
+    charged: IntGaugeVec,
+    charged_peak: IntGaugeVec,
+    startup_peak: IntGaugeVec,
+    steady: IntGaugeVec,
+    limit: IntGaugeVec,
+    resident: IntGaugeVec,
+    resident_peak: IntGaugeVec,
+    recommended_request: IntGaugeVec,
+    recommended_limit: IntGaugeVec,
+    threads_created: CounterVec,
+    oom_kills: CounterVec,
+    /// Agent self-metrics.
+    pub dropped_events: CounterVec,
+    pub containers_tracked: IntGauge,
+    pub containers_not_tracked: CounterVec,
+    pub map_fill_ratio: prometheus::GaugeVec,
+    pub agent_resident_bytes: IntGauge,
+    pub bpf_run_seconds: prometheus::CounterVec,
+    pub bpf_runs: CounterVec,
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str) -> Result<IntGaugeVec, MetricsError> {
+    let vec = IntGaugeVec::new(Opts::new(name, help), &LABELS)?;
+    registry.register(Box::new(vec.clone()))?;
+    Ok(vec)
+}
+
+fn counter(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> Result<CounterVec, MetricsError> {
+    let vec = CounterVec::new(Opts::new(name, help), labels)?;
+    registry.register(Box::new(vec.clone()))?;
+    Ok(vec)
+}
+
+fn to_i64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+impl Metrics {
+    pub fn new(registry: &Registry) -> Result<Self, MetricsError> {
+        let containers_tracked = IntGauge::new(
+            "headroom_agent_containers_tracked",
+            "Containers (cgroups) the agent tracks now.",
+        )?;
+        registry.register(Box::new(containers_tracked.clone()))?;
+        let agent_resident_bytes = IntGauge::new(
+            "headroom_agent_resident_bytes",
+            "The agent's own resident memory (VmRSS).",
+        )?;
+        registry.register(Box::new(agent_resident_bytes.clone()))?;
+        let map_fill_ratio = prometheus::GaugeVec::new(
+            Opts::new(
+                "headroom_agent_map_fill_ratio",
+                "How full each bounded kernel map is (entries / capacity).",
+            ),
+            &["map"],
+        )?;
+        registry.register(Box::new(map_fill_ratio.clone()))?;
+        let bpf_run_seconds = prometheus::CounterVec::new(
+            Opts::new(
+                "headroom_agent_bpf_run_seconds_total",
+                "Time the kernel spent in each headroom program (BPF run-time statistics, enabled only while the agent runs).",
+            ),
+            &["program"],
+        )?;
+        registry.register(Box::new(bpf_run_seconds.clone()))?;
+        Ok(Self {
+            charged: gauge(
+                registry,
+                "headroom_container_memory_charged_bytes",
+                "The container's cgroup charge now (memory.current / memory.usage_in_bytes).",
+            )?,
+            charged_peak: gauge(
+                registry,
+                "headroom_container_memory_charged_peak_bytes",
+                "Highest charge since the agent started watching (every interval's maximum).",
+            )?,
+            startup_peak: gauge(
+                registry,
+                "headroom_container_memory_startup_peak_bytes",
+                "Highest charge during startup, when startup was seen.",
+            )?,
+            steady: gauge(
+                registry,
+                "headroom_container_memory_steady_bytes",
+                "Median charge after startup.",
+            )?,
+            limit: gauge(
+                registry,
+                "headroom_container_memory_limit_bytes",
+                "The effective memory limit (absent when unlimited).",
+            )?,
+            resident: gauge(
+                registry,
+                "headroom_container_memory_resident_bytes",
+                "Resident memory of the container's processes (rss_stat, summed in the kernel).",
+            )?,
+            resident_peak: gauge(
+                registry,
+                "headroom_container_memory_resident_peak_bytes",
+                "Highest resident memory since the agent started.",
+            )?,
+            recommended_request: gauge(
+                registry,
+                "headroom_container_memory_recommended_request_bytes",
+                "headroom's recommended memory request.",
+            )?,
+            recommended_limit: gauge(
+                registry,
+                "headroom_container_memory_recommended_limit_bytes",
+                "headroom's recommended memory limit.",
+            )?,
+            threads_created: counter(
+                registry,
+                "headroom_container_threads_created_total",
+                "Threads created in the container.",
+                &LABELS,
+            )?,
+            oom_kills: counter(
+                registry,
+                "headroom_container_oom_kills_total",
+                "OOM kills of the container's processes (oom:mark_victim).",
+                &LABELS,
+            )?,
+            dropped_events: counter(
+                registry,
+                "headroom_agent_dropped_events_total",
+                "Kernel events or updates lost, by reason.",
+                &["reason"],
+            )?,
+            containers_not_tracked: counter(
+                registry,
+                "headroom_agent_containers_not_tracked_total",
+                "Containers turned away because max_containers was reached.",
+                &[],
+            )?,
+            bpf_runs: counter(
+                registry,
+                "headroom_agent_bpf_runs_total",
+                "Runs of each headroom program.",
+                &["program"],
+            )?,
+            containers_tracked,
+            agent_resident_bytes,
+            map_fill_ratio,
+            bpf_run_seconds,
+        })
+    }
+
+    /// Sets one container's series. Counters move by the difference from `previous`.
+    pub fn set(
+        &self,
+        labels: &ContainerLabels,
+        figures: &ContainerFigures,
+        previous: &ContainerFigures,
+    ) {
+        let values = labels.values();
+        let set_optional = |vec: &IntGaugeVec, value: Option<u64>| match value {
+            Some(value) => vec.with_label_values(&values).set(to_i64(value)),
+            None => {
+                let _ = vec.remove_label_values(&values);
+            }
+        };
+        set_optional(&self.charged, figures.charged_bytes);
+        set_optional(&self.charged_peak, figures.charged_peak_bytes);
+        set_optional(&self.startup_peak, figures.startup_peak_bytes);
+        set_optional(&self.steady, figures.steady_bytes);
+        set_optional(&self.limit, figures.limit_bytes);
+        set_optional(&self.recommended_request, figures.recommended_request_bytes);
+        set_optional(&self.recommended_limit, figures.recommended_limit_bytes);
+        self.resident
+            .with_label_values(&values)
+            .set(to_i64(figures.resident_bytes));
+        self.resident_peak
+            .with_label_values(&values)
+            .set(to_i64(figures.resident_peak_bytes));
+        self.threads_created.with_label_values(&values).inc_by(
+            figures
+                .threads_created
+                .saturating_sub(previous.threads_created),
+        );
+        self.oom_kills
+            .with_label_values(&values)
+            .inc_by(figures.oom_kills.saturating_sub(previous.oom_kills));
+    }
+
+    /// Deletes every series of a container that went away.
+    pub fn remove(&self, labels: &ContainerLabels) {
+        let values = labels.values();
+        for vec in [
+            &self.charged,
+            &self.charged_peak,
+            &self.startup_peak,
+            &self.steady,
+            &self.limit,
+            &self.resident,
+            &self.resident_peak,
+            &self.recommended_request,
+            &self.recommended_limit,
+        ] {
+            let _ = vec.remove_label_values(&values);
+        }
+        let _ = self.threads_created.remove_label_values(&values);
+        let _ = self.oom_kills.remove_label_values(&values);
+    }
+}
+
+/// The registry in Prometheus's text format.
+pub fn encode(registry: &Registry) -> Result<String, prometheus::Error> {
+    let encoder = prometheus::TextEncoder::new();
+    encoder.encode_to_string(&registry.gather())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels(container: &str) -> ContainerLabels {
+        ContainerLabels {
+            namespace: "shop".into(),
+            pod: "web-1".into(),
+            container: container.into(),
+            workload: "Deployment/web".into(),
+            attribution: "kubernetes".into(),
+        }
+    }
+
+    #[test]
+    fn series_appear_move_and_disappear_with_the_container() {
+        let registry = Registry::new();
+        let metrics = Metrics::new(&registry).expect("metrics");
+        let first = ContainerFigures {
+            charged_bytes: Some(100),
+            resident_bytes: 90,
+            threads_created: 3,
+            ..ContainerFigures::default()
+        };
+        metrics.set(&labels("app"), &first, &ContainerFigures::default());
+        let second = ContainerFigures {
+            threads_created: 5,
+            ..first.clone()
+        };
+        metrics.set(&labels("app"), &second, &first);
+        let text = encode(&registry).expect("encode");
+        assert!(text.contains(r#"headroom_container_memory_charged_bytes{attribution="kubernetes",container="app",namespace="shop",pod="web-1",workload="Deployment/web"} 100"#), "{text}");
+        assert!(text.contains(r#"headroom_container_threads_created_total{attribution="kubernetes",container="app",namespace="shop",pod="web-1",workload="Deployment/web"} 5"#), "{text}");
+        assert!(
+            !text.contains("headroom_container_memory_limit_bytes{"),
+            "unlimited: no series"
+        );
+        metrics.remove(&labels("app"));
+        let text = encode(&registry).expect("encode");
+        assert!(!text.contains(r#"container="app""#), "{text}");
+    }
+}

@@ -1,0 +1,173 @@
+//! The node agent with the live probes: HTTP endpoints on loopback, a container's series that
+//! appear while it runs and disappear when its cgroup goes, graceful shutdown that detaches
+//! everything, and configuration errors that name the key.
+//!
+//! Needs root. Without it: SKIPPED, except in CI or under `cargo xtask test`, where it fails.
+
+mod common;
+
+use std::{
+    io::{Read as _, Write as _},
+    net::TcpStream,
+    path::{Path, PathBuf},
+    process::Stdio,
+    thread,
+    time::{Duration, Instant},
+};
+
+use common::{headroom, loaded_programs_named, privileged, workload};
+
+const MIB: u64 = 1 << 20;
+
+/// A blocking HTTP/1.1 GET on loopback: (status, body).
+fn get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let status = response.split_whitespace().nth(1)?.parse().ok()?;
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
+    Some((status, body))
+}
+
+/// The value of the first series of `metric` whose labels contain `label`.
+fn series_value(metrics: &str, metric: &str, label: &str) -> Option<f64> {
+    metrics.lines().find_map(|line| {
+        let rest = line.strip_prefix(metric)?.strip_prefix('{')?;
+        let (labels, value) = rest.split_once("} ")?;
+        labels
+            .contains(label)
+            .then(|| value.trim().parse().ok())
+            .flatten()
+    })
+}
+
+fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn the_agent_exports_a_container_while_it_lives_and_forgets_it_after() {
+    let Some(_guard) = privileged("the_agent_exports_a_container_while_it_lives") else {
+        return;
+    };
+    let port = 20_000 + (std::process::id() % 20_000) as u16;
+    let programs_before = loaded_programs_named("rss_stat");
+    let mut agent = headroom()
+        .args(["agent", "--metadata", "none", "--interval", "200ms"])
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn agent");
+    wait_for("/readyz", || {
+        get(port, "/readyz").is_some_and(|(status, _)| status == 200)
+    });
+    assert_eq!(get(port, "/healthz").map(|(s, _)| s), Some(200));
+    assert_eq!(get(port, "/nope").map(|(s, _)| s), Some(404));
+
+    // A host cgroup with a workload: 48 MiB and 4 threads for 3 s.
+    let name = format!("headroom-agent-test-{}", std::process::id());
+    let dirs: Vec<PathBuf> = ["/sys/fs/cgroup/unified", "/sys/fs/cgroup/memory"]
+        .iter()
+        .map(Path::new)
+        .filter(|root| root.join("cgroup.procs").exists())
+        .map(|root| root.join(&name))
+        .collect();
+    for dir in &dirs {
+        std::fs::create_dir(dir).expect("create test cgroup");
+    }
+    let procs = dirs.iter().map(|dir| dir.join("cgroup.procs")).collect();
+    let program = workload("spike", false);
+    let mut child = common::spawn_in_cgroups(procs, &program, &["48", "8", "10", "3000", "0"]);
+    let label = format!("container=\"/{name}\"");
+    let mut resident = 0.0;
+    wait_for("the container's resident series", || {
+        let metrics = get(port, "/metrics")
+            .map(|(_, body)| body)
+            .unwrap_or_default();
+        resident = series_value(&metrics, "headroom_container_memory_resident_bytes", &label)
+            .unwrap_or(0.0);
+        resident >= (48 * MIB) as f64
+    });
+    let metrics = get(port, "/metrics").expect("metrics").1;
+    assert!(
+        series_value(&metrics, "headroom_container_memory_charged_bytes", &label).unwrap_or(0.0)
+            >= (48 * MIB) as f64,
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(&format!("attribution=\"host\",{label}")),
+        "{metrics}"
+    );
+    for self_metric in [
+        "headroom_agent_resident_bytes",
+        "headroom_agent_containers_tracked",
+        "headroom_agent_map_fill_ratio{map=\"targets\"}",
+        "headroom_agent_bpf_runs_total{program=\"rss_stat\"}",
+    ] {
+        assert!(metrics.contains(self_metric), "missing {self_metric}");
+    }
+    let agent_rss = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("headroom_agent_resident_bytes "))
+        .and_then(|value| value.trim().parse::<f64>().ok())
+        .expect("agent RSS");
+    assert!(agent_rss < (64 * MIB) as f64, "agent RSS {agent_rss}");
+
+    let (status, report) = get(port, &format!("/api/v1/report?cgroup=%2F{name}")).expect("report");
+    assert_eq!(status, 200);
+    let report: serde_json::Value = serde_json::from_str(&report).expect("JSON report");
+    assert_eq!(report["schema"], "headroom.report/v1");
+    let targets = report["targets"].as_array().expect("targets");
+    assert_eq!(targets.len(), 1, "{report}");
+    assert_eq!(targets[0]["cgroup"], format!("/{name}"));
+    assert!(targets[0]["recommendation"]["limit_bytes"]
+        .as_u64()
+        .is_some());
+
+    assert!(child.wait().expect("workload").success());
+    for dir in &dirs {
+        let _ = std::fs::remove_dir(dir);
+    }
+    wait_for("the container's series to go", || {
+        get(port, "/metrics").is_some_and(|(_, body)| !body.contains(&label))
+    });
+
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(agent.id()).expect("pid"));
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+    assert!(agent.wait().expect("agent exit").success());
+    assert_eq!(
+        loaded_programs_named("rss_stat"),
+        programs_before,
+        "probes detached"
+    );
+}
+
+#[test]
+fn bad_configuration_names_the_key() {
+    let config = Path::new(env!("CARGO_TARGET_TMPDIR")).join("bad-agent.toml");
+    std::fs::write(&config, "listen = \"127.0.0.1:9400\"\nintervall = \"1s\"\n").expect("write");
+    let output = headroom()
+        .args(["agent", "--config"])
+        .arg(&config)
+        .output()
+        .expect("run agent");
+    assert_eq!(output.status.code(), Some(125));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("intervall"), "{stderr}");
+    let output = headroom()
+        .args(["agent", "--interval", "5ms"])
+        .output()
+        .expect("run agent");
+    assert_eq!(output.status.code(), Some(125));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("at least 100ms"));
+}
