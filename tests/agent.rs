@@ -1,6 +1,7 @@
 //! The node agent with the live probes: HTTP endpoints on loopback, a container's series that
 //! appear while it runs and disappear when its cgroup goes, graceful shutdown that detaches
-//! everything, and configuration errors that name the key.
+//! everything, least privilege (only the capabilities deploy/ grants), and configuration
+//! errors that name the key.
 //!
 //! Needs root. Without it: SKIPPED, except in CI or under `cargo xtask test`, where it fails.
 
@@ -170,4 +171,65 @@ fn bad_configuration_names_the_key() {
         .expect("run agent");
     assert_eq!(output.status.code(), Some(125));
     assert!(String::from_utf8_lossy(&output.stderr).contains("at least 100ms"));
+}
+
+/// The capabilities deploy/headroom.yaml grants the agent's container.
+fn deployed_capabilities() -> Vec<String> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/headroom.yaml");
+    let text = std::fs::read_to_string(path).expect("deploy/headroom.yaml");
+    serde_yaml_ng::Deserializer::from_str(&text)
+        .filter_map(|document| {
+            let value = <serde_json::Value as serde::Deserialize>::deserialize(document).ok()?;
+            (value["kind"] == "DaemonSet").then_some(value)
+        })
+        .flat_map(|daemonset| {
+            daemonset["spec"]["template"]["spec"]["containers"][0]["securityContext"]
+                ["capabilities"]["add"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .filter_map(|c| c.as_str().map(str::to_lowercase))
+        .collect()
+}
+
+#[test]
+fn the_agent_works_with_only_the_capabilities_deploy_grants() {
+    let Some(_guard) = privileged("the_agent_works_with_only_the_capabilities_deploy_grants")
+    else {
+        return;
+    };
+    let capabilities = deployed_capabilities();
+    assert!(
+        !capabilities.is_empty(),
+        "no capabilities found in deploy/headroom.yaml"
+    );
+    let bounding = format!(
+        "-all,{}",
+        capabilities
+            .iter()
+            .map(|c| format!("+{c}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    let port = 20_000 + ((std::process::id() + 7) % 20_000) as u16;
+    let mut agent = std::process::Command::new("setpriv")
+        .args(["--bounding-set", &bounding, "--"])
+        .arg(env!("CARGO_BIN_EXE_headroom"))
+        .args(["agent", "--metadata", "none", "--interval", "200ms"])
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("setpriv (util-linux) runs the agent");
+    wait_for("/readyz with only the deployed capabilities", || {
+        get(port, "/readyz").is_some_and(|(status, _)| status == 200)
+    });
+    let metrics = get(port, "/metrics").expect("metrics").1;
+    assert!(
+        metrics.contains("headroom_container_memory_resident_bytes{"),
+        "{metrics}"
+    );
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(agent.id()).expect("pid"));
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+    assert!(agent.wait().expect("agent exit").success());
 }
