@@ -86,8 +86,25 @@ pub struct AgentArgs {
 #[derive(Debug, Args)]
 pub struct RecommendArgs {
     /// headroom.report/v1 JSON files written by `headroom capture --format json`.
-    #[arg(required = true, value_name = "REPORT")]
+    #[arg(
+        required_unless_present = "prometheus",
+        conflicts_with = "prometheus",
+        value_name = "REPORT"
+    )]
     pub reports: Vec<PathBuf>,
+
+    /// Recommend for every workload from the agents' series in this Prometheus
+    /// (http://HOST:PORT), across replicas and nodes (max across replicas for peaks).
+    #[arg(long, value_name = "URL")]
+    pub prometheus: Option<String>,
+
+    /// With --prometheus: how far back to look (e.g. 7d, 24h, 30m).
+    #[arg(long, value_name = "DURATION", default_value = "7d", value_parser = parse_window)]
+    pub window: Duration,
+
+    /// With --prometheus: only this namespace.
+    #[arg(long, value_name = "NAMESPACE")]
+    pub namespace: Option<String>,
 
     #[command(flatten)]
     pub sizing: SizingArgs,
@@ -275,6 +292,19 @@ pub fn parse_bytes(text: &str) -> Result<u64, String> {
     Ok(bytes)
 }
 
+/// Parses a look-back window: like a duration, and also in days (`7d`).
+pub fn parse_window(text: &str) -> Result<Duration, String> {
+    match text.trim().strip_suffix('d') {
+        Some(days) => days
+            .parse::<u64>()
+            .ok()
+            .filter(|d| (1..=365).contains(d))
+            .map(|d| Duration::from_secs(d * 86_400))
+            .ok_or_else(|| format!("`{text}`: days must be 1 to 365")),
+        None => parse_duration(text),
+    }
+}
+
 /// Parses a headroom fraction: `0.25` or `25%`, from 0 to 400 %.
 pub fn parse_headroom(text: &str) -> Result<f64, String> {
     let text = text.trim();
@@ -370,6 +400,9 @@ fn emit(
 }
 
 fn run_recommend(args: RecommendArgs) -> anyhow::Result<u8> {
+    if let Some(url) = &args.prometheus {
+        return run_recommend_prometheus(url, &args);
+    }
     let mut observations = Vec::new();
     for path in &args.reports {
         let text = std::fs::read_to_string(path)
@@ -449,6 +482,70 @@ fn run_capture(args: CaptureArgs) -> anyhow::Result<u8> {
         .and_then(|target| target.exit)
         .map_or(0, |exit| exit.shell_code());
     Ok(u8::try_from(code & 0xff).unwrap_or(EXIT_FAILURE))
+}
+
+/// One recommendation per workload from Prometheus.
+fn run_recommend_prometheus(url: &str, args: &RecommendArgs) -> anyhow::Result<u8> {
+    let prometheus = crate::cluster::Prometheus::new(url)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let workloads = runtime.block_on(crate::cluster::observations(
+        &prometheus,
+        args.window,
+        args.namespace.as_deref(),
+    ))?;
+    let mut rendered = String::new();
+    let mut json = Vec::new();
+    for (key, observation) in &workloads {
+        let (recommendation, checklist) = sizing::recommend(observation, args.sizing.headroom);
+        match args.format {
+            Format::Table => {
+                rendered.push_str(&format!("{}\n", observation.name));
+                rendered.push_str(&sizing::render_table(&recommendation, &checklist));
+                rendered.push('\n');
+            }
+            Format::Markdown => {
+                rendered.push_str(&sizing::render_markdown(
+                    &observation.name,
+                    &recommendation,
+                    &checklist,
+                ));
+                rendered.push('\n');
+            }
+            Format::Yaml => {
+                let container = args
+                    .sizing
+                    .container
+                    .as_deref()
+                    .or(Some(key.container.as_str()))
+                    .filter(|c| !c.is_empty() && !key.workload.is_empty());
+                rendered.push_str(&sizing::yaml_patch(
+                    &recommendation,
+                    &observation.name,
+                    container,
+                ));
+                rendered.push_str("---\n");
+            }
+            Format::Json => json.push(serde_json::json!({
+                "namespace": key.namespace,
+                "workload": key.workload,
+                "container": key.container,
+                "recommendation": recommendation,
+                "checklist": checklist,
+            })),
+        }
+    }
+    if args.format == Format::Json {
+        rendered = serde_json::to_string_pretty(&serde_json::json!({
+            "schema": "headroom.recommendation/v1",
+            "source": url,
+            "window_seconds": args.window.as_secs(),
+            "workloads": json,
+        }))? + "\n";
+    }
+    emit(args.output.as_deref(), &rendered, false)?;
+    Ok(0)
 }
 
 fn fail_with(err: CaptureError, code: u8) -> anyhow::Result<u8> {
@@ -611,6 +708,32 @@ mod tests {
     fn recommend_needs_reports() {
         let err = Cli::try_parse_from(["headroom", "recommend"]).expect_err("no reports");
         assert_eq!(err.kind(), clap::error::ErrorKind::MissingRequiredArgument);
+        assert!(Cli::try_parse_from([
+            "headroom",
+            "recommend",
+            "--prometheus",
+            "http://p:9090",
+            "--window",
+            "7d"
+        ])
+        .is_ok());
+        assert!(Cli::try_parse_from([
+            "headroom",
+            "recommend",
+            "a.json",
+            "--prometheus",
+            "http://p:9090"
+        ])
+        .is_err());
+        assert!(Cli::try_parse_from([
+            "headroom",
+            "recommend",
+            "--prometheus",
+            "http://p:9090",
+            "--window",
+            "0d"
+        ])
+        .is_err());
         assert!(Cli::try_parse_from([
             "headroom",
             "recommend",

@@ -13,6 +13,7 @@
 //! - [`capture`]: on-demand capture sessions;
 //! - [`agent`]: the node agent (always-on probes, HTTP endpoints);
 //! - [`exporters`]: Prometheus metrics;
+//! - [`cluster`]: cluster-wide recommendations from the agents' series in Prometheus;
 //! - [`cli`]: flags and dispatch.
 pub mod accounting;
 pub mod agent;
@@ -20,6 +21,7 @@ pub mod attribution;
 pub mod capture;
 pub mod cgroups;
 pub mod cli;
+pub mod cluster;
 pub mod exporters;
 pub mod probes;
 pub mod procfs;

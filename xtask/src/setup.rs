@@ -14,14 +14,16 @@ use anyhow::{bail, Context as _, Result};
 const EBPF_TOOLCHAIN: &str = "nightly";
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Debian packages: LLVM for bpf-linker; static libc and gcc for the test workloads; stress-ng,
-/// redis-server and redis-tools for the tests that run real programs no one here wrote.
-const APT_PACKAGES: [&str; 6] = [
+/// redis-server and redis-tools for the tests that run real programs no one here wrote;
+/// prometheus for the cluster-wide recommendation test against a real server.
+const APT_PACKAGES: [&str; 7] = [
     "llvm-22-dev",
     "libc6-dev",
     "gcc",
     "stress-ng",
     "redis-server",
     "redis-tools",
+    "prometheus",
 ];
 
 /// What setup found, for later steps.

@@ -1,0 +1,227 @@
+//! Cluster-wide recommendations against a real Prometheus server (Debian's `prometheus`,
+//! started here on loopback) that scrapes two live agents on loopback.
+//!
+//! Needs root (the agents load probes). Without it: SKIPPED, except in CI or under
+//! `cargo xtask test`, where it fails.
+
+mod common;
+
+use std::{
+    io::{Read as _, Write as _},
+    net::TcpStream,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use common::{headroom, privileged, workload};
+
+const MIB: u64 = 1 << 20;
+
+/// Processes this test started, stopped (SIGTERM, then SIGKILL) when it ends, pass or fail.
+struct Started(Vec<Child>);
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            if let Ok(pid) = i32::try_from(child.id()) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGTERM,
+                );
+            }
+        }
+        for child in &mut self.0 {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let status = response.split_whitespace().nth(1)?.parse().ok()?;
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
+    Some((status, body))
+}
+
+fn wait_for(what: &str, seconds: u64, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn recommendations_come_from_a_real_prometheus_scraping_two_agents() {
+    let Some(_guard) = privileged("recommendations_come_from_a_real_prometheus") else {
+        return;
+    };
+    let base = 20_000 + (std::process::id() % 10_000) as u16 * 3 % 30_000;
+    let (agent_a, agent_b, prometheus_port) = (base, base + 1, base + 2);
+    let mut started = Started(Vec::new());
+    for port in [agent_a, agent_b] {
+        started.0.push(
+            headroom()
+                .args(["agent", "--metadata", "none", "--interval", "200ms"])
+                .args(["--listen", &format!("127.0.0.1:{port}")])
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn agent"),
+        );
+    }
+    for port in [agent_a, agent_b] {
+        wait_for("agent ready", 30, || {
+            get(port, "/readyz").is_some_and(|(s, _)| s == 200)
+        });
+    }
+
+    let dir =
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("prometheus-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("data")).expect("prometheus dir");
+    std::fs::write(
+        dir.join("prometheus.yml"),
+        format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: headroom\n    static_configs:\n      - targets: ['127.0.0.1:{agent_a}', '127.0.0.1:{agent_b}']\n"
+        ),
+    )
+    .expect("prometheus config");
+    started.0.push(
+        Command::new("prometheus")
+            .arg(format!(
+                "--config.file={}",
+                dir.join("prometheus.yml").display()
+            ))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{prometheus_port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("prometheus (Debian package, installed by cargo xtask setup)"),
+    );
+    wait_for("prometheus ready", 60, || {
+        get(prometheus_port, "/-/ready").is_some_and(|(s, _)| s == 200)
+    });
+
+    // A container: 32 MiB base, a 96 MiB plateau of 1 s (the 200 ms agents see it), base again.
+    let name = format!("headroom-prom-test-{}", std::process::id());
+    let dirs: Vec<PathBuf> = ["/sys/fs/cgroup/unified", "/sys/fs/cgroup/memory"]
+        .iter()
+        .map(Path::new)
+        .filter(|root| root.join("cgroup.procs").exists())
+        .map(|root| root.join(&name))
+        .collect();
+    for dir in &dirs {
+        std::fs::create_dir(dir).expect("test cgroup");
+    }
+    let program = workload("spike", false);
+    let procs = dirs.iter().map(|dir| dir.join("cgroup.procs")).collect();
+    let status = common::spawn_in_cgroups(procs, &program, &["32", "96", "1000", "3000", "3000"])
+        .wait()
+        .expect("workload");
+    assert!(status.success());
+    let kernel_peak: u64 = dirs
+        .iter()
+        .find_map(|dir| std::fs::read_to_string(dir.join("memory.max_usage_in_bytes")).ok())
+        .and_then(|text| text.trim().parse().ok())
+        .expect("kernel high-water mark");
+    // Two more scrapes after the workload, while the cgroup (and its series) still exists.
+    thread::sleep(Duration::from_secs(3));
+
+    let output = headroom()
+        .args([
+            "recommend",
+            "--prometheus",
+            &format!("http://127.0.0.1:{prometheus_port}"),
+        ])
+        .args(["--window", "5m", "--format", "json"])
+        .output()
+        .expect("run recommend");
+    for dir in &dirs {
+        let _ = std::fs::remove_dir(dir);
+    }
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    let workloads = json["workloads"].as_array().expect("workloads");
+    let ours = workloads
+        .iter()
+        .find(|w| w["container"] == format!("/{name}"))
+        .unwrap_or_else(|| panic!("no workload for /{name} in {json}"));
+    let worst = ours["recommendation"]["worst_peak_bytes"]
+        .as_u64()
+        .expect("worst peak");
+    let limit = ours["recommendation"]["limit_bytes"]
+        .as_u64()
+        .expect("limit");
+    // The peak Prometheus holds (max across both agents) against the kernel's own mark.
+    let tolerance = (kernel_peak / 20).max(4 * MIB);
+    assert!(
+        worst.abs_diff(kernel_peak) <= tolerance,
+        "peak from Prometheus {worst} vs kernel high-water mark {kernel_peak}"
+    );
+    assert!(
+        limit as f64 >= kernel_peak as f64 * 1.2,
+        "limit {limit} vs {kernel_peak}"
+    );
+    let request = ours["recommendation"]["request_bytes"]
+        .as_u64()
+        .expect("request");
+    assert!(request < limit, "request {request} limit {limit}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn an_unreachable_prometheus_is_named() {
+    let output = headroom()
+        .args([
+            "recommend",
+            "--prometheus",
+            "http://127.0.0.1:1",
+            "--window",
+            "1h",
+        ])
+        .output()
+        .expect("run recommend");
+    assert_eq!(output.status.code(), Some(125));
+    assert!(String::from_utf8_lossy(&output.stderr)
+        .contains("cannot reach Prometheus at http://127.0.0.1:1"));
+}
+
+#[test]
+fn the_recording_rules_pass_promtool() {
+    let rules = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/recording-rules.yaml");
+    let output = Command::new("promtool")
+        .args(["check", "rules"])
+        .arg(&rules)
+        .output()
+        .expect("promtool (Debian prometheus package, installed by cargo xtask setup)");
+    assert!(
+        output.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(String::from_utf8_lossy(&output.stdout).contains("SUCCESS: 6 rules found"));
+}
