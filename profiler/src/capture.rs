@@ -393,6 +393,7 @@ pub async fn run(options: &CaptureOptions) -> Result<CaptureReport, CaptureError
     };
     let mut sample_tick = ticker(options.sample_interval);
     let mut bucket_tick = ticker(options.bucket);
+    let progress = progress_bar(options);
     let mut stack_tick = ticker(STACK_SAMPLE_INTERVAL);
     let mut liveness_tick = ticker(LIVENESS_INTERVAL);
     let mut signals_seen = 0u32;
@@ -403,7 +404,16 @@ pub async fn run(options: &CaptureOptions) -> Result<CaptureReport, CaptureError
             () = &mut deadline => break None,
             batch = events.next_batch() => seen.record(batch?),
             _ = sample_tick.tick() => sample_charge(&watched, &mut seen, started),
-            _ = bucket_tick.tick() => close_bucket(&mut probes, &mut watched, &mut seen, started)?,
+            _ = bucket_tick.tick() => {
+                close_bucket(&mut probes, &mut watched, &mut seen, started)?;
+                if let Some(bar) = &progress {
+                    bar.set_position(started.elapsed().as_millis() as u64);
+                    let peak = seen.sampled_charge_peak.max(
+                        seen.timeline.buckets().iter().map(|b| b.resident).max().unwrap_or(0),
+                    );
+                    bar.set_message(crate::report::format_bytes(peak));
+                }
+            }
             _ = stack_tick.tick() => seen.sample_stack_resident(),
             _ = liveness_tick.tick(), if child_pid.is_none() => {
                 if !target_alive(&watched, &probes)? {
@@ -425,6 +435,9 @@ pub async fn run(options: &CaptureOptions) -> Result<CaptureReport, CaptureError
         }
     };
     let duration = started.elapsed();
+    if let Some(bar) = progress {
+        bar.finish_and_clear();
+    }
 
     // A command's session ends with the command: what it left running is ended so the cgroup
     // can go. Existing cgroups and process trees are left alone.
@@ -533,6 +546,23 @@ fn watch(
             }))
         }
     }
+}
+
+/// A progress bar on stderr for captures with a duration: time left and the live peak. Only
+/// when the target is not a command (whose own output would tear through it) and stderr is a
+/// terminal (indicatif draws nothing otherwise).
+fn progress_bar(options: &CaptureOptions) -> Option<indicatif::ProgressBar> {
+    let duration = options.duration?;
+    if matches!(options.target, TargetSpec::Command(_)) {
+        return None;
+    }
+    let bar = indicatif::ProgressBar::new(duration.as_millis() as u64);
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "{spinner} capturing [{bar:30}] {eta} left, peak {msg} (Ctrl-C ends early and still reports)",
+    ) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    Some(bar)
 }
 
 /// Seeds the resident memory of processes already running in a target, before it is tracked.
