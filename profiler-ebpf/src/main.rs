@@ -48,6 +48,11 @@ static TRACE_ALL_CGROUPS: u8 = 0;
 #[no_mangle]
 static TRACK_REGIONS: u8 = 0;
 
+/// 1: keep per-window high-water marks (capture sessions read and reset them every bucket).
+/// The agent reads lifetime marks only, and skips the work on every page fault.
+#[no_mangle]
+static TRACK_WINDOWS: u8 = 0;
+
 #[map]
 static TARGET_COUNTERS: HashMap<u64, MemoryCounters> =
     HashMap::with_max_entries(capacity::TARGETS, 0);
@@ -264,6 +269,9 @@ fn target_counters(target_id: u64) -> Option<*mut MemoryCounters> {
 /// This window's high-water marks of a target (see `WindowKey`).
 #[inline(always)]
 fn window_peaks(target_id: u64) -> Option<*mut WindowPeaks> {
+    if !flag_set(&TRACK_WINDOWS) {
+        return None;
+    }
     // SAFETY: array value pointer from a successful lookup.
     let epoch = unsafe { *WINDOW_EPOCH.get_ptr(0)? };
     let key = WindowKey {

@@ -894,8 +894,9 @@ async fn run_node(
     let mut probes = Probes::load(&ProbeConfig {
         trace_all_cgroups: true,
         // Every mapping change on a node is too many events; node-wide figures come from the
-        // kernel counters.
+        // kernel counters. No timelines either, so no windows.
         track_regions: false,
+        track_windows: false,
         ..ProbeConfig::default()
     })?;
     let mut events = probes

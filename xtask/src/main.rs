@@ -4,6 +4,8 @@
 //! - `cargo xtask demo`:  setup, build, and capture the bundled demo workload.
 //! - `cargo xtask test`:  setup, fmt, clippy (host and BPF target), and every test, the
 //!   privileged eBPF suite included.
+//! - `cargo xtask bench`: workload overhead beside a naive bpftrace baseline (BENCHMARKS.md).
+mod bench;
 mod setup;
 
 use std::{
@@ -30,6 +32,8 @@ enum Task {
     Demo,
     /// Setup, then fmt --check, clippy -D warnings (host and BPF target), and all tests.
     Test,
+    /// Workload overhead of the agent beside a naive bpftrace baseline; writes BENCHMARKS.md.
+    Bench,
 }
 
 fn main() {
@@ -38,6 +42,7 @@ fn main() {
         Task::Setup => setup::run().map(|_| ()),
         Task::Demo => demo(),
         Task::Test => test(),
+        Task::Bench => bench::bench(),
     };
     if let Err(err) = result {
         eprintln!("xtask: error: {err}");
@@ -48,7 +53,7 @@ fn main() {
     }
 }
 
-fn workspace_root() -> PathBuf {
+pub(crate) fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .map(Path::to_path_buf)
@@ -56,7 +61,7 @@ fn workspace_root() -> PathBuf {
 }
 
 /// Runs a command from the workspace root, echoing it, and fails if it fails.
-fn run(mut command: Command) -> Result<()> {
+pub(crate) fn run(mut command: Command) -> Result<()> {
     command.current_dir(workspace_root());
     eprintln!("[xtask] $ {}", describe(&command));
     let status = command
@@ -76,11 +81,11 @@ fn describe(command: &Command) -> String {
         .join(" ")
 }
 
-fn cargo() -> Command {
+pub(crate) fn cargo() -> Command {
     Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
 }
 
-fn require_root(task: &str) -> Result<()> {
+pub(crate) fn require_root(task: &str) -> Result<()> {
     if !setup::is_root() {
         bail!(
             "`cargo xtask {task}` loads eBPF programs and creates cgroups, which needs root. \

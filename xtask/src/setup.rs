@@ -74,8 +74,14 @@ fn package_installed(package: &str) -> bool {
 }
 
 fn ensure_apt_packages() -> Result<()> {
-    let missing: Vec<&str> = APT_PACKAGES
-        .into_iter()
+    ensure_packages(&APT_PACKAGES)
+}
+
+/// Installs the Debian packages that are missing (as root, apt-get update first).
+pub fn ensure_packages(packages: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = packages
+        .iter()
+        .copied()
         .filter(|package| {
             let installed = package_installed(package);
             if installed {

@@ -53,6 +53,8 @@ pub mod global {
     /// `u8`: 1 sends every mapping change (mmap, munmap, mremap, mprotect, brk) through the ring
     /// buffer so user space can keep exact per-region reserved memory (capture sessions).
     pub const TRACK_REGIONS: &str = "TRACK_REGIONS";
+    /// `u8`: 1 keeps per-window high-water marks (capture sessions).
+    pub const TRACK_WINDOWS: &str = "TRACK_WINDOWS";
 }
 
 /// Default map sizes. User space may override them at load time; each one bounds kernel memory.

@@ -540,6 +540,8 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
     let probes = Probes::load(&ProbeConfig {
         trace_all_cgroups: true,
         track_regions: false,
+        // The agent keeps its own per-interval maxima; kernel windows would be wasted work.
+        track_windows: false,
         max_targets,
         ..ProbeConfig::default()
     })?;

@@ -113,6 +113,8 @@ pub struct ProbeConfig {
     pub trace_all_cgroups: bool,
     /// Send every mapping change through the ring buffer, for exact per-region reserved memory.
     pub track_regions: bool,
+    /// Keep per-window high-water marks for [`Probes::close_window`] (capture timelines).
+    pub track_windows: bool,
     /// Targets counted at once.
     pub max_targets: u32,
     /// Processes counted at once (LRU).
@@ -124,6 +126,7 @@ impl Default for ProbeConfig {
         Self {
             trace_all_cgroups: false,
             track_regions: true,
+            track_windows: true,
             max_targets: capacity::TARGETS,
             max_processes: capacity::PROCESSES,
         }
@@ -183,9 +186,11 @@ impl Probes {
         preflight::check(Path::new("/"))?;
         let trace_all = u8::from(config.trace_all_cgroups);
         let track_regions = u8::from(config.track_regions);
+        let track_windows = u8::from(config.track_windows);
         let mut ebpf = EbpfLoader::new()
             .override_global(global::TRACE_ALL_CGROUPS, &trace_all, true)
             .override_global(global::TRACK_REGIONS, &track_regions, true)
+            .override_global(global::TRACK_WINDOWS, &track_windows, true)
             .map_max_entries(map::TARGET_COUNTERS, config.max_targets)
             .map_max_entries(map::PROCESS_COUNTERS, config.max_processes)
             .load(EBPF_OBJECT)
