@@ -542,6 +542,9 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
         track_regions: false,
         // The agent keeps its own per-interval maxima; kernel windows would be wasted work.
         track_windows: false,
+        // Syscall tracepoints slow every syscall on the node; the agent's figures come from
+        // rss_stat, task and OOM events.
+        trace_syscalls: false,
         max_targets,
         ..ProbeConfig::default()
     })?;

@@ -115,6 +115,10 @@ pub struct ProbeConfig {
     pub track_regions: bool,
     /// Keep per-window high-water marks for [`Probes::close_window`] (capture timelines).
     pub track_windows: bool,
+    /// Attach the syscalls:* tracepoints (mmap, munmap, mremap, mprotect, brk). Enabling any
+    /// syscall tracepoint sends every syscall of every process through the kernel's tracing
+    /// slow path, which syscall-heavy services feel; the always-on agent goes without them.
+    pub trace_syscalls: bool,
     /// Targets counted at once.
     pub max_targets: u32,
     /// Processes counted at once (LRU).
@@ -127,6 +131,7 @@ impl Default for ProbeConfig {
             trace_all_cgroups: false,
             track_regions: true,
             track_windows: true,
+            trace_syscalls: true,
             max_targets: capacity::TARGETS,
             max_processes: capacity::PROCESSES,
         }
@@ -200,6 +205,9 @@ impl Probes {
             })?;
 
         for (name, category, event) in TRACEPOINTS {
+            if category == "syscalls" && !config.trace_syscalls {
+                continue;
+            }
             let program: &mut TracePoint = ebpf
                 .program_mut(name)
                 .ok_or(ProbeError::MissingProgram(name))?
