@@ -8,33 +8,13 @@
 mod common;
 
 use std::{
-    io::{Read as _, Write as _},
-    net::TcpStream,
     path::{Path, PathBuf},
     process::Stdio,
-    thread,
-    time::{Duration, Instant},
 };
 
 use common::{headroom, loaded_programs_named, privileged, workload};
 
 const MIB: u64 = 1 << 20;
-
-/// A blocking HTTP/1.1 GET on loopback: (status, body).
-fn get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let status = response.split_whitespace().nth(1)?.parse().ok()?;
-    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
-    Some((status, body))
-}
 
 /// The value of the first series of `metric` whose labels contain `label`.
 fn series_value(metrics: &str, metric: &str, label: &str) -> Option<f64> {
@@ -46,14 +26,6 @@ fn series_value(metrics: &str, metric: &str, label: &str) -> Option<f64> {
             .then(|| value.trim().parse().ok())
             .flatten()
     })
-}
-
-fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        thread::sleep(Duration::from_millis(50));
-    }
 }
 
 #[test]
@@ -69,11 +41,14 @@ fn the_agent_exports_a_container_while_it_lives_and_forgets_it_after() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn agent");
-    wait_for("/readyz", || {
-        get(port, "/readyz").is_some_and(|(status, _)| status == 200)
+    common::wait_until("/readyz", 20, || {
+        common::http_get(port, "/readyz").is_some_and(|(status, _)| status == 200)
     });
-    assert_eq!(get(port, "/healthz").map(|(s, _)| s), Some(200));
-    assert_eq!(get(port, "/nope").map(|(s, _)| s), Some(404));
+    assert_eq!(
+        common::http_get(port, "/healthz").map(|(s, _)| s),
+        Some(200)
+    );
+    assert_eq!(common::http_get(port, "/nope").map(|(s, _)| s), Some(404));
 
     // A host cgroup with a workload: 48 MiB and 4 threads for 3 s.
     let name = format!("headroom-agent-test-{}", std::process::id());
@@ -91,15 +66,15 @@ fn the_agent_exports_a_container_while_it_lives_and_forgets_it_after() {
     let mut child = common::spawn_in_cgroups(procs, &program, &["48", "8", "10", "3000", "0"]);
     let label = format!("container=\"/{name}\"");
     let mut resident = 0.0;
-    wait_for("the container's resident series", || {
-        let metrics = get(port, "/metrics")
+    common::wait_until("the container's resident series", 20, || {
+        let metrics = common::http_get(port, "/metrics")
             .map(|(_, body)| body)
             .unwrap_or_default();
         resident = series_value(&metrics, "headroom_container_memory_resident_bytes", &label)
             .unwrap_or(0.0);
         resident >= (48 * MIB) as f64
     });
-    let metrics = get(port, "/metrics").expect("metrics").1;
+    let metrics = common::http_get(port, "/metrics").expect("metrics").1;
     assert!(
         series_value(&metrics, "headroom_container_memory_charged_bytes", &label).unwrap_or(0.0)
             >= (48 * MIB) as f64,
@@ -124,7 +99,8 @@ fn the_agent_exports_a_container_while_it_lives_and_forgets_it_after() {
         .expect("agent RSS");
     assert!(agent_rss < (64 * MIB) as f64, "agent RSS {agent_rss}");
 
-    let (status, report) = get(port, &format!("/api/v1/report?cgroup=%2F{name}")).expect("report");
+    let (status, report) =
+        common::http_get(port, &format!("/api/v1/report?cgroup=%2F{name}")).expect("report");
     assert_eq!(status, 200);
     let report: serde_json::Value = serde_json::from_str(&report).expect("JSON report");
     assert_eq!(report["schema"], "headroom.report/v1");
@@ -139,8 +115,8 @@ fn the_agent_exports_a_container_while_it_lives_and_forgets_it_after() {
     for dir in &dirs {
         let _ = std::fs::remove_dir(dir);
     }
-    wait_for("the container's series to go", || {
-        get(port, "/metrics").is_some_and(|(_, body)| !body.contains(&label))
+    common::wait_until("the container's series to go", 20, || {
+        common::http_get(port, "/metrics").is_some_and(|(_, body)| !body.contains(&label))
     });
 
     let pid = nix::unistd::Pid::from_raw(i32::try_from(agent.id()).expect("pid"));
@@ -221,10 +197,10 @@ fn the_agent_works_with_only_the_capabilities_deploy_grants() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("setpriv (util-linux) runs the agent");
-    wait_for("/readyz with only the deployed capabilities", || {
-        get(port, "/readyz").is_some_and(|(status, _)| status == 200)
+    common::wait_until("/readyz with only the deployed capabilities", 20, || {
+        common::http_get(port, "/readyz").is_some_and(|(status, _)| status == 200)
     });
-    let metrics = get(port, "/metrics").expect("metrics").1;
+    let metrics = common::http_get(port, "/metrics").expect("metrics").1;
     assert!(
         metrics.contains("headroom_container_memory_resident_bytes{"),
         "{metrics}"

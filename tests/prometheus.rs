@@ -7,8 +7,6 @@
 mod common;
 
 use std::{
-    io::{Read as _, Write as _},
-    net::TcpStream,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     thread,
@@ -43,29 +41,6 @@ impl Drop for Started {
     }
 }
 
-fn get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let status = response.split_whitespace().nth(1)?.parse().ok()?;
-    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
-    Some((status, body))
-}
-
-fn wait_for(what: &str, seconds: u64, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(seconds);
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        thread::sleep(Duration::from_millis(100));
-    }
-}
-
 #[test]
 fn recommendations_come_from_a_real_prometheus_scraping_two_agents() {
     let Some(_guard) = privileged("recommendations_come_from_a_real_prometheus") else {
@@ -85,8 +60,8 @@ fn recommendations_come_from_a_real_prometheus_scraping_two_agents() {
         );
     }
     for port in [agent_a, agent_b] {
-        wait_for("agent ready", 30, || {
-            get(port, "/readyz").is_some_and(|(s, _)| s == 200)
+        common::wait_until("agent ready", 30, || {
+            common::http_get(port, "/readyz").is_some_and(|(s, _)| s == 200)
         });
     }
 
@@ -117,8 +92,8 @@ fn recommendations_come_from_a_real_prometheus_scraping_two_agents() {
             .spawn()
             .expect("prometheus (Debian package, installed by cargo xtask setup)"),
     );
-    wait_for("prometheus ready", 60, || {
-        get(prometheus_port, "/-/ready").is_some_and(|(s, _)| s == 200)
+    common::wait_until("prometheus ready", 60, || {
+        common::http_get(prometheus_port, "/-/ready").is_some_and(|(s, _)| s == 200)
     });
 
     // A container: 32 MiB base, a 96 MiB plateau of 1 s (the 200 ms agents see it), base again.

@@ -956,11 +956,9 @@ async fn run_node(
                 }
             }
         }
-        let charge = path.as_deref().and_then(|path| {
-            let relative = path.trim_start_matches('/');
-            let memory_v1 = hierarchies.memory_v1.as_ref().map(|m| m.join(relative));
-            ChargeReader::open(&hierarchies.unified.join(relative), memory_v1.as_deref())
-        });
+        let charge = path
+            .as_deref()
+            .and_then(|path| hierarchies.charge_reader(path));
         let memory = charge.as_ref().map(|charge| ChargedMemory {
             peak_bytes: charge.lifetime_peak().map_or(0, |(peak, _)| peak),
             peak_source: "the cgroup's lifetime high-water mark (it predates the capture)"

@@ -130,6 +130,13 @@ fn unescape_mountinfo(field: &str) -> String {
 }
 
 impl Hierarchies {
+    /// A charge reader for a cgroup path (as /proc/PID/cgroup shows it) in these hierarchies.
+    pub fn charge_reader(&self, path: &str) -> Option<ChargeReader> {
+        let relative = path.trim_start_matches('/');
+        let memory_v1 = self.memory_v1.as_ref().map(|memory| memory.join(relative));
+        ChargeReader::open(&self.unified.join(relative), memory_v1.as_deref())
+    }
+
     /// Reads the mounts of the calling process's mount namespace under `root`.
     pub fn discover(root: &Path) -> Result<Self, CgroupError> {
         let mountinfo = root.join("proc/self/mountinfo");

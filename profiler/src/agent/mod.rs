@@ -72,6 +72,8 @@ struct Container {
     kubernetes: Option<KubernetesMeta>,
     timeline: Timeline,
     charged_peak: u64,
+    /// The effective limit, read with the charge.
+    limit: Option<u64>,
     figures: ContainerFigures,
     counters: MemoryCounters,
     first_seen: Instant,
@@ -333,6 +335,7 @@ impl Agent {
                             self.config.timeline_buckets,
                         ),
                         charged_peak: 0,
+                        limit: None,
                         figures: ContainerFigures::default(),
                         counters: MemoryCounters::default(),
                         first_seen: Instant::now(),
@@ -357,19 +360,12 @@ impl Agent {
                 container.attribution = attribution;
                 container.kubernetes = kubernetes;
             }
-            let charge = container.path.as_deref().and_then(|path| {
-                let relative = path.trim_start_matches('/');
-                let memory_v1 = self
-                    .hierarchies
-                    .memory_v1
-                    .as_ref()
-                    .map(|m| m.join(relative));
-                ChargeReader::open(
-                    &self.hierarchies.unified.join(relative),
-                    memory_v1.as_deref(),
-                )
-            });
+            let charge = container
+                .path
+                .as_deref()
+                .and_then(|path| self.hierarchies.charge_reader(path));
             let charged = charge.as_ref().and_then(ChargeReader::current);
+            container.limit = charge.as_ref().and_then(ChargeReader::limit);
             if let Some(charged) = charged {
                 container.charged_peak = container.charged_peak.max(charged);
             }
@@ -407,19 +403,6 @@ impl Agent {
         let elapsed = self.started.elapsed();
         let headroom = self.config.headroom;
         for container in shared.containers.values_mut() {
-            let limit = container.path.as_deref().and_then(|path| {
-                let relative = path.trim_start_matches('/');
-                let memory_v1 = self
-                    .hierarchies
-                    .memory_v1
-                    .as_ref()
-                    .map(|m| m.join(relative));
-                ChargeReader::open(
-                    &self.hierarchies.unified.join(relative),
-                    memory_v1.as_deref(),
-                )?
-                .limit()
-            });
             let resolution = container.timeline.resolution_ms();
             let series: Vec<u64> = container
                 .timeline
@@ -438,7 +421,7 @@ impl Agent {
                 charged_peak_bytes: Some(container.charged_peak).filter(|&p| p > 0),
                 startup_peak_bytes: phases.startup_seconds.map(|_| phases.startup_peak_bytes),
                 steady_bytes: phases.steady_bytes,
-                limit_bytes: limit,
+                limit_bytes: container.limit,
                 resident_bytes: container.counters.resident_bytes().max(0) as u64,
                 resident_peak_bytes: container.counters.resident_peak_bytes,
                 threads_created: container.counters.threads_created,
