@@ -17,7 +17,7 @@ use std::{
 
 use common::{
     capture, headroom, leftover_session_cgroups, loaded_programs_named, privileged, workload,
-    Captured,
+    Captured, TestCgroup,
 };
 
 const MIB: u64 = 1 << 20;
@@ -25,63 +25,6 @@ const MIB: u64 = 1 << 20;
 fn within(actual: u64, expected: u64, fraction: f64, floor: u64) -> bool {
     let tolerance = ((expected as f64 * fraction) as u64).max(floor);
     actual.abs_diff(expected) <= tolerance
-}
-
-/// A cgroup made by the test at the same relative path in the unified and v1 memory
-/// hierarchies; removed on drop.
-struct TestCgroup {
-    name: String,
-    dirs: Vec<PathBuf>,
-}
-
-impl TestCgroup {
-    fn new(tag: &str) -> Self {
-        let name = format!("headroom-test-{}-{tag}", std::process::id());
-        let dirs: Vec<PathBuf> = [
-            "/sys/fs/cgroup/unified",
-            "/sys/fs/cgroup/memory",
-            "/sys/fs/cgroup",
-        ]
-        .iter()
-        .map(Path::new)
-        .filter(|root| root.join("cgroup.procs").exists())
-        .map(|root| root.join(&name))
-        .collect();
-        for dir in &dirs {
-            std::fs::create_dir(dir)
-                .unwrap_or_else(|err| panic!("create {}: {err}", dir.display()));
-        }
-        Self { name, dirs }
-    }
-
-    fn path(&self) -> String {
-        format!("/{}", self.name)
-    }
-
-    fn memory_file(&self, file: &str) -> Option<u64> {
-        self.dirs
-            .iter()
-            .find_map(|dir| std::fs::read_to_string(dir.join(file)).ok())
-            .and_then(|text| text.trim().parse().ok())
-    }
-
-    /// Runs `program` inside this cgroup.
-    fn spawn(&self, program: &Path, args: &[&str]) -> Child {
-        let procs = self
-            .dirs
-            .iter()
-            .map(|dir| dir.join("cgroup.procs"))
-            .collect();
-        common::spawn_in_cgroups(procs, program, args)
-    }
-}
-
-impl Drop for TestCgroup {
-    fn drop(&mut self) {
-        for dir in &self.dirs {
-            let _ = std::fs::remove_dir(dir);
-        }
-    }
 }
 
 /// Starts `headroom capture` with these flags (report to a JSON file) in the background.

@@ -7,10 +7,7 @@
 
 mod common;
 
-use std::{
-    path::{Path, PathBuf},
-    process::Stdio,
-};
+use std::{path::Path, process::Stdio};
 
 use common::{headroom, loaded_programs_named, privileged, workload};
 
@@ -51,20 +48,10 @@ fn the_agent_exports_a_container_while_it_lives_and_forgets_it_after() {
     assert_eq!(common::http_get(port, "/nope").map(|(s, _)| s), Some(404));
 
     // A host cgroup with a workload: 48 MiB and 4 threads for 3 s.
-    let name = format!("headroom-agent-test-{}", std::process::id());
-    let dirs: Vec<PathBuf> = ["/sys/fs/cgroup/unified", "/sys/fs/cgroup/memory"]
-        .iter()
-        .map(Path::new)
-        .filter(|root| root.join("cgroup.procs").exists())
-        .map(|root| root.join(&name))
-        .collect();
-    for dir in &dirs {
-        std::fs::create_dir(dir).expect("create test cgroup");
-    }
-    let procs = dirs.iter().map(|dir| dir.join("cgroup.procs")).collect();
+    let mut cgroup = common::TestCgroup::new("agent");
     let program = workload("spike", false);
-    let mut child = common::spawn_in_cgroups(procs, &program, &["48", "8", "10", "3000", "0"]);
-    let label = format!("container=\"/{name}\"");
+    let mut child = cgroup.spawn(&program, &["48", "8", "10", "3000", "0"]);
+    let label = format!("container=\"{}\"", cgroup.path());
     let mut resident = 0.0;
     common::wait_until("the container's resident series", 20, || {
         let metrics = common::http_get(port, "/metrics")
@@ -99,22 +86,26 @@ fn the_agent_exports_a_container_while_it_lives_and_forgets_it_after() {
         .expect("agent RSS");
     assert!(agent_rss < (64 * MIB) as f64, "agent RSS {agent_rss}");
 
-    let (status, report) =
-        common::http_get(port, &format!("/api/v1/report?cgroup=%2F{name}")).expect("report");
+    let (status, report) = common::http_get(
+        port,
+        &format!(
+            "/api/v1/report?cgroup=%2F{}",
+            cgroup.path().trim_start_matches('/')
+        ),
+    )
+    .expect("report");
     assert_eq!(status, 200);
     let report: serde_json::Value = serde_json::from_str(&report).expect("JSON report");
     assert_eq!(report["schema"], "headroom.report/v1");
     let targets = report["targets"].as_array().expect("targets");
     assert_eq!(targets.len(), 1, "{report}");
-    assert_eq!(targets[0]["cgroup"], format!("/{name}"));
+    assert_eq!(targets[0]["cgroup"], cgroup.path());
     assert!(targets[0]["recommendation"]["limit_bytes"]
         .as_u64()
         .is_some());
 
     assert!(child.wait().expect("workload").success());
-    for dir in &dirs {
-        let _ = std::fs::remove_dir(dir);
-    }
+    cgroup.remove();
     common::wait_until("the container's series to go", 20, || {
         common::http_get(port, "/metrics").is_some_and(|(_, body)| !body.contains(&label))
     });

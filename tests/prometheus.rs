@@ -7,7 +7,7 @@
 mod common;
 
 use std::{
-    path::{Path, PathBuf},
+    path::Path,
     process::{Child, Command, Stdio},
     thread,
     time::{Duration, Instant},
@@ -97,26 +97,15 @@ fn recommendations_come_from_a_real_prometheus_scraping_two_agents() {
     });
 
     // A container: 32 MiB base, a 96 MiB plateau of 1 s (the 200 ms agents see it), base again.
-    let name = format!("headroom-prom-test-{}", std::process::id());
-    let dirs: Vec<PathBuf> = ["/sys/fs/cgroup/unified", "/sys/fs/cgroup/memory"]
-        .iter()
-        .map(Path::new)
-        .filter(|root| root.join("cgroup.procs").exists())
-        .map(|root| root.join(&name))
-        .collect();
-    for dir in &dirs {
-        std::fs::create_dir(dir).expect("test cgroup");
-    }
+    let mut cgroup = common::TestCgroup::new("prometheus");
     let program = workload("spike", false);
-    let procs = dirs.iter().map(|dir| dir.join("cgroup.procs")).collect();
-    let status = common::spawn_in_cgroups(procs, &program, &["32", "96", "1000", "3000", "3000"])
+    let status = cgroup
+        .spawn(&program, &["32", "96", "1000", "3000", "3000"])
         .wait()
         .expect("workload");
     assert!(status.success());
-    let kernel_peak: u64 = dirs
-        .iter()
-        .find_map(|dir| std::fs::read_to_string(dir.join("memory.max_usage_in_bytes")).ok())
-        .and_then(|text| text.trim().parse().ok())
+    let kernel_peak = cgroup
+        .memory_file("memory.max_usage_in_bytes")
         .expect("kernel high-water mark");
     // Two more scrapes after the workload, while the cgroup (and its series) still exists.
     thread::sleep(Duration::from_secs(3));
@@ -130,9 +119,7 @@ fn recommendations_come_from_a_real_prometheus_scraping_two_agents() {
         .args(["--window", "5m", "--format", "json"])
         .output()
         .expect("run recommend");
-    for dir in &dirs {
-        let _ = std::fs::remove_dir(dir);
-    }
+    cgroup.remove();
     assert!(
         output.status.success(),
         "{}",
@@ -142,8 +129,8 @@ fn recommendations_come_from_a_real_prometheus_scraping_two_agents() {
     let workloads = json["workloads"].as_array().expect("workloads");
     let ours = workloads
         .iter()
-        .find(|w| w["container"] == format!("/{name}"))
-        .unwrap_or_else(|| panic!("no workload for /{name} in {json}"));
+        .find(|w| w["container"] == cgroup.path())
+        .unwrap_or_else(|| panic!("no workload for {} in {json}", cgroup.path()));
     let worst = ours["recommendation"]["worst_peak_bytes"]
         .as_u64()
         .expect("worst peak");

@@ -289,8 +289,13 @@ fn window_peaks(target_id: u64) -> Option<*mut WindowPeaks> {
 #[inline(always)]
 fn process_counters(tgid: u32, target_id: u64) -> Option<*mut ProcessCounters> {
     if let Some(process) = PROCESS_COUNTERS.get_ptr_mut(tgid) {
-        // SAFETY: map value pointer from a successful lookup.
-        unsafe { (*process).target_id = target_id };
+        // SAFETY: map value pointer from a successful lookup. Written only on a change (a
+        // migration), so the hot paths do not dirty the entry's cache line for nothing.
+        unsafe {
+            if (*process).target_id != target_id {
+                (*process).target_id = target_id;
+            }
+        }
         return Some(process);
     }
     new_process_counters(tgid, target_id, 0, BPF_NOEXIST as u64)
@@ -656,7 +661,7 @@ fn try_rss_stat(ctx: &TracePointContext) -> Result<u32, i64> {
     }
     // The mask repeats the bound in a form the verifier tracks through the index arithmetic.
     let member = (member as u32 & 3) as usize;
-    let (target_id, process) = if curr != 0 {
+    let (target_id, process, target) = if curr != 0 {
         let Some((tgid, target_id)) = current_target() else {
             return Ok(0);
         };
@@ -682,7 +687,7 @@ fn try_rss_stat(ctx: &TracePointContext) -> Result<u32, i64> {
             };
             let _ = MM_OWNERS.insert(mm_id, owner, 0);
         }
-        (target_id, process)
+        (target_id, process, target)
     } else {
         // Raised by another task: reclaim, or the teardown of an address space.
         let Some(owner) = MM_OWNERS.get_ptr(mm_id) else {
@@ -697,9 +702,9 @@ fn try_rss_stat(ctx: &TracePointContext) -> Result<u32, i64> {
         if unsafe { (*process).mm_id } != mm_id {
             return Ok(0);
         }
-        (owner.target_id, process)
+        let target = target_counters(owner.target_id).ok_or(0)?;
+        (owner.target_id, process, target)
     };
-    let target = target_counters(target_id).ok_or(0)?;
 
     // SAFETY: field addresses within valid map values; `member` < COUNT.
     unsafe {

@@ -699,9 +699,12 @@ fn build_report(
         phases
     };
     let resident_phases = read_phases(series(|b| b.resident));
+    let charged_phases = watched
+        .charge
+        .as_ref()
+        .map(|_| read_phases(series(|b| b.charged)));
 
-    let memory = watched.charge.as_ref().map(|charge| {
-        let charged_phases = read_phases(series(|b| b.charged));
+    let memory = watched.charge.as_ref().zip(charged_phases.as_ref()).map(|(charge, charged_phases)| {
         // The kernel's lifetime high-water mark is exact, but it is the session's own only
         // when the cgroup was made for it.
         let (peak_bytes, peak_source) = match (&watched.session, charge.lifetime_peak()) {
@@ -739,10 +742,10 @@ fn build_report(
             sampled_peak_bytes: seen.sampled_charge_peak,
         }
     });
-    let spikes = match &watched.charge {
-        Some(_) => read_phases(series(|b| b.charged)).spikes,
-        None => resident_phases.spikes.clone(),
-    };
+    // Spikes of the charge; of resident memory for process trees, which have no cgroup.
+    let spikes = charged_phases
+        .map(|phases| phases.spikes)
+        .unwrap_or_else(|| resident_phases.spikes.clone());
     for kill in &mut seen.oom_events {
         let (start_ms, window) = seen
             .timeline

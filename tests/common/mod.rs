@@ -201,6 +201,70 @@ fn walk_for_sessions(dir: &Path, depth: u32) -> Vec<PathBuf> {
     found
 }
 
+/// A cgroup made by the test at the same relative path in the unified and v1 memory
+/// hierarchies; removed on drop.
+pub struct TestCgroup {
+    name: String,
+    dirs: Vec<PathBuf>,
+}
+
+impl TestCgroup {
+    pub fn new(tag: &str) -> Self {
+        let name = format!("headroom-test-{}-{tag}", std::process::id());
+        let dirs: Vec<PathBuf> = [
+            "/sys/fs/cgroup/unified",
+            "/sys/fs/cgroup/memory",
+            "/sys/fs/cgroup",
+        ]
+        .iter()
+        .map(Path::new)
+        .filter(|root| root.join("cgroup.procs").exists())
+        .map(|root| root.join(&name))
+        .collect();
+        for dir in &dirs {
+            std::fs::create_dir(dir)
+                .unwrap_or_else(|err| panic!("create {}: {err}", dir.display()));
+        }
+        Self { name, dirs }
+    }
+
+    pub fn path(&self) -> String {
+        format!("/{}", self.name)
+    }
+
+    pub fn memory_file(&self, file: &str) -> Option<u64> {
+        self.dirs
+            .iter()
+            .find_map(|dir| std::fs::read_to_string(dir.join(file)).ok())
+            .and_then(|text| text.trim().parse().ok())
+    }
+
+    /// Runs `program` inside this cgroup.
+    pub fn spawn(&self, program: &Path, args: &[&str]) -> std::process::Child {
+        let procs = self
+            .dirs
+            .iter()
+            .map(|dir| dir.join("cgroup.procs"))
+            .collect();
+        spawn_in_cgroups(procs, program, args)
+    }
+}
+
+impl TestCgroup {
+    /// Removes the cgroup now (it must be empty); dropping does the same.
+    pub fn remove(&mut self) {
+        for dir in self.dirs.drain(..) {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        self.remove();
+    }
+}
+
 /// Starts `program` with its pid written into each of these `cgroup.procs` files between fork
 /// and exec, so it is inside those cgroups before its first instruction.
 pub fn spawn_in_cgroups(

@@ -20,7 +20,7 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use crate::{
     accounting::{
-        analysis::{analyse, AnalysisConfig},
+        analysis::{analyse, AnalysisConfig, Phases},
         timeline::{BucketPeaks, Timeline},
         ActivitySummary,
     },
@@ -80,6 +80,14 @@ struct Container {
 }
 
 impl Container {
+    /// The charge timeline, read once: its bucket maxima, their resolution and the phases.
+    fn charged_phases(&self) -> (Vec<u64>, u64, Phases) {
+        let resolution = self.timeline.resolution_ms();
+        let series: Vec<u64> = self.timeline.buckets().iter().map(|b| b.charged).collect();
+        let phases = analyse(&series, resolution, &AnalysisConfig::default());
+        (series, resolution, phases)
+    }
+
     fn names_known(&self) -> bool {
         !matches!(
             self.attribution,
@@ -147,16 +155,13 @@ fn labels_for(
     }
 }
 
-/// The observation sizing reads, from a container's timeline.
-fn observation(container: &Container, elapsed: Duration) -> Observation {
-    let resolution = container.timeline.resolution_ms();
-    let series: Vec<u64> = container
-        .timeline
-        .buckets()
-        .iter()
-        .map(|b| b.charged)
-        .collect();
-    let phases = analyse(&series, resolution, &AnalysisConfig::default());
+/// The observation sizing reads, from a container's charge timeline as `charged_phases` read it.
+fn observation(
+    container: &Container,
+    (series, resolution, phases): &(Vec<u64>, u64, Phases),
+    elapsed: Duration,
+) -> Observation {
+    let resolution = *resolution;
     let startup_end = phases.startup_seconds.map_or(series.len(), |s| {
         ((s * 1000.0) as u64 / resolution) as usize
     });
@@ -185,7 +190,7 @@ fn observation(container: &Container, elapsed: Duration) -> Observation {
             .kubernetes
             .as_ref()
             .and_then(|k| k.spec_limit_bytes)
-            .or(container.figures.limit_bytes),
+            .or(container.limit),
         current_request_bytes: container
             .kubernetes
             .as_ref()
@@ -199,15 +204,9 @@ fn observation(container: &Container, elapsed: Duration) -> Observation {
 
 /// The per-container report served at /api/v1/report.
 fn container_report(id: u64, container: &Container, shared: &Shared) -> TargetReport {
-    let resolution = container.timeline.resolution_ms();
-    let series: Vec<u64> = container
-        .timeline
-        .buckets()
-        .iter()
-        .map(|b| b.charged)
-        .collect();
-    let phases = analyse(&series, resolution, &AnalysisConfig::default());
-    let observation = observation(container, shared.started.elapsed());
+    let read = container.charged_phases();
+    let observation = observation(container, &read, shared.started.elapsed());
+    let (_, resolution, phases) = read;
     let (recommendation, checklist) = sizing::recommend(&observation, shared.headroom);
     TargetReport {
         kind: "cgroup",
@@ -403,14 +402,8 @@ impl Agent {
         let elapsed = self.started.elapsed();
         let headroom = self.config.headroom;
         for container in shared.containers.values_mut() {
-            let resolution = container.timeline.resolution_ms();
-            let series: Vec<u64> = container
-                .timeline
-                .buckets()
-                .iter()
-                .map(|b| b.charged)
-                .collect();
-            let phases = analyse(&series, resolution, &AnalysisConfig::default());
+            let read = container.charged_phases();
+            let phases = &read.2;
             let mut figures = ContainerFigures {
                 charged_bytes: container
                     .timeline
@@ -431,7 +424,7 @@ impl Agent {
             };
             if phases.steady_bytes.is_some() {
                 let (recommendation, _) =
-                    sizing::recommend(&observation(container, elapsed), headroom);
+                    sizing::recommend(&observation(container, &read, elapsed), headroom);
                 figures.recommended_request_bytes = Some(recommendation.request_bytes);
                 figures.recommended_limit_bytes = Some(recommendation.limit_bytes);
             }
