@@ -1,8 +1,13 @@
-//! deploy/headroom.yaml: every manifest parses into the typed Kubernetes API structs with no
+//! deploy/: every manifest of headroom.yaml parses into the typed Kubernetes API structs with no
 //! field left over (an unknown or misspelt field would be silently ignored by the API server),
-//! and the DaemonSet keeps the least-privilege settings it promises.
+//! and the DaemonSet keeps the least-privilege settings it promises; the Grafana dashboard and
+//! the recording rules query only metrics the agent exports; the Dockerfile's image runs what
+//! the DaemonSet expects.
 
-use std::path::Path;
+use std::{
+    collections::BTreeSet,
+    path::{Path, PathBuf},
+};
 
 use k8s_openapi::{
     api::{
@@ -12,6 +17,8 @@ use k8s_openapi::{
     },
     apimachinery::pkg::api::resource::Quantity,
 };
+use profiler::exporters::{ContainerFigures, ContainerLabels, Metrics};
+use prometheus::Registry;
 use serde::{de::DeserializeOwned, Deserialize as _, Serialize};
 use serde_json::Value;
 
@@ -205,5 +212,607 @@ fn a_misspelt_field_is_caught() {
     assert!(
         caught.is_err(),
         "hostPid (for hostPID) must be reported as unknown"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// deploy/grafana-dashboard.json: every query names only metrics the agent exports or the
+// recording rules produce, and every panel reads the `${datasource}` variable (so the dashboard
+// imports into any Grafana without editing).
+
+const DATASOURCE_VARIABLE: &str = "${datasource}";
+
+fn repository_file(relative: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(relative)
+}
+
+fn read_repository_file(relative: &str) -> String {
+    std::fs::read_to_string(repository_file(relative))
+        .unwrap_or_else(|err| panic!("{relative}: {err}"))
+}
+
+fn dashboard() -> Value {
+    serde_json::from_str(&read_repository_file("deploy/grafana-dashboard.json"))
+        .expect("deploy/grafana-dashboard.json is valid JSON")
+}
+
+/// The metric names in a PromQL expression that belong to headroom: identifiers (metric names
+/// may contain `:`, as recording rules' do) containing `headroom_`. Quoted strings are label
+/// values, not metric names, and are skipped.
+fn headroom_metric_names(expr: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut chars = expr.chars().peekable();
+    let mut current = String::new();
+    let mut flush = |current: &mut String| {
+        let is_name = current
+            .chars()
+            .next()
+            .is_some_and(|first| !first.is_ascii_digit());
+        if is_name && current.contains("headroom_") && !names.contains(current) {
+            names.push(current.clone());
+        }
+        current.clear();
+    };
+    while let Some(c) = chars.next() {
+        if c.is_ascii_alphanumeric() || c == '_' || c == ':' {
+            current.push(c);
+            continue;
+        }
+        flush(&mut current);
+        if matches!(c, '"' | '\'' | '`') {
+            // Skip to the closing quote; a backslash escapes the next character.
+            while let Some(inner) = chars.next() {
+                match inner {
+                    '\\' => drop(chars.next()),
+                    _ if inner == c => break,
+                    _ => {}
+                }
+            }
+        }
+    }
+    flush(&mut current);
+    names
+}
+
+/// Every metric family the agent exports, read from the code: `Metrics::new` on a fresh
+/// registry, one series set in each family (gather() leaves out vectors without series).
+fn exported_metric_names() -> BTreeSet<String> {
+    let registry = Registry::new();
+    let metrics = Metrics::new(&registry).expect("metrics register");
+    let labels = ContainerLabels {
+        namespace: "shop".into(),
+        pod: "web-1".into(),
+        container: "app".into(),
+        workload: "Deployment/web".into(),
+        attribution: "kubernetes".into(),
+    };
+    let every_figure = ContainerFigures {
+        charged_bytes: Some(1),
+        charged_peak_bytes: Some(1),
+        startup_peak_bytes: Some(1),
+        steady_bytes: Some(1),
+        limit_bytes: Some(1),
+        resident_bytes: 1,
+        resident_peak_bytes: 1,
+        threads_created: 1,
+        oom_kills: 1,
+        recommended_request_bytes: Some(1),
+        recommended_limit_bytes: Some(1),
+    };
+    metrics.set(&labels, &every_figure, &ContainerFigures::default());
+    metrics
+        .dropped_events
+        .with_label_values(&["ringbuf_full"])
+        .inc();
+    metrics
+        .containers_not_tracked
+        .with_label_values(&[] as &[&str])
+        .inc();
+    metrics
+        .map_fill_ratio
+        .with_label_values(&["targets"])
+        .set(0.5);
+    metrics
+        .bpf_run_seconds
+        .with_label_values(&["program"])
+        .inc_by(1.0);
+    metrics.bpf_runs.with_label_values(&["program"]).inc();
+    registry
+        .gather()
+        .iter()
+        .map(|family| family.name().to_owned())
+        .collect()
+}
+
+fn recording_rules() -> Value {
+    let text = read_repository_file("deploy/recording-rules.yaml");
+    serde_yaml_ng::from_str(&text).expect("deploy/recording-rules.yaml is valid YAML")
+}
+
+fn rules(document: &Value) -> impl Iterator<Item = &Value> {
+    document["groups"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|group| group["rules"].as_array().into_iter().flatten())
+}
+
+fn recording_rule_names() -> BTreeSet<String> {
+    rules(&recording_rules())
+        .filter_map(|rule| rule["record"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// Every panel, rows' nested panels included.
+fn panels(dashboard: &Value) -> Vec<&Value> {
+    let mut found = Vec::new();
+    let mut pending: Vec<&Value> = dashboard["panels"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .collect();
+    while let Some(panel) = pending.pop() {
+        pending.extend(panel["panels"].as_array().into_iter().flatten());
+        found.push(panel);
+    }
+    found
+}
+
+/// A panel's title for messages, quoted (JSON), so an empty one still shows.
+fn title(panel: &Value) -> &Value {
+    &panel["title"]
+}
+
+/// Every PromQL expression with where it is: panel queries and template-variable queries.
+fn dashboard_queries(dashboard: &Value) -> Vec<(String, String)> {
+    let mut queries = Vec::new();
+    for panel in panels(dashboard) {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            if let Some(expr) = target["expr"].as_str() {
+                let place = format!("panel {} query {}", title(panel), target["refId"]);
+                queries.push((place, expr.to_owned()));
+            }
+        }
+    }
+    for variable in dashboard["templating"]["list"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        if variable["type"] == "query" {
+            let expr = variable["query"]["query"]
+                .as_str()
+                .or_else(|| variable["query"].as_str())
+                .unwrap_or_default();
+            queries.push((format!("variable {}", variable["name"]), expr.to_owned()));
+        }
+    }
+    queries
+}
+
+/// Metric names the dashboard uses that are neither exported nor recorded, with where.
+fn unknown_metric_references(dashboard: &Value, known: &BTreeSet<String>) -> Vec<String> {
+    dashboard_queries(dashboard)
+        .into_iter()
+        .flat_map(|(place, expr)| {
+            headroom_metric_names(&expr)
+                .into_iter()
+                .filter(|name| !known.contains(name))
+                .map(move |name| format!("{place}: {name}"))
+        })
+        .collect()
+}
+
+fn uses_datasource_variable(datasource: &Value) -> bool {
+    datasource["uid"] == DATASOURCE_VARIABLE && datasource["type"] == "prometheus"
+}
+
+/// Panels, queries and variables that do not read the `${datasource}` variable.
+fn fixed_datasources(dashboard: &Value) -> Vec<String> {
+    let mut wrong = Vec::new();
+    for panel in panels(dashboard) {
+        if !uses_datasource_variable(&panel["datasource"]) {
+            wrong.push(format!("panel {}", title(panel)));
+        }
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let datasource = &target["datasource"];
+            if !datasource.is_null() && !uses_datasource_variable(datasource) {
+                wrong.push(format!("panel {} query {}", title(panel), target["refId"]));
+            }
+        }
+    }
+    for variable in dashboard["templating"]["list"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        if variable["type"] == "query" && !uses_datasource_variable(&variable["datasource"]) {
+            wrong.push(format!("variable {}", variable["name"]));
+        }
+    }
+    wrong
+}
+
+#[test]
+fn metric_names_are_extracted_from_promql() {
+    let expr = r#"sum by (namespace) (rate(headroom_container_oom_kills_total{pod=~"headroom_not_a_metric", x='headroom_quoted'}[5m]))
+        / workload:headroom_memory_charged_bytes:max > 0.9 * headroom_container_oom_kills_total"#;
+    assert_eq!(
+        headroom_metric_names(expr),
+        [
+            "headroom_container_oom_kills_total",
+            "workload:headroom_memory_charged_bytes:max"
+        ]
+    );
+    assert!(headroom_metric_names("up{job=\"headroom_x\\\"headroom_y\"}").is_empty());
+    assert!(headroom_metric_names("label_values(container_memory_rss, pod)").is_empty());
+}
+
+#[test]
+fn exported_names_come_from_the_agents_registry() {
+    let exported = exported_metric_names();
+    // Spot checks that the registry was filled: a container gauge, a labelled counter with
+    // `_total`, and an unlabelled self metric.
+    for name in [
+        "headroom_container_memory_charged_peak_bytes",
+        "headroom_agent_dropped_events_total",
+        "headroom_agent_containers_not_tracked_total",
+        "headroom_agent_resident_bytes",
+    ] {
+        assert!(exported.contains(name), "{name} not in {exported:?}");
+    }
+    assert!(exported.iter().all(|name| name.starts_with("headroom_")));
+}
+
+#[test]
+fn the_recording_rules_read_only_exported_metrics() {
+    let exported = exported_metric_names();
+    let document = recording_rules();
+    for rule in rules(&document) {
+        let expr = rule["expr"].as_str().expect("every rule has an expr");
+        let names = headroom_metric_names(expr);
+        assert!(!names.is_empty(), "{expr}");
+        for name in names {
+            assert!(
+                exported.contains(&name),
+                "recording rule reads {name}, which the agent does not export"
+            );
+        }
+    }
+}
+
+#[test]
+fn the_dashboard_queries_only_metrics_the_agent_exports_or_rules_record() {
+    let dashboard = dashboard();
+    let known: BTreeSet<String> = exported_metric_names()
+        .into_iter()
+        .chain(recording_rule_names())
+        .collect();
+    let queries = dashboard_queries(&dashboard);
+    assert!(queries.len() >= 20, "{} queries", queries.len());
+    for (place, expr) in &queries {
+        assert!(
+            !headroom_metric_names(expr).is_empty(),
+            "{place} reads no headroom metric: {expr}"
+        );
+    }
+    let unknown = unknown_metric_references(&dashboard, &known);
+    assert!(unknown.is_empty(), "unknown metrics: {unknown:#?}");
+
+    // The check can fail: one misspelt name in one query is reported with its place.
+    let mut broken = dashboard.clone();
+    let target = broken["panels"]
+        .as_array_mut()
+        .and_then(|panels| panels.iter_mut().find(|p| p["targets"].is_array()))
+        .and_then(|panel| panel["targets"][0].as_object_mut())
+        .expect("a query");
+    target.insert(
+        "expr".into(),
+        Value::from("rate(headroom_container_oom_kill_total[5m])"),
+    );
+    let unknown = unknown_metric_references(&broken, &known);
+    assert_eq!(unknown.len(), 1, "{unknown:?}");
+    assert!(unknown[0].ends_with("headroom_container_oom_kill_total"));
+}
+
+#[test]
+fn every_dashboard_panel_reads_the_datasource_variable() {
+    let dashboard = dashboard();
+    let schema = dashboard["schemaVersion"].as_u64().expect("schemaVersion");
+    assert!((36..=41).contains(&schema), "schemaVersion {schema}");
+    let variables = dashboard["templating"]["list"]
+        .as_array()
+        .expect("variables");
+    let datasource = variables
+        .iter()
+        .find(|v| v["name"] == "datasource")
+        .expect("a datasource variable");
+    assert_eq!(datasource["type"], "datasource");
+    assert_eq!(datasource["query"], "prometheus");
+    for name in ["namespace", "workload", "pod", "container"] {
+        let variable = variables
+            .iter()
+            .find(|v| v["name"] == name)
+            .unwrap_or_else(|| panic!("no {name} variable"));
+        let query = variable["query"]["query"].as_str().unwrap_or_default();
+        assert!(
+            query.starts_with("label_values(headroom_") && query.ends_with(&format!(", {name})")),
+            "{name}: {query}"
+        );
+    }
+    let all = panels(&dashboard);
+    assert!(all.len() >= 10, "{} panels", all.len());
+    let mut ids = BTreeSet::new();
+    for panel in &all {
+        assert!(
+            ids.insert(panel["id"].as_u64().expect("panel id")),
+            "duplicate panel id"
+        );
+        assert!(
+            panel["gridPos"]["w"].as_u64().is_some(),
+            "{} has no gridPos",
+            title(panel)
+        );
+    }
+    let wrong = fixed_datasources(&dashboard);
+    assert!(wrong.is_empty(), "not on ${{datasource}}: {wrong:?}");
+
+    // The check can fail: a panel pinned to one datasource is reported.
+    let mut pinned = dashboard.clone();
+    pinned["panels"][1]["datasource"]["uid"] = Value::from("P1809F7CD0C75ACF3");
+    assert_eq!(fixed_datasources(&pinned).len(), 1);
+}
+
+// ---------------------------------------------------------------------------------------------
+// deploy/Dockerfile: the image runs what the DaemonSet expects, and builds from paths that exist.
+
+/// One Dockerfile instruction: keyword (upper case) and its arguments, continuations joined.
+fn dockerfile_instructions(text: &str) -> Vec<(String, String)> {
+    let mut instructions = Vec::new();
+    let mut pending = String::new();
+    for line in text.lines() {
+        let line = line.trim();
+        if line.starts_with('#') || (line.is_empty() && pending.is_empty()) {
+            continue;
+        }
+        match line.strip_suffix('\\') {
+            Some(start) => {
+                pending.push_str(start);
+                pending.push(' ');
+            }
+            None => {
+                pending.push_str(line);
+                let (keyword, arguments) = pending.split_once(' ').unwrap_or((&pending, ""));
+                instructions.push((keyword.to_ascii_uppercase(), arguments.trim().to_owned()));
+                pending.clear();
+            }
+        }
+    }
+    instructions
+}
+
+/// The instructions of each stage, in order.
+fn dockerfile_stages() -> Vec<Vec<(String, String)>> {
+    let text = read_repository_file("deploy/Dockerfile");
+    let mut stages: Vec<Vec<(String, String)>> = Vec::new();
+    for instruction in dockerfile_instructions(&text) {
+        if instruction.0 == "FROM" {
+            stages.push(Vec::new());
+        }
+        stages
+            .last_mut()
+            .expect("the Dockerfile starts with FROM")
+            .push(instruction);
+    }
+    stages
+}
+
+fn instruction<'a>(stage: &'a [(String, String)], keyword: &str) -> Option<&'a str> {
+    stage
+        .iter()
+        .rev()
+        .find(|(k, _)| k == keyword)
+        .map(|(_, arguments)| arguments.as_str())
+}
+
+fn exec_form(arguments: &str) -> Vec<String> {
+    serde_json::from_str(arguments)
+        .unwrap_or_else(|err| panic!("{arguments} is not the exec (JSON) form: {err}"))
+}
+
+/// `--flag=value` and `--flag value` are the same to clap: compare them split.
+fn split_flags(arguments: &[String]) -> Vec<String> {
+    arguments
+        .iter()
+        .flat_map(|argument| match argument.split_once('=') {
+            Some((flag, value)) if flag.starts_with("--") => {
+                vec![flag.to_owned(), value.to_owned()]
+            }
+            _ => vec![argument.clone()],
+        })
+        .collect()
+}
+
+/// COPY's flags, sources and destination.
+fn copy_parts(arguments: &str) -> (Vec<&str>, Vec<&str>, &str) {
+    let words: Vec<&str> = arguments.split_whitespace().collect();
+    let (flags, rest): (Vec<&str>, Vec<&str>) = words.iter().partition(|w| w.starts_with("--"));
+    let (destination, sources) = rest.split_last().expect("COPY has a destination");
+    (flags, sources.to_vec(), destination)
+}
+
+fn profiler_manifest() -> toml::Table {
+    read_repository_file("profiler/Cargo.toml")
+        .parse()
+        .expect("profiler/Cargo.toml")
+}
+
+#[test]
+fn the_image_runs_what_the_daemonset_expects() {
+    let stages = dockerfile_stages();
+    let runtime = stages.last().expect("a runtime stage");
+    let entrypoint = exec_form(instruction(runtime, "ENTRYPOINT").expect("ENTRYPOINT"));
+    let cmd = exec_form(instruction(runtime, "CMD").expect("CMD"));
+
+    let documents = manifests();
+    let daemonset: DaemonSet = typed(find(&documents, "DaemonSet"));
+    let pod = daemonset
+        .spec
+        .expect("spec")
+        .template
+        .spec
+        .expect("pod spec");
+    let container = &pod.containers[0];
+    // No `command` keeps the image's ENTRYPOINT; if one is set it must be the same binary.
+    if let Some(command) = &container.command {
+        assert_eq!(command, &entrypoint, "DaemonSet command vs ENTRYPOINT");
+    }
+    let args = split_flags(container.args.as_deref().expect("DaemonSet args"));
+    let cmd = split_flags(&cmd);
+    assert!(
+        args.starts_with(&cmd),
+        "DaemonSet args {args:?} do not start with the image's CMD {cmd:?}"
+    );
+
+    // The binary ENTRYPOINT runs is the one the runtime stage copies in.
+    let copies: Vec<(Vec<&str>, Vec<&str>, &str)> = runtime
+        .iter()
+        .filter(|(k, _)| k == "COPY")
+        .map(|(_, arguments)| copy_parts(arguments))
+        .collect();
+    assert!(
+        copies
+            .iter()
+            .any(|(_, _, destination)| *destination == entrypoint[0]),
+        "nothing copied to {}",
+        entrypoint[0]
+    );
+
+    // The configuration CMD names is where the DaemonSet mounts the ConfigMap's agent.toml.
+    let config = cmd
+        .iter()
+        .position(|a| a == "--config")
+        .map(|i| cmd[i + 1].clone())
+        .expect("CMD passes --config");
+    let config = Path::new(&config);
+    let mount = container
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| Some(Path::new(&m.mount_path)) == config.parent())
+        .expect("the config directory is mounted");
+    let volume = pod
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == mount.name)
+        .expect("mounted volume");
+    assert!(
+        volume.config_map.is_some(),
+        "the config comes from the ConfigMap"
+    );
+    let configmap: ConfigMap = typed(find(&documents, "ConfigMap"));
+    let key = config
+        .file_name()
+        .and_then(|n| n.to_str())
+        .expect("file name");
+    assert!(configmap.data.expect("data").contains_key(key));
+
+    // Image tag, image label and package version agree.
+    let version = profiler_manifest()["package"]["version"]
+        .as_str()
+        .expect("package version")
+        .to_owned();
+    assert_eq!(
+        container.image.as_deref(),
+        Some(format!("headroom:{version}").as_str())
+    );
+    let label = instruction(runtime, "LABEL").expect("LABEL");
+    assert!(
+        label.contains(&format!("org.opencontainers.image.version=\"{version}\"")),
+        "{label}"
+    );
+}
+
+#[test]
+fn the_dockerfile_copies_paths_that_exist_and_builds_the_headroom_binary() {
+    let stages = dockerfile_stages();
+    assert!(stages.len() >= 2, "a multi-stage build");
+    let images: Vec<&str> = stages
+        .iter()
+        .map(|stage| instruction(stage, "FROM").expect("FROM"))
+        .collect();
+    // The binary links the builder's glibc: both stages on the same Debian release.
+    for image in &images {
+        assert!(image.contains("bookworm"), "{image}");
+    }
+    let builder = &stages[0];
+    let builder_name = images[0]
+        .split_whitespace()
+        .last()
+        .expect("a named builder stage");
+    let workdir = instruction(builder, "WORKDIR").expect("builder WORKDIR");
+    let runs: Vec<&str> = builder
+        .iter()
+        .filter(|(k, _)| k == "RUN")
+        .map(|(_, a)| a.as_str())
+        .collect();
+    assert!(runs.contains(&"cargo xtask setup"), "{runs:?}");
+    assert!(
+        runs.contains(&"cargo build --release --locked -p profiler"),
+        "{runs:?}"
+    );
+
+    let manifest = profiler_manifest();
+    let binary = manifest["bin"][0]["name"].as_str().expect("[[bin]] name");
+    let built = format!("{workdir}/target/release/{binary}");
+
+    let mut copied_from_context = Vec::new();
+    for stage in &stages {
+        for (_, arguments) in stage.iter().filter(|(k, _)| k == "COPY") {
+            let (flags, sources, _) = copy_parts(arguments);
+            match flags.iter().find_map(|f| f.strip_prefix("--from=")) {
+                Some(stage) => {
+                    assert_eq!(stage, builder_name);
+                    assert_eq!(sources, [built.as_str()], "copies the built binary");
+                }
+                None => {
+                    for source in sources {
+                        assert!(
+                            repository_file(source).exists(),
+                            "COPY {source}: no such path in the repository"
+                        );
+                        copied_from_context.push(source.trim_end_matches('/').to_owned());
+                    }
+                }
+            }
+        }
+    }
+
+    // Every workspace member is in the build context the builder copies, or cargo --locked fails.
+    let workspace: toml::Table = read_repository_file("Cargo.toml")
+        .parse()
+        .expect("Cargo.toml");
+    let members = workspace["workspace"]["members"]
+        .as_array()
+        .expect("workspace members");
+    for member in members {
+        let member = member.as_str().expect("member path");
+        assert!(
+            copied_from_context
+                .iter()
+                .any(|copied| member == copied || member.starts_with(&format!("{copied}/"))),
+            "workspace member {member} is not copied into the builder"
+        );
+    }
+
+    let ignored = read_repository_file(".dockerignore");
+    assert!(
+        ignored
+            .lines()
+            .any(|line| line.trim().trim_end_matches('/') == "target"),
+        ".dockerignore must leave target/ out of the build context"
     );
 }
