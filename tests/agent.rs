@@ -33,7 +33,15 @@ fn the_agent_exports_a_container_while_it_lives_and_forgets_it_after() {
     let port = 20_000 + (std::process::id() % 20_000) as u16;
     let programs_before = loaded_programs_named("rss_stat");
     let mut agent = headroom()
-        .args(["agent", "--metadata", "none", "--interval", "200ms"])
+        .args([
+            "agent",
+            "--metadata",
+            "none",
+            "--interval",
+            "200ms",
+            "--socket",
+            "",
+        ])
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .stderr(Stdio::piped())
         .spawn()
@@ -183,7 +191,15 @@ fn the_agent_works_with_only_the_capabilities_deploy_grants() {
     let mut agent = std::process::Command::new("setpriv")
         .args(["--bounding-set", &bounding, "--"])
         .arg(env!("CARGO_BIN_EXE_headroom"))
-        .args(["agent", "--metadata", "none", "--interval", "200ms"])
+        .args([
+            "agent",
+            "--metadata",
+            "none",
+            "--interval",
+            "200ms",
+            "--socket",
+            "",
+        ])
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .stderr(Stdio::piped())
         .spawn()
@@ -199,4 +215,150 @@ fn the_agent_works_with_only_the_capabilities_deploy_grants() {
     let pid = nix::unistd::Pid::from_raw(i32::try_from(agent.id()).expect("pid"));
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
     assert!(agent.wait().expect("agent exit").success());
+}
+
+#[test]
+fn capture_through_the_running_agent_returns_a_report_with_stacks() {
+    let Some(_guard) = privileged("capture_through_the_running_agent_returns_a_report_with_stacks")
+    else {
+        return;
+    };
+    // The agent runs with only the capabilities deploy/ grants, as in the DaemonSet.
+    let bounding = format!(
+        "-all,{}",
+        deployed_capabilities()
+            .iter()
+            .map(|c| format!("+{c}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    let dir =
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("sessions-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let socket = dir.join("run/agent.sock");
+    let port = 20_000 + ((std::process::id() + 13) % 20_000) as u16;
+    let programs_before = loaded_programs_named("rss_stat");
+    let agent = std::process::Command::new("setpriv")
+        .args(["--bounding-set", &bounding, "--"])
+        .arg(env!("CARGO_BIN_EXE_headroom"))
+        .args([
+            "agent",
+            "--metadata",
+            "none",
+            "--interval",
+            "200ms",
+            "--socket",
+        ])
+        .arg(&socket)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("setpriv (util-linux) runs the agent");
+    // Ended on every path, a failed assertion included.
+    let mut agent = common::ChildGuard(agent);
+    common::wait_until("/readyz", 20, || {
+        common::http_get(port, "/readyz").is_some_and(|(status, _)| status == 200)
+    });
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = |path: &Path| {
+        std::fs::metadata(path)
+            .expect("exists")
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    assert_eq!(mode(&socket), 0o600, "socket must be private");
+    assert_eq!(mode(socket.parent().expect("dir")), 0o700);
+
+    // Another user cannot use the socket.
+    let refused = std::process::Command::new("setpriv")
+        .args([
+            "--reuid",
+            "65534",
+            "--regid",
+            "65534",
+            "--clear-groups",
+            "--",
+        ])
+        .arg(env!("CARGO_BIN_EXE_headroom"))
+        .args([
+            "capture",
+            "--cgroup",
+            "/",
+            "--duration",
+            "1s",
+            "--agent-socket",
+        ])
+        .arg(&socket)
+        .output()
+        .expect("run capture as nobody");
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("no headroom agent answers"), "{stderr}");
+    assert!(stderr.contains("ermission denied"), "{stderr}");
+
+    // A workload with a named spike function, in a container-like cgroup.
+    let mut cgroup = common::TestCgroup::new("session");
+    let program = workload("spike_source", false);
+    let mut child = cgroup.spawn(&program, &["40", "200", "300", "2000", "2500"]);
+    let report = dir.join("report.json");
+    let svg = dir.join("flame.svg");
+    let capture = headroom()
+        .args(["capture", "--cgroup", &cgroup.path(), "--duration", "4s"])
+        .args(["--format", "json", "--output"])
+        .arg(&report)
+        .arg("--flamegraph")
+        .arg(&svg)
+        .arg("--agent-socket")
+        .arg(&socket)
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run capture");
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    // The session runs in the agent: no second copy of the probes.
+    assert_eq!(loaded_programs_named("rss_stat"), programs_before + 1);
+    let output = capture.wait_with_output().expect("capture finishes");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let _ = child.wait();
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).expect("report written"))
+            .expect("JSON report");
+    let target = &report["targets"][0];
+    assert_eq!(target["cgroup"], cgroup.path().as_str());
+    assert!(target["stacks"]["samples"].as_u64().expect("samples") >= 300);
+    assert_eq!(
+        target["sources"][0]["name"], "build_spike_cache",
+        "{}",
+        target["sources"]
+    );
+    let sampled = target["sources"][0]["bytes"].as_u64().expect("bytes");
+    assert!(sampled.abs_diff(200 * MIB) <= 20 * MIB, "{sampled}");
+    // The charge the agent sampled every 10 ms saw the spike, and the spike names its source.
+    let peak = target["memory"]["peak_bytes"].as_u64().expect("peak");
+    assert!(peak >= 235 * MIB, "charged peak {peak}");
+    let spike = target["spikes"]
+        .as_array()
+        .expect("spikes")
+        .iter()
+        .find(|s| s["bytes_above_steady"].as_u64().unwrap_or(0) > 150 * MIB)
+        .unwrap_or_else(|| panic!("no spike in {}", target["spikes"]));
+    assert_eq!(spike["source"], "build_spike_cache");
+    assert!(std::fs::read_to_string(&svg)
+        .expect("flame graph")
+        .contains("build_spike_cache"));
+    cgroup.remove();
+
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(agent.0.id()).expect("pid"));
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+    assert!(agent.0.wait().expect("agent exit").success());
+    assert!(
+        !socket.exists(),
+        "the agent removes its socket on the way out"
+    );
+    assert_eq!(loaded_programs_named("rss_stat"), programs_before);
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -52,7 +52,15 @@ fn recommendations_come_from_a_real_prometheus_scraping_two_agents() {
     for port in [agent_a, agent_b] {
         started.0.push(
             headroom()
-                .args(["agent", "--metadata", "none", "--interval", "200ms"])
+                .args([
+                    "agent",
+                    "--metadata",
+                    "none",
+                    "--interval",
+                    "200ms",
+                    "--socket",
+                    "",
+                ])
                 .args(["--listen", &format!("127.0.0.1:{port}")])
                 .stderr(Stdio::null())
                 .spawn()

@@ -24,19 +24,26 @@
 use core::intrinsics::{atomic_cxchg, atomic_xadd, atomic_xchg, AtomicOrdering};
 
 use aya_ebpf::{
-    bindings::BPF_NOEXIST,
+    bindings::{BPF_F_USER_STACK, BPF_NOEXIST},
     helpers::{
-        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
+        bpf_ktime_get_ns,
+        generated::{
+            bpf_get_current_task_btf, bpf_get_stack, bpf_probe_read_kernel, bpf_probe_read_user,
+            bpf_task_pt_regs,
+        },
     },
     macros::{map, tracepoint},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::TracePointContext,
+    EbpfContext,
 };
 use profiler_common::{
     call_kind, capacity, classify_mmap, drop_reason, event_kind, mapping_kind, mapping_op,
-    page_round_up, rss_member, EventHeader, MappingEvent, MemoryCounters, MmOwner, OomVictimEvent,
-    PendingCall, ProcessCounters, ProcessExitEvent, ProcessStartEvent, WindowKey, WindowPeaks,
-    CLONE_THREAD,
+    page_round_up, rss_member, stack_source, EventHeader, MappingEvent, MemoryCounters, MmOwner,
+    OomVictimEvent, PendingCall, ProcessCounters, ProcessExitEvent, ProcessStartEvent,
+    StackSampleEvent, StackSampling, StackSnapshotEvent, WindowKey, WindowPeaks, CLONE_THREAD,
+    MAX_STACK_FRAMES, STACK_SNAPSHOT_BYTES,
 };
 
 /// 1: count every cgroup (node agent). 0: only tracked cgroups and process trees.
@@ -94,6 +101,22 @@ static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(drop_reason::COUN
 
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(capacity::EVENTS_BYTES, 0);
+
+/// Targets whose allocating stacks are sampled, with their settings. Sampling is for capture
+/// sessions (standalone or through the agent), never for every container of a node.
+#[map]
+static SAMPLED_TARGETS: HashMap<u64, StackSampling> =
+    HashMap::with_max_entries(capacity::SAMPLED_TARGETS, 0);
+
+/// Slot 0: 1 while `SAMPLED_TARGETS` has entries. An array read is inlined by the verifier, so
+/// every page fault of an agent with no session pays for it instead of a hash lookup.
+#[map]
+static SAMPLING_ACTIVE: Array<u32> = Array::with_max_entries(1, 0);
+
+// x86_64 `struct pt_regs` offsets (bp, ip, sp), for stack snapshots.
+const PT_REGS_BP: usize = 4 * 8;
+const PT_REGS_IP: usize = 16 * 8;
+const PT_REGS_SP: usize = 19 * 8;
 
 // Tracepoint field offsets, read off /sys/kernel/tracing/events/*/*/format. These records are
 // stable ABI for syscalls:* and have been stable for years for the others.
@@ -444,6 +467,216 @@ fn emit_mapping(tgid: u32, target_id: u64, op: u32, args: [u64; 6]) {
     entry.submit(0);
 }
 
+/// The stack sampling settings of a target, when a session switched them on.
+#[inline(always)]
+fn sampling_of(target_id: u64) -> Option<StackSampling> {
+    let active = SAMPLING_ACTIVE.get_ptr(0)?;
+    // SAFETY: array value pointer from a successful lookup.
+    if unsafe { core::ptr::read_volatile(active) } == 0 {
+        return None;
+    }
+    // SAFETY: map value pointer from a successful lookup; copied out at once.
+    SAMPLED_TARGETS
+        .get_ptr(target_id)
+        .map(|sampling| unsafe { *sampling })
+}
+
+/// Byte-weighted fault sampling: a process's faulted bytes accumulate as credit, and each time
+/// the credit passes `fault_sample_bytes` one stack is taken, weighted by the whole credit. Big
+/// allocations are thus sampled in proportion to their size, small ones rarely, and the
+/// samples' weights add up to the bytes faulted in.
+#[inline(always)]
+fn sample_fault(
+    ctx: &TracePointContext,
+    tgid: u32,
+    target_id: u64,
+    process: *mut ProcessCounters,
+    grown: u64,
+    member: u32,
+) {
+    let Some(sampling) = sampling_of(target_id) else {
+        return;
+    };
+    if sampling.fault_sample_bytes == 0 {
+        return;
+    }
+    // SAFETY: `process` is a valid map value pointer; the credit is updated atomically because
+    // the threads of a process fault concurrently.
+    let taken = unsafe {
+        let credit = &raw mut (*process).fault_sample_credit;
+        add(credit, grown);
+        if core::ptr::read_volatile(credit) < sampling.fault_sample_bytes {
+            return;
+        }
+        let taken = atomic_xchg::<u64, { AtomicOrdering::Relaxed }>(credit, 0);
+        if taken < sampling.fault_sample_bytes {
+            // Another thread took the sample first: give the remainder back.
+            add(credit, taken);
+            return;
+        }
+        taken
+    };
+    let origin = SampleOrigin {
+        tgid,
+        source: stack_source::FAULT,
+        target_id,
+        bytes: taken,
+        address: 0,
+        detail: member,
+    };
+    emit_stack_sample(ctx, &origin, sampling.snapshot != 0);
+}
+
+/// Samples one reservation (`mmap` or `brk` growth) at or above the target's threshold.
+#[inline(always)]
+fn sample_reservation(
+    ctx: &TracePointContext,
+    tgid: u32,
+    target_id: u64,
+    bytes: u64,
+    address: u64,
+    source: u32,
+    detail: u32,
+) {
+    let Some(sampling) = sampling_of(target_id) else {
+        return;
+    };
+    if sampling.reservation_threshold_bytes == 0 || bytes < sampling.reservation_threshold_bytes {
+        return;
+    }
+    let origin = SampleOrigin {
+        tgid,
+        source,
+        target_id,
+        bytes,
+        address,
+        detail,
+    };
+    emit_stack_sample(ctx, &origin, sampling.snapshot != 0);
+}
+
+/// What a stack sample stands for.
+struct SampleOrigin {
+    tgid: u32,
+    source: u32,
+    target_id: u64,
+    bytes: u64,
+    address: u64,
+    detail: u32,
+}
+
+/// Sends the current user stack, as return addresses walked through frame pointers, and with
+/// `snapshot` also the user registers and a raw copy of the stack, for `.eh_frame` unwinding
+/// in user space. (Not inlined: three callers, and BPF calls take at most five arguments.)
+#[inline(never)]
+fn emit_stack_sample(ctx: &TracePointContext, origin: &SampleOrigin, snapshot: bool) {
+    if snapshot {
+        let Some(mut entry) = EVENTS.reserve::<StackSnapshotEvent>(0) else {
+            count_drop(drop_reason::RINGBUF_FULL);
+            return;
+        };
+        let event = entry.as_mut_ptr();
+        // SAFETY: `event` points at a reserved ring buffer slot of the right size.
+        unsafe {
+            let sample = &raw mut (*event).sample;
+            fill_sample(ctx, sample, origin);
+            copy_user_stack(sample, &raw mut (*event).snapshot);
+        }
+        entry.submit(0);
+    } else {
+        let Some(mut entry) = EVENTS.reserve::<StackSampleEvent>(0) else {
+            count_drop(drop_reason::RINGBUF_FULL);
+            return;
+        };
+        // SAFETY: as above.
+        unsafe { fill_sample(ctx, entry.as_mut_ptr(), origin) };
+        entry.submit(0);
+    }
+}
+
+/// Fills a sample in place (it is too large for the BPF stack).
+///
+/// # Safety
+/// `sample` must point at writable memory of a `StackSampleEvent`'s size.
+#[inline(always)]
+unsafe fn fill_sample(
+    ctx: &TracePointContext,
+    sample: *mut StackSampleEvent,
+    origin: &SampleOrigin,
+) {
+    // SAFETY: per the contract; `frames` is exactly the size passed to the helper.
+    unsafe {
+        (*sample).header = EventHeader {
+            kind: event_kind::STACK_SAMPLE,
+            tgid: origin.tgid,
+            target_id: origin.target_id,
+            timestamp_ns: now_ns(),
+        };
+        (*sample).bytes = origin.bytes;
+        (*sample).address = origin.address;
+        (*sample).source = origin.source;
+        (*sample).detail = origin.detail;
+        (*sample).snapshot_len = 0;
+        (*sample).ip = 0;
+        (*sample).sp = 0;
+        (*sample).bp = 0;
+        let written = bpf_get_stack(
+            ctx.as_ptr(),
+            (&raw mut (*sample).frames).cast(),
+            (MAX_STACK_FRAMES * 8) as u32,
+            BPF_F_USER_STACK as u64,
+        );
+        if written < 0 {
+            (*sample).frame_count = 0;
+            count_drop(drop_reason::STACK_UNAVAILABLE);
+        } else {
+            (*sample).frame_count = (written as u32) / 8;
+        }
+    }
+}
+
+/// Copies the user registers and up to `STACK_SNAPSHOT_BYTES` of user stack from `sp` up.
+///
+/// # Safety
+/// `sample` and `snapshot` must point into a reserved ring buffer slot.
+#[inline(always)]
+unsafe fn copy_user_stack(
+    sample: *mut StackSampleEvent,
+    snapshot: *mut [u8; STACK_SNAPSHOT_BYTES],
+) {
+    // SAFETY: helper calls on the current task (valid for the program's run); every read goes
+    // through bpf_probe_read_*, which fails cleanly on a bad address.
+    unsafe {
+        let regs = bpf_task_pt_regs(bpf_get_current_task_btf()) as *const u8;
+        let read_reg = |offset: usize| {
+            let mut value = 0u64;
+            let _ = bpf_probe_read_kernel((&raw mut value).cast(), 8, regs.add(offset).cast());
+            value
+        };
+        let (ip, sp, bp) = (
+            read_reg(PT_REGS_IP),
+            read_reg(PT_REGS_SP),
+            read_reg(PT_REGS_BP),
+        );
+        (*sample).ip = ip;
+        (*sample).sp = sp;
+        (*sample).bp = bp;
+        // A stack shorter than the snapshot ends in an unmapped page: retry with less.
+        let mut length = 0u32;
+        if bpf_probe_read_user(snapshot.cast(), STACK_SNAPSHOT_BYTES as u32, sp as *const _) == 0 {
+            length = STACK_SNAPSHOT_BYTES as u32;
+        } else if bpf_probe_read_user(
+            snapshot.cast(),
+            (STACK_SNAPSHOT_BYTES / 4) as u32,
+            sp as *const _,
+        ) == 0
+        {
+            length = (STACK_SNAPSHOT_BYTES / 4) as u32;
+        }
+        (*sample).snapshot_len = length;
+    }
+}
+
 /// task:task_newtask runs in the parent. `CLONE_THREAD` marks a new thread of the parent's
 /// process; anything else is a new process, born in the parent's cgroup.
 #[tracepoint]
@@ -661,7 +894,7 @@ fn try_rss_stat(ctx: &TracePointContext) -> Result<u32, i64> {
     }
     // The mask repeats the bound in a form the verifier tracks through the index arithmetic.
     let member = (member as u32 & 3) as usize;
-    let (target_id, process, target) = if curr != 0 {
+    let (target_id, process, target, faulting_tgid) = if curr != 0 {
         let Some((tgid, target_id)) = current_target() else {
             return Ok(0);
         };
@@ -687,7 +920,7 @@ fn try_rss_stat(ctx: &TracePointContext) -> Result<u32, i64> {
             };
             let _ = MM_OWNERS.insert(mm_id, owner, 0);
         }
-        (target_id, process, target)
+        (target_id, process, target, Some(tgid))
     } else {
         // Raised by another task: reclaim, or the teardown of an address space.
         let Some(owner) = MM_OWNERS.get_ptr(mm_id) else {
@@ -703,7 +936,7 @@ fn try_rss_stat(ctx: &TracePointContext) -> Result<u32, i64> {
             return Ok(0);
         }
         let target = target_counters(owner.target_id).ok_or(0)?;
-        (owner.target_id, process, target)
+        (owner.target_id, process, target, None)
     };
 
     // SAFETY: field addresses within valid map values; `member` < COUNT.
@@ -722,6 +955,13 @@ fn try_rss_stat(ctx: &TracePointContext) -> Result<u32, i64> {
         if delta > 0 {
             raise_resident_peaks(&raw mut (*process).counters, None);
             raise_resident_peaks(target, window_peaks(target_id));
+            // Growth seen by the faulting task itself: its user stack is the code that made
+            // the memory. (Swap growth is memory leaving, not arriving.)
+            if let Some(tgid) = faulting_tgid {
+                if member != rss_member::SWAP {
+                    sample_fault(ctx, tgid, target_id, process, delta as u64, member as u32);
+                }
+            }
         }
     }
     Ok(0)
@@ -889,6 +1129,15 @@ fn try_sys_exit_mmap(ctx: &TracePointContext) -> Result<u32, i64> {
         call.target_id,
         mapping_op::MAP,
         [ret as u64, bytes, prot, flags, 0, 0],
+    );
+    sample_reservation(
+        ctx,
+        tgid,
+        call.target_id,
+        bytes,
+        ret as u64,
+        stack_source::MMAP,
+        kind as u32,
     );
     Ok(0)
 }
@@ -1058,6 +1307,17 @@ fn try_sys_exit_brk(ctx: &TracePointContext) -> Result<u32, i64> {
         }
     });
     emit_mapping(tgid, target_id, mapping_op::BRK, [new_brk, 0, 0, 0, 0, 0]);
+    if grown != 0 {
+        sample_reservation(
+            ctx,
+            tgid,
+            target_id,
+            grown,
+            new_brk - grown,
+            stack_source::BRK,
+            0,
+        );
+    }
     Ok(0)
 }
 

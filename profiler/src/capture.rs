@@ -38,9 +38,15 @@ use crate::{
     procfs,
     report::{
         CaptureReport, ChargedMemory, ExitSummary, OomKill, ReservedMemory, ResidentMemory,
-        ResidentPhases, TargetReport, Threads, TimelineExcerpt, REPORT_SCHEMA,
+        ResidentPhases, SourceFigures, TargetReport, Threads, TimelineExcerpt, REPORT_SCHEMA,
     },
+    stacks::{StackCollector, StackProfile, StackSettings},
 };
+use profiler_common::rss_member;
+
+fn positive(value: i64) -> u64 {
+    value.max(0) as u64
+}
 
 #[derive(Debug, Error)]
 pub enum CaptureError {
@@ -138,6 +144,8 @@ pub struct CaptureOptions {
     pub analysis: AnalysisConfig,
     /// Headroom over the worst realistic peak for the recommended limit.
     pub headroom: f64,
+    /// Stack sampling where memory is made; `None` turns it off.
+    pub stacks: Option<StackSettings>,
 }
 
 impl CaptureOptions {
@@ -153,6 +161,7 @@ impl CaptureOptions {
             max_regions: 262_144,
             analysis: AnalysisConfig::default(),
             headroom: crate::sizing::DEFAULT_HEADROOM,
+            stacks: Some(StackSettings::default()),
         }
     }
 }
@@ -194,7 +203,7 @@ pub fn resolve_command(name: &str) -> Result<PathBuf, CaptureError> {
         .ok_or_else(|| CaptureError::CommandNotFound(name.to_owned()))
 }
 
-fn monotonic_ns() -> u64 {
+pub(crate) fn monotonic_ns() -> u64 {
     nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
         .map(|ts| ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64)
         .unwrap_or(0)
@@ -213,6 +222,7 @@ struct Observations {
     reserved_window_peak: u64,
     stack_resident_peak: u64,
     oom_events: Vec<OomKill>,
+    stacks: Option<StackCollector>,
 }
 
 impl Observations {
@@ -234,6 +244,9 @@ impl Observations {
                 ProbeEvent::Mapping(change) if change.header.target_id == self.target_id => {
                     self.regions.apply(change);
                     if change.op == profiler_common::mapping_op::EXEC {
+                        if let Some(stacks) = &mut self.stacks {
+                            stacks.exec(change.header.tgid);
+                        }
                         // execve maps the binary, the interpreter and the main stack without
                         // mmap calls; read them once. Later events re-apply idempotently.
                         if let Ok(maps) =
@@ -247,6 +260,11 @@ impl Observations {
                 }
                 ProbeEvent::ProcessExit(exit) if exit.target_id == self.target_id => {
                     self.regions.forget(exit.tgid);
+                }
+                ProbeEvent::StackSample(sample) if sample.target_id == self.target_id => {
+                    if let Some(stacks) = &mut self.stacks {
+                        stacks.record(sample);
+                    }
                 }
                 ProbeEvent::OomVictim(victim) if victim.target_id == self.target_id => {
                     self.oom_events.push(OomKill {
@@ -351,7 +369,16 @@ pub async fn run(options: &CaptureOptions) -> Result<CaptureReport, CaptureError
         reserved_window_peak: 0,
         stack_resident_peak: 0,
         oom_events: Vec::new(),
+        stacks: None,
     };
+    if let Some(settings) = &options.stacks {
+        probes.sample_stacks(watched.target_id, settings.for_kernel())?;
+        seen.stacks = Some(StackCollector::new(
+            settings.clone(),
+            PathBuf::from("/"),
+            seen.started_ns,
+        ));
+    }
     for &pid in &watched.root_pids {
         if let Ok(maps) = std::fs::read_to_string(format!("/proc/{pid}/maps")) {
             seen.regions.seed_from_maps(pid, &maps);
@@ -757,11 +784,43 @@ fn build_report(
         };
     }
 
+    let profile = seen.stacks.take().map(StackCollector::finish);
+    let mut spikes = spikes;
+    if let Some(profile) = &profile {
+        for spike in &mut spikes {
+            let start_ms = (spike.start_seconds * 1000.0) as u64;
+            let from = start_ms.saturating_sub(2 * resolution);
+            let to = start_ms + spike.duration_ms + resolution;
+            if let Some((stack, bytes)) = profile.heaviest_between(from, to) {
+                spike.source = Some(stack.code_path());
+                spike.source_bytes = Some(bytes);
+                spike.frames = stack.shown_frames();
+            }
+        }
+    }
+    let regions = &seen.regions;
+    let sources = crate::report::memory_sources(
+        &SourceFigures {
+            stack_resident_bytes: seen.stack_resident_peak,
+            stack_reserved_bytes: regions.peak_by_kind.stack,
+            arena_reserved_bytes: regions.peak_by_kind.no_access,
+            file_resident_peak_bytes: counters.file_peak_bytes,
+            file_reserved_bytes: regions.peak_by_kind.file,
+            shmem_resident_bytes: positive(counters.rss_bytes[rss_member::SHMEM]),
+            shared_reserved_bytes: regions.peak_by_kind.shared,
+        },
+        profile.as_ref(),
+    );
+    let folded_stacks = profile
+        .as_ref()
+        .map(StackProfile::folded)
+        .unwrap_or_default();
+    let stacks = profile.map(|profile| profile.summary);
+
     let drops = probes.drops()?;
     let kernel_entries_at_end = probes.kernel_entries(watched.target_id)?;
     let (processes, processes_not_listed) = seen.table.finish(&probes.live_processes()?);
     let activity = ActivitySummary::from_counters(&counters, Some(watched.baseline_tasks));
-    let regions = &seen.regions;
     Ok(CaptureReport {
         schema: REPORT_SCHEMA,
         mode: "target",
@@ -797,6 +856,8 @@ fn build_report(
             },
             resident_phases: phases_to_resident(&resident_phases),
             spikes,
+            sources,
+            stacks,
             oom_kills: counters.oom_kills,
             oom_kills_cgroup: watched.charge.as_ref().and_then(|charge| {
                 Some(
@@ -822,6 +883,7 @@ fn build_report(
         }],
         drops,
         undecodable_events: seen.undecodable,
+        folded_stacks,
     })
 }
 
@@ -992,6 +1054,8 @@ async fn run_node(
             },
             resident_phases: ResidentPhases::default(),
             spikes: Vec::new(),
+            sources: Vec::new(),
+            stacks: None,
             oom_kills: counters.oom_kills,
             oom_kills_cgroup: charge.as_ref().and_then(ChargeReader::oom_kills),
             oom_events: Vec::new(),
@@ -1019,6 +1083,7 @@ async fn run_node(
         targets,
         drops: probes.drops()?,
         undecodable_events: undecodable,
+        folded_stacks: Vec::new(),
     })
 }
 

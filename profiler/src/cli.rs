@@ -5,9 +5,12 @@ use std::{io::Write as _, path::PathBuf, time::Duration};
 use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 
 use crate::{
+    agent::session,
     attribution::kubernetes::{parse_pod_name, KubernetesError},
     capture::{self, CaptureError, CaptureOptions, MetadataSource, NodeOptions, TargetSpec},
+    report::CaptureReport,
     sizing,
+    stacks::{flamegraph, StackSettings, Unwinding},
 };
 
 /// headroom: measures what a workload really needs in memory (charged, resident and reserved;
@@ -81,6 +84,11 @@ pub struct AgentArgs {
     /// Containers tracked at once (default 1000).
     #[arg(long, value_name = "N")]
     pub max_containers: Option<usize>,
+
+    /// Unix socket where `headroom capture --pod/--cgroup` asks this agent for sessions
+    /// (default /run/headroom/agent.sock; "" turns sessions off).
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -222,9 +230,89 @@ pub struct CaptureArgs {
     #[command(flatten)]
     pub sizing: SizingArgs,
 
+    #[command(flatten)]
+    pub stacks: StackArgs,
+
+    /// With --pod or --cgroup: the running agent's socket to ask for the session (default
+    /// /run/headroom/agent.sock when it exists; then no second copy of the probes is loaded).
+    #[arg(long, value_name = "PATH", conflicts_with = "standalone")]
+    pub agent_socket: Option<PathBuf>,
+
+    /// Load the probes in this process even when an agent is running.
+    #[arg(long)]
+    pub standalone: bool,
+
     /// The command to run, and its arguments (after `--`).
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<String>,
+}
+
+/// Stack sampling: which code made the memory.
+#[derive(Args, Debug, Clone)]
+pub struct StackArgs {
+    /// Do not sample stacks (no sources by code path, no spike frames, no flame graph).
+    #[arg(long, conflicts_with_all = ["flamegraph", "folded"])]
+    pub no_stacks: bool,
+
+    /// Take one stack per this many bytes faulted in, per process (byte-weighted sampling).
+    /// Smaller is finer and costs more. 64Ki to 1Gi.
+    #[arg(long, value_name = "SIZE", default_value = "512Ki", value_parser = parse_sample_bytes)]
+    pub sample_bytes: u64,
+
+    /// Take a stack for every mmap or brk growth of at least this size. 4Ki to 1Ti.
+    #[arg(long, value_name = "SIZE", default_value = "1Mi", value_parser = parse_threshold_bytes)]
+    pub reservation_threshold: u64,
+
+    /// How stacks are walked: frame-pointers (in the kernel, cheap; stops at code built
+    /// without them, such as Debian's glibc) or eh-frame (copies 8 KiB of stack per sample
+    /// and unwinds with .eh_frame in user space; complete, costs more).
+    #[arg(long, value_enum, default_value_t = Unwinding::FramePointers, value_name = "HOW")]
+    pub unwind: Unwinding,
+
+    /// Distinct stacks kept (more are counted, not kept). 16 to 1000000.
+    #[arg(long, default_value_t = 8192, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(16..=1_000_000))]
+    pub max_stacks: u32,
+
+    /// Write a flame graph (SVG) of the sampled stacks, widths in bytes.
+    #[arg(long, value_name = "FILE")]
+    pub flamegraph: Option<PathBuf>,
+
+    /// Write the sampled stacks in folded form (`frame;frame bytes`, for inferno, speedscope
+    /// or flamegraph.pl).
+    #[arg(long, value_name = "FILE")]
+    pub folded: Option<PathBuf>,
+}
+
+impl StackArgs {
+    pub fn settings(&self) -> Option<StackSettings> {
+        (!self.no_stacks).then_some(StackSettings {
+            fault_sample_bytes: self.sample_bytes,
+            reservation_threshold_bytes: self.reservation_threshold,
+            unwinding: self.unwind,
+            max_stacks: self.max_stacks as usize,
+        })
+    }
+}
+
+fn parse_sample_bytes(text: &str) -> Result<u64, String> {
+    parse_bytes_within(text, 64 << 10, 1 << 30)
+}
+
+fn parse_threshold_bytes(text: &str) -> Result<u64, String> {
+    parse_bytes_within(text, 4 << 10, 1 << 40)
+}
+
+fn parse_bytes_within(text: &str, low: u64, high: u64) -> Result<u64, String> {
+    let bytes = parse_size(text)?;
+    if bytes < low || bytes > high {
+        return Err(format!(
+            "{text} is out of range: use {} to {}",
+            crate::report::format_bytes(low),
+            crate::report::format_bytes(high)
+        ));
+    }
+    Ok(bytes)
 }
 
 /// Parses `30s`, `500ms`, `5m`, `1h`, `1.5s`; zero and negative durations are errors.
@@ -258,6 +346,18 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 
 /// Parses a size in Kubernetes notation (`256Mi`, `1Gi`, `500M`, `1048576`).
 pub fn parse_bytes(text: &str) -> Result<u64, String> {
+    let bytes = parse_size(text)?;
+    if bytes < 4 << 20 {
+        return Err(format!(
+            "`{}` is below 4Mi: no real program starts in that little memory",
+            text.trim()
+        ));
+    }
+    Ok(bytes)
+}
+
+/// Parses a size in Kubernetes notation, any value.
+fn parse_size(text: &str) -> Result<u64, String> {
     let text = text.trim();
     let split = text
         .find(|c: char| !c.is_ascii_digit())
@@ -281,15 +381,9 @@ pub fn parse_bytes(text: &str) -> Result<u64, String> {
             ))
         }
     };
-    let bytes = value
+    value
         .checked_mul(multiplier)
-        .ok_or_else(|| format!("`{text}` is too large"))?;
-    if bytes < 4 << 20 {
-        return Err(format!(
-            "`{text}` is below 4Mi: no real program starts in that little memory"
-        ));
-    }
-    Ok(bytes)
+        .ok_or_else(|| format!("`{text}` is too large"))
 }
 
 /// Parses a look-back window: like a duration, and also in days (`7d`).
@@ -369,6 +463,7 @@ fn run_agent(args: AgentArgs) -> anyhow::Result<u8> {
         node: args.node,
         interval: args.interval,
         max_containers: args.max_containers,
+        socket: args.socket,
         ..crate::agent::ConfigFile::default()
     })?;
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -397,6 +492,113 @@ fn emit(
         }
         _ => Ok(std::io::stdout().lock().write_all(rendered.as_bytes())?),
     }
+}
+
+/// The request for a session through the agent, for targets an agent can serve.
+fn agent_session_request(
+    args: &CaptureArgs,
+    options: &CaptureOptions,
+) -> anyhow::Result<Option<session::SessionRequest>> {
+    if args.standalone {
+        return Ok(None);
+    }
+    let target = match &options.target {
+        TargetSpec::Cgroup(path) => session::SessionTarget::Cgroup { path: path.clone() },
+        TargetSpec::Pod {
+            namespace,
+            name,
+            container,
+        } => session::SessionTarget::Pod {
+            namespace: namespace.clone(),
+            name: name.clone(),
+            container: container.clone(),
+        },
+        _ => return Ok(None),
+    };
+    let stacks = options.stacks.clone().unwrap_or(StackSettings {
+        // The agent samples the session's cgroup; "off" there means the coarsest sampling.
+        fault_sample_bytes: 1 << 30,
+        reservation_threshold_bytes: 1 << 40,
+        ..StackSettings::default()
+    });
+    let format = match args.format {
+        Format::Table => "table",
+        Format::Json => "json",
+        Format::Markdown => "markdown",
+        Format::Yaml => "yaml",
+    };
+    Ok(Some(session::SessionRequest {
+        version: session::PROTOCOL_VERSION,
+        target,
+        duration_ms: options
+            .duration
+            .unwrap_or(session::MAX_SESSION)
+            .min(session::MAX_SESSION)
+            .as_millis() as u64,
+        fault_sample_bytes: stacks.fault_sample_bytes,
+        reservation_threshold_bytes: stacks.reservation_threshold_bytes,
+        unwinding: stacks.unwinding,
+        max_stacks: stacks.max_stacks,
+        format: format.to_owned(),
+        patch_container: args.sizing.container.clone(),
+        headroom: options.headroom,
+    }))
+}
+
+/// Runs the session in the agent, with a progress bar, and writes what it returns.
+fn run_through_agent(
+    runtime: &tokio::runtime::Runtime,
+    client: session::SessionClient,
+    request: &session::SessionRequest,
+    args: &CaptureArgs,
+) -> anyhow::Result<u8> {
+    let bar = indicatif::ProgressBar::new(request.duration_ms);
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "{spinner} capturing through the agent [{bar:30}] {eta} left, peak {msg} (Ctrl-C ends early and still reports)",
+    ) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    let result = runtime.block_on(client.run(request, |elapsed, duration, peak| {
+        bar.set_length(duration);
+        bar.set_position(elapsed);
+        bar.set_message(crate::report::format_bytes(peak));
+    }));
+    bar.finish_and_clear();
+    let (rendered, folded) = result?;
+    emit(args.output.as_deref(), &rendered, false)?;
+    if let Some(path) = &args.stacks.folded {
+        flamegraph::write_folded(&folded, path)?;
+    }
+    if let Some(path) = &args.stacks.flamegraph {
+        flamegraph::write_svg(
+            &folded,
+            "headroom: memory made (session through the agent)",
+            path,
+        )?;
+    }
+    Ok(0)
+}
+
+/// Checks that a file can be created at `path` (its directory exists and is writable).
+fn check_writable(path: &std::path::Path) -> anyhow::Result<()> {
+    let directory = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => std::path::Path::new("."),
+    };
+    if !directory.is_dir() {
+        anyhow::bail!(
+            "cannot write {}: directory {} does not exist (create it or choose another path)",
+            path.display(),
+            directory.display()
+        );
+    }
+    nix::unistd::access(directory, nix::unistd::AccessFlags::W_OK).map_err(|err| {
+        anyhow::anyhow!(
+            "cannot write {}: directory {} is not writable ({err})",
+            path.display(),
+            directory.display()
+        )
+    })
 }
 
 fn run_recommend(args: RecommendArgs) -> anyhow::Result<u8> {
@@ -459,10 +661,42 @@ fn run_capture(args: CaptureArgs) -> anyhow::Result<u8> {
     options.max_processes = args.max_processes as usize;
     options.memory_limit = args.memory_limit;
     options.headroom = args.sizing.headroom;
+    options.stacks = args.stacks.settings();
+    if options.stacks.is_some() && matches!(options.target, TargetSpec::Node(_)) {
+        // Node-wide captures count every cgroup; stacks are for one target at a time.
+        if args.stacks.flamegraph.is_some() || args.stacks.folded.is_some() {
+            anyhow::bail!(
+                "--flamegraph and --folded need one target (a command, --pod, --cgroup or --pid), not --all"
+            );
+        }
+        options.stacks = None;
+    }
+    // Fail on an unwritable output path now, not after a long capture.
+    for path in [&args.stacks.flamegraph, &args.stacks.folded]
+        .into_iter()
+        .flatten()
+    {
+        check_writable(path)?;
+    }
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    if let Some(request) = agent_session_request(&args, &options)? {
+        let socket = args
+            .agent_socket
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(session::DEFAULT_SOCKET));
+        match runtime.block_on(session::SessionClient::connect(&socket)) {
+            Ok(client) => return run_through_agent(&runtime, client, &request, &args),
+            // An explicit socket must answer; the default one is used only when it does.
+            Err(err) if args.agent_socket.is_some() => return Err(anyhow::Error::new(err)
+                .context(
+                "start the agent (headroom agent), or drop --agent-socket to capture standalone",
+            )),
+            Err(_) => {}
+        }
+    }
     let report = match runtime.block_on(capture::run(&options)) {
         Ok(report) => report,
         Err(err @ CaptureError::CommandNotFound(_)) => return fail_with(err, 127),
@@ -476,6 +710,22 @@ fn run_capture(args: CaptureArgs) -> anyhow::Result<u8> {
         Format::Yaml => report.render_yaml(args.sizing.container.as_deref()),
     };
     emit(args.output.as_deref(), &rendered, is_command)?;
+    if let Some(path) = &args.stacks.folded {
+        flamegraph::write_folded(&report.folded_stacks, path)?;
+    }
+    if let Some(path) = &args.stacks.flamegraph {
+        let title = report
+            .targets
+            .first()
+            .map(|target| {
+                format!(
+                    "headroom: memory made by {}",
+                    CaptureReport::target_name(target)
+                )
+            })
+            .unwrap_or_else(|| "headroom".to_owned());
+        flamegraph::write_svg(&report.folded_stacks, &title, path)?;
+    }
     let code = report
         .targets
         .first()

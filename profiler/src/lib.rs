@@ -27,3 +27,4 @@ pub mod probes;
 pub mod procfs;
 pub mod report;
 pub mod sizing;
+pub mod stacks;

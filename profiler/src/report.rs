@@ -126,6 +126,114 @@ pub struct TimelineExcerpt {
     pub buckets: Vec<BucketPeaks>,
 }
 
+/// One consumer of memory, by kind. `sources` lists them heaviest first by `bytes`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct MemorySource {
+    /// "code_path", "thread_stacks", "allocator_arenas", "file_mappings" or "shared_memory".
+    pub kind: &'static str,
+    /// The function for code paths; the allocator for arenas; a description otherwise.
+    pub name: String,
+    /// What `bytes` measures: "sampled_resident" (bytes faulted in by this code path, from
+    /// byte-weighted samples), "resident" (peak resident memory), or "reserved" (address space
+    /// only; not charged until touched).
+    pub measure: &'static str,
+    pub bytes: u64,
+    /// Address space reserved for it (large mmap/brk for code paths), where known.
+    pub reserved_bytes: Option<u64>,
+    /// Innermost frame first (code paths).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub frames: Vec<String>,
+}
+
+/// Figures the non-code sources are read from.
+pub struct SourceFigures {
+    pub stack_resident_bytes: u64,
+    pub stack_reserved_bytes: u64,
+    pub arena_reserved_bytes: u64,
+    pub file_resident_peak_bytes: u64,
+    pub file_reserved_bytes: u64,
+    pub shmem_resident_bytes: u64,
+    pub shared_reserved_bytes: u64,
+}
+
+/// Code paths (from stacks) and the hidden consumers the seed names, heaviest first.
+pub fn memory_sources(
+    figures: &SourceFigures,
+    profile: Option<&crate::stacks::StackProfile>,
+) -> Vec<MemorySource> {
+    let mut sources = Vec::new();
+    let mut allocator = "glibc malloc";
+    if let Some(profile) = profile {
+        for stack in &profile.stacks {
+            for frame in &stack.frames {
+                if frame.module.contains("jemalloc") {
+                    allocator = "jemalloc";
+                } else if frame.module.contains("mimalloc") {
+                    allocator = "mimalloc";
+                } else if frame.module.contains("tcmalloc") {
+                    allocator = "tcmalloc";
+                }
+            }
+        }
+        for path in profile.code_paths() {
+            sources.push(MemorySource {
+                kind: "code_path",
+                name: path.name,
+                measure: "sampled_resident",
+                bytes: path.resident_bytes,
+                reserved_bytes: Some(path.reserved_bytes),
+                frames: path.frames,
+            });
+        }
+    }
+    let mut add = |kind: &'static str,
+                   name: String,
+                   measure: &'static str,
+                   bytes: u64,
+                   reserved: Option<u64>| {
+        if bytes > 0 || reserved.is_some_and(|r| r > 0) {
+            sources.push(MemorySource {
+                kind,
+                name,
+                measure,
+                bytes,
+                reserved_bytes: reserved,
+                frames: Vec::new(),
+            });
+        }
+    };
+    add(
+        "thread_stacks",
+        "thread stacks (resident peak from smaps)".to_owned(),
+        "resident",
+        figures.stack_resident_bytes,
+        Some(figures.stack_reserved_bytes),
+    );
+    add(
+        "allocator_arenas",
+        format!("{allocator} arenas and reserve (PROT_NONE/MAP_NORESERVE regions)"),
+        "reserved",
+        figures.arena_reserved_bytes,
+        Some(figures.arena_reserved_bytes),
+    );
+    add(
+        "file_mappings",
+        "file-backed mappings (binaries, libraries, mapped files)".to_owned(),
+        "resident",
+        figures.file_resident_peak_bytes,
+        Some(figures.file_reserved_bytes),
+    );
+    add(
+        "shared_memory",
+        "shared memory (MAP_SHARED anonymous, shmem, tmpfs)".to_owned(),
+        "resident",
+        figures.shmem_resident_bytes,
+        Some(figures.shared_reserved_bytes),
+    );
+    sources.sort_by(|a, b| b.bytes.cmp(&a.bytes).then_with(|| a.name.cmp(&b.name)));
+    sources
+}
+
 /// One thing a capture watched: a command's cgroup, an existing cgroup, or a process tree.
 #[derive(Clone, Debug, Serialize)]
 pub struct TargetReport {
@@ -149,6 +257,11 @@ pub struct TargetReport {
     pub resident_phases: ResidentPhases,
     /// Spikes above steady state (of the charge; of resident memory for process trees).
     pub spikes: Vec<Spike>,
+    /// Who made the memory, heaviest first: code paths from sampled stacks, and the hidden
+    /// consumers (thread stacks, allocator arenas, file mappings, shared memory).
+    pub sources: Vec<MemorySource>,
+    /// How the stacks were sampled and what they cannot show; null without stack sampling.
+    pub stacks: Option<crate::stacks::StackSummary>,
     pub oom_kills: u64,
     /// The kernel cgroup's own OOM-kill count over the session, to cross-check `oom_kills`.
     pub oom_kills_cgroup: Option<u64>,
@@ -192,6 +305,9 @@ pub struct CaptureReport {
     pub drops: DropCounts,
     /// Ring buffer records that failed to decode (a build mismatch; should be 0).
     pub undecodable_events: u64,
+    /// Folded stacks (`root;...;leaf bytes`) for `--folded` and `--flamegraph`; not in the JSON.
+    #[serde(skip)]
+    pub folded_stacks: Vec<String>,
 }
 
 /// Binary units with one decimal: `192.0 MiB`.
@@ -515,6 +631,32 @@ fn render_target(out: &mut String, t: &TargetReport, duration: f64) {
                 format_bytes(spike.peak_bytes),
                 format_bytes(spike.bytes_above_steady)
             );
+            if let Some(source) = &spike.source {
+                let _ = writeln!(
+                    out,
+                    "      made by {source} ({} sampled): {}",
+                    format_bytes(spike.source_bytes.unwrap_or(0)),
+                    spike.frames.join(" < ")
+                );
+            }
+        }
+    }
+    if !t.sources.is_empty() {
+        let _ = writeln!(out, "Sources (heaviest first):");
+        for source in t.sources.iter().take(10) {
+            let _ = writeln!(
+                out,
+                "  {:>10}  {:<16} {} [{}]",
+                format_bytes(source.bytes),
+                source.kind,
+                source.name,
+                source.measure
+            );
+        }
+    }
+    if let Some(stacks) = &t.stacks {
+        for limit in &stacks.limits {
+            let _ = writeln!(out, "Stacks     note: {limit}");
         }
     }
     if t.oom_kills > 0 || t.oom_kills_cgroup.is_some_and(|kills| kills > 0) {

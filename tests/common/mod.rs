@@ -51,6 +51,17 @@ static BUILDS: Mutex<()> = Mutex::new(());
 
 /// Compiles tests/workloads/NAME.c (static when asked) and returns the binary's path.
 pub fn workload(name: &str, static_link: bool) -> PathBuf {
+    let flags: &[&str] = if static_link { &["-static"] } else { &[] };
+    let suffix = if static_link { "-static" } else { "" };
+    build_workload(name, flags, suffix)
+}
+
+/// Builds a workload the way distributions build release code: -O2, no frame pointers.
+pub fn workload_without_frame_pointers(name: &str) -> PathBuf {
+    build_workload(name, &["-O2", "-fomit-frame-pointer"], "-nofp")
+}
+
+fn build_workload(name: &str, extra_flags: &[&str], suffix: &str) -> PathBuf {
     let _serial = BUILDS
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -59,11 +70,7 @@ pub fn workload(name: &str, static_link: bool) -> PathBuf {
         .join(format!("{name}.c"));
     let out_dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("workloads");
     std::fs::create_dir_all(&out_dir).expect("create workload dir");
-    let binary = out_dir.join(if static_link {
-        format!("{name}-static")
-    } else {
-        name.to_owned()
-    });
+    let binary = out_dir.join(format!("{name}{suffix}"));
     let mut gcc = Command::new("gcc");
     gcc.args([
         "-O1",
@@ -73,9 +80,8 @@ pub fn workload(name: &str, static_link: bool) -> PathBuf {
         "-Wall",
         "-Werror",
     ]);
-    if static_link {
-        gcc.arg("-static");
-    }
+    // Later flags win, so a variant's -O2/-fomit-frame-pointer override the defaults.
+    gcc.args(extra_flags);
     let output = gcc
         .arg("-o")
         .arg(&binary)
@@ -325,4 +331,17 @@ pub fn loaded_programs_named(name: &str) -> usize {
         .filter_map(Result::ok)
         .filter(|info| info.name_as_str() == Some(name))
         .count()
+}
+
+/// A child process killed and reaped when the guard goes, so a failed assertion leaves nothing
+/// running (and no inherited pipe open).
+pub struct ChildGuard(pub std::process::Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
 }

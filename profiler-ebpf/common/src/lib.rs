@@ -44,6 +44,9 @@ pub mod map {
     pub const SCRATCH: &str = "SCRATCH";
     pub const DROPS: &str = "DROPS";
     pub const EVENTS: &str = "EVENTS";
+    pub const SAMPLED_TARGETS: &str = "SAMPLED_TARGETS";
+    pub const SAMPLING_ACTIVE: &str = "SAMPLING_ACTIVE";
+    pub const SNAPSHOT_SCRATCH: &str = "SNAPSHOT_SCRATCH";
 }
 
 /// Names of load-time globals (overridden by user space before load).
@@ -71,8 +74,11 @@ pub mod capacity {
     pub const TRACKED_TGIDS: u32 = 16384;
     /// mm_id to process, for rss_stat events raised outside the process (reclaim). LRU.
     pub const MM_OWNERS: u32 = 16384;
-    /// Ring buffer for process, mapping and OOM events. Power of two, multiple of the page size.
+    /// Ring buffer for process, mapping, OOM and stack-sample events. Power of two, multiple of
+    /// the page size.
     pub const EVENTS_BYTES: u32 = 4 * 1024 * 1024;
+    /// Targets with stack sampling switched on at once (capture sessions, agent sessions).
+    pub const SAMPLED_TARGETS: u32 = 64;
 }
 
 /// Why an event or an update was lost. Indexes the per-CPU `DROPS` array.
@@ -87,8 +93,10 @@ pub mod drop_reason {
     pub const PROCESS_MAP_FULL: u32 = 3;
     /// `TRACKED_TGIDS` was full, so a child of a followed process is not followed.
     pub const TRACKED_TGIDS_FULL: u32 = 4;
+    /// A stack sample could not be taken (`bpf_get_stack` failed); its bytes go unattributed.
+    pub const STACK_UNAVAILABLE: u32 = 5;
     /// Number of reasons; the size of the `DROPS` array.
-    pub const COUNT: u32 = 5;
+    pub const COUNT: u32 = 6;
 }
 
 /// What kind of address space an `mmap` reserved. Indexes `MemoryCounters::mmap_bytes`.
@@ -253,9 +261,12 @@ pub struct ProcessCounters {
     pub tasks_known: u32,
     /// The kernel's mm_id hash of the process's address space (0 until its first rss_stat).
     pub mm_id: u32,
+    /// Resident bytes faulted in since this process's last stack sample (byte-weighted page
+    /// fault sampling; only moves while its target is sampled).
+    pub fault_sample_credit: u64,
 }
 
-const _: () = assert!(core::mem::size_of::<ProcessCounters>() == 30 * 8 + 6 * 8);
+const _: () = assert!(core::mem::size_of::<ProcessCounters>() == 30 * 8 + 7 * 8);
 const _: () = assert!(core::mem::align_of::<ProcessCounters>() == 8);
 
 /// Which syscall a [`PendingCall`] belongs to.
@@ -326,6 +337,8 @@ pub mod event_kind {
     pub const MAPPING: u32 = 3;
     /// The OOM killer chose a victim.
     pub const OOM_VICTIM: u32 = 4;
+    /// A user stack where memory was made (sampled page faults, large reservations).
+    pub const STACK_SAMPLE: u32 = 5;
 }
 
 /// Header shared by every ring-buffer event.
@@ -369,7 +382,7 @@ pub struct ProcessExitEvent {
     pub comm: [u8; 16],
 }
 
-const _: () = assert!(core::mem::size_of::<ProcessExitEvent>() == 24 + 288 + 16);
+const _: () = assert!(core::mem::size_of::<ProcessExitEvent>() == 24 + 296 + 16);
 
 /// Operations of a [`MappingEvent`].
 pub mod mapping_op {
@@ -418,6 +431,83 @@ pub struct OomVictimEvent {
 
 const _: () = assert!(core::mem::size_of::<OomVictimEvent>() == 56);
 
+/// Deepest user stack a sample carries (the kernel's `PERF_MAX_STACK_DEPTH`).
+pub const MAX_STACK_FRAMES: usize = 127;
+
+/// Bytes of raw user stack a sample copies for `.eh_frame` unwinding in user space.
+pub const STACK_SNAPSHOT_BYTES: usize = 8192;
+
+/// What made the memory a stack sample is weighted by.
+pub mod stack_source {
+    /// Page faults: bytes that became resident (byte-weighted sampling of `kmem:rss_stat`).
+    pub const FAULT: u32 = 1;
+    /// One `mmap` at or above the reservation threshold: bytes reserved.
+    pub const MMAP: u32 = 2;
+    /// One `brk` growth at or above the reservation threshold: bytes reserved.
+    pub const BRK: u32 = 3;
+    /// Human names, indexed by source.
+    pub const NAMES: [&str; 4] = ["unknown", "fault", "mmap", "brk"];
+}
+
+/// Stack sampling settings of one target (value of the `SAMPLED_TARGETS` map).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StackSampling {
+    /// One sample per this many bytes faulted in, per process (0 = no fault sampling).
+    pub fault_sample_bytes: u64,
+    /// Every `mmap`/`brk` growth of at least this many bytes is sampled (0 = none).
+    pub reservation_threshold_bytes: u64,
+    /// 1: also copy registers and [`STACK_SNAPSHOT_BYTES`] of raw stack, for `.eh_frame`
+    /// unwinding in user space.
+    pub snapshot: u32,
+    pub _pad: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<StackSampling>() == 24);
+
+/// `event_kind::STACK_SAMPLE`: one user stack and the bytes it stands for.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StackSampleEvent {
+    pub header: EventHeader,
+    /// Bytes this sample stands for (faulted in since the process's last sample, or reserved).
+    pub bytes: u64,
+    /// Start of the reservation for `MMAP`/`BRK` samples; 0 for faults.
+    pub address: u64,
+    /// One of [`stack_source`].
+    pub source: u32,
+    /// For `MMAP` samples the [`mapping_kind`]; for faults the [`rss_member`] that grew.
+    pub detail: u32,
+    /// Valid entries of `frames` (0 when the kernel could not walk the stack).
+    pub frame_count: u32,
+    /// Bytes of `snapshot` that are valid (0 without snapshots).
+    pub snapshot_len: u32,
+    /// User registers at the sample, for `.eh_frame` unwinding (0 without snapshots).
+    pub ip: u64,
+    pub sp: u64,
+    pub bp: u64,
+    /// Return addresses walked by the kernel through frame pointers, innermost first.
+    pub frames: [u64; MAX_STACK_FRAMES],
+}
+
+const _: () = assert!(
+    core::mem::size_of::<StackSampleEvent>() == 24 + 8 + 8 + 16 + 24 + MAX_STACK_FRAMES * 8
+);
+const _: () = assert!(core::mem::align_of::<StackSampleEvent>() == 8);
+
+/// A [`StackSampleEvent`] followed by a raw copy of the user stack from `sp` up.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StackSnapshotEvent {
+    pub sample: StackSampleEvent,
+    pub snapshot: [u8; STACK_SNAPSHOT_BYTES],
+}
+
+const _: () = assert!(
+    core::mem::size_of::<StackSnapshotEvent>()
+        == core::mem::size_of::<StackSampleEvent>() + STACK_SNAPSHOT_BYTES
+);
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: every type below is #[repr(C)], Copy, made only of fixed-width integers and arrays
@@ -443,6 +533,12 @@ mod pod {
     unsafe impl aya::Pod for super::ProcessStartEvent {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::ProcessExitEvent {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::StackSampling {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::StackSampleEvent {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::StackSnapshotEvent {}
 }
 
 #[cfg(test)]

@@ -40,6 +40,15 @@ pub struct Spike {
     pub duration_ms: u64,
     pub peak_bytes: u64,
     pub bytes_above_steady: u64,
+    /// The code path that faulted in the most bytes during the spike (with stack sampling).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// Bytes that code path faulted in during the spike, as sampled.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source_bytes: Option<u64>,
+    /// Its stack, innermost frame first.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub frames: Vec<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
@@ -123,6 +132,9 @@ pub fn analyse(series: &[u64], resolution_ms: u64, config: &AnalysisConfig) -> P
                 duration_ms: (index - start) as u64 * resolution_ms,
                 peak_bytes: peak,
                 bytes_above_steady: peak - median,
+                source: None,
+                source_bytes: None,
+                frames: Vec::new(),
             });
         }
     }

@@ -162,7 +162,7 @@ impl ProcessTable {
         match event {
             ProbeEvent::ProcessStart(start) => self.started(start),
             ProbeEvent::ProcessExit(exit) => self.exited(exit),
-            ProbeEvent::Mapping(_) | ProbeEvent::OomVictim(_) => {}
+            ProbeEvent::Mapping(_) | ProbeEvent::OomVictim(_) | ProbeEvent::StackSample(_) => {}
         }
     }
 

@@ -39,6 +39,7 @@ pub struct ConfigFile {
     pub max_containers: Option<usize>,
     pub timeline_buckets: Option<usize>,
     pub headroom: Option<String>,
+    pub socket: Option<String>,
 }
 
 /// Validated settings.
@@ -56,6 +57,8 @@ pub struct AgentConfig {
     /// resolution halves when full).
     pub timeline_buckets: usize,
     pub headroom: f64,
+    /// Unix socket for capture sessions through the agent; `None` turns them off.
+    pub socket: Option<std::path::PathBuf>,
 }
 
 impl Default for AgentConfig {
@@ -68,6 +71,7 @@ impl Default for AgentConfig {
             max_containers: 1000,
             timeline_buckets: 256,
             headroom: crate::sizing::DEFAULT_HEADROOM,
+            socket: Some(super::session::DEFAULT_SOCKET.into()),
         }
     }
 }
@@ -167,6 +171,19 @@ impl AgentConfig {
             self.headroom = parse_headroom(headroom)
                 .map_err(|problem| invalid("headroom", headroom, problem))?;
         }
+        if let Some(socket) = &values.socket {
+            self.socket = match socket.as_str() {
+                "" => None,
+                path if path.starts_with('/') && !path.ends_with('/') => Some(path.into()),
+                _ => {
+                    return Err(invalid(
+                        "socket",
+                        socket,
+                        "an absolute file path, e.g. /run/headroom/agent.sock, or \"\" to turn sessions off".into(),
+                    ))
+                }
+            };
+        }
         Ok(())
     }
 }
@@ -201,6 +218,7 @@ mod tests {
             ("timeline_buckets = 1", "timeline_buckets"),
             ("headroom = \"lots\"", "headroom"),
             ("node = \"\"", "node"),
+            ("socket = \"relative.sock\"", "socket"),
         ] {
             let err = AgentConfig::from_toml(text, "agent.toml").expect_err(text);
             assert!(err.to_string().starts_with(key), "{text}: {err}");

@@ -4,6 +4,7 @@
 
 pub mod config;
 mod http;
+pub mod session;
 
 use std::{
     collections::HashMap,
@@ -57,6 +58,8 @@ pub enum AgentError {
     },
     #[error("installing the SIGINT/SIGTERM handler failed")]
     Signals(#[source] std::io::Error),
+    #[error(transparent)]
+    Session(#[from] session::SessionError),
 }
 
 /// Pods kept in the metadata cache.
@@ -242,6 +245,8 @@ fn container_report(id: u64, container: &Container, shared: &Shared) -> TargetRe
         },
         resident_phases: ResidentPhases::default(),
         spikes: phases.spikes,
+        sources: Vec::new(),
+        stacks: None,
         oom_kills: container.counters.oom_kills,
         oom_kills_cgroup: None,
         oom_events: Vec::new(),
@@ -280,6 +285,7 @@ impl Shared {
             targets,
             drops: self.drops,
             undecodable_events: 0,
+            folded_stacks: Vec::new(),
         }
     }
 }
@@ -297,8 +303,160 @@ struct Agent {
     previous_bpf: HashMap<&'static str, (Duration, u64)>,
     started: Instant,
     ticks: u64,
+    sessions: Vec<session::ActiveSession>,
 }
 
+impl Agent {
+    /// Starts a capture session asked for over the socket, or tells the client why not.
+    fn start_session(&mut self, start: session::SessionStart) {
+        use session::{ServerMessage, SessionTarget};
+        let refuse = |start: session::SessionStart, message: String| {
+            let _ = start.replies.try_send(ServerMessage::Error { message });
+        };
+        if self.sessions.len() >= session::MAX_SESSIONS {
+            let message = format!(
+                "{} sessions are already running on this agent; wait for one to end",
+                self.sessions.len()
+            );
+            return refuse(start, message);
+        }
+        let found = {
+            let shared = self
+                .shared
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            match &start.request.target {
+                SessionTarget::Cgroup { path } => {
+                    match crate::cgroups::resolve_cgroup_path(Path::new("/"), path)
+                        .and_then(|(unified, _)| crate::cgroups::cgroup_id(&unified))
+                    {
+                        Ok(id) => Ok((
+                            id,
+                            path.clone(),
+                            "cgroup",
+                            shared
+                                .containers
+                                .get(&id)
+                                .and_then(|c| c.kubernetes.clone()),
+                        )),
+                        Err(err) => Err(err.to_string()),
+                    }
+                }
+                SessionTarget::Pod {
+                    namespace,
+                    name,
+                    container,
+                } => find_pod(&shared, namespace, name, container.as_deref()),
+            }
+        };
+        let (target_id, path, kind, kubernetes) = match found {
+            Ok(found) => found,
+            Err(message) => return refuse(start, message),
+        };
+        if self.sessions.iter().any(|s| s.target_id == target_id) {
+            return refuse(start, format!("a session for {path} is already running"));
+        }
+        let settings = start.request.stack_settings();
+        if let Err(err) = self.probes.sample_stacks(target_id, settings.for_kernel()) {
+            return refuse(start, format!("switching stack sampling on failed: {err}"));
+        }
+        let at_start = self.kernel_view(target_id);
+        let charge = self.hierarchies.charge_reader(&path);
+        let active = session::ActiveSession::new(
+            start,
+            target_id,
+            path,
+            kind,
+            kubernetes,
+            charge,
+            crate::capture::monotonic_ns(),
+            at_start,
+        );
+        active.announce();
+        tracing::info!(cgroup = %active.cgroup_path, "capture session started");
+        self.sessions.push(active);
+    }
+
+    fn kernel_view(&self, target_id: u64) -> session::KernelView {
+        session::KernelView {
+            counters: self
+                .probes
+                .target_counters(target_id)
+                .ok()
+                .flatten()
+                .unwrap_or_default(),
+            drops: self.probes.drops().unwrap_or_default(),
+        }
+    }
+
+    /// One 10 ms step of every session; finished ones send their reports.
+    fn step_sessions(&mut self, stopping: bool) {
+        let mut index = 0;
+        while index < self.sessions.len() {
+            let target_id = self.sessions[index].target_id;
+            let view = self.kernel_view(target_id);
+            let running = self.sessions[index].step(&view);
+            if running && !stopping {
+                index += 1;
+                continue;
+            }
+            let finished = self.sessions.swap_remove(index);
+            if let Err(err) = self.probes.stop_sampling_stacks(target_id) {
+                tracing::warn!(error = %err, "switching stack sampling off failed");
+            }
+            tracing::info!(cgroup = %finished.cgroup_path, "capture session finished");
+            finished.finish(&self.kernel_view(target_id));
+        }
+    }
+}
+
+/// The one container of a pod the agent tracks, by namespace, name and container name.
+fn find_pod(
+    shared: &Shared,
+    namespace: &str,
+    name: &str,
+    container: Option<&str>,
+) -> Result<(u64, String, &'static str, Option<KubernetesMeta>), String> {
+    let matches: Vec<(u64, &Container, &KubernetesMeta)> = shared
+        .containers
+        .iter()
+        .filter_map(|(id, c)| Some((*id, c, c.kubernetes.as_ref()?)))
+        .filter(|(_, _, meta)| {
+            meta.namespace.as_deref() == Some(namespace)
+                && meta.pod.as_deref() == Some(name)
+                && meta.container.is_some()
+                && container.is_none_or(|wanted| meta.container.as_deref() == Some(wanted))
+        })
+        .collect();
+    match matches.as_slice() {
+        [] => Err(format!(
+            "pod {namespace}/{name}{} is not running on this node as far as this agent knows \
+             (`kubectl get pod -n {namespace} {name} -o wide` shows its node; exec into that \
+             node's agent)",
+            container
+                .map(|c| format!(" container {c}"))
+                .unwrap_or_default()
+        )),
+        [(id, c, meta)] => Ok((
+            *id,
+            c.path.clone().unwrap_or_default(),
+            "pod",
+            Some((*meta).clone()),
+        )),
+        several => {
+            let mut names: Vec<&str> = several
+                .iter()
+                .filter_map(|(_, _, meta)| meta.container.as_deref())
+                .collect();
+            names.sort_unstable();
+            Err(format!(
+                "pod {namespace}/{name} has {} containers ({}): choose one with --container",
+                names.len(),
+                names.join(", ")
+            ))
+        }
+    }
+}
 impl Agent {
     fn tick(&mut self) -> Result<(), AgentError> {
         self.ticks += 1;
@@ -443,33 +601,8 @@ impl Agent {
         shared.drops = drops;
         shared.ready = true;
         drop(shared);
-        for (reason, now, before) in [
-            (
-                "ringbuf_full",
-                drops.ringbuf_full,
-                self.previous_drops.ringbuf_full,
-            ),
-            (
-                "pending_calls_full",
-                drops.pending_calls_full,
-                self.previous_drops.pending_calls_full,
-            ),
-            (
-                "target_map_full",
-                drops.target_map_full,
-                self.previous_drops.target_map_full,
-            ),
-            (
-                "process_map_full",
-                drops.process_map_full,
-                self.previous_drops.process_map_full,
-            ),
-            (
-                "tracked_tgids_full",
-                drops.tracked_tgids_full,
-                self.previous_drops.tracked_tgids_full,
-            ),
-        ] {
+        let previous = self.previous_drops.by_reason();
+        for ((reason, now), (_, before)) in drops.by_reason().into_iter().zip(previous) {
             self.metrics
                 .dropped_events
                 .with_label_values(&[reason])
@@ -513,7 +646,7 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
     let registry = Registry::new();
     let metrics = Metrics::new(&registry)?;
     let max_targets = u32::try_from(config.max_containers * 2).unwrap_or(u32::MAX);
-    let probes = Probes::load(&ProbeConfig {
+    let mut probes = Probes::load(&ProbeConfig {
         trace_all_cgroups: true,
         track_regions: false,
         // The agent keeps its own per-interval maxima; kernel windows would be wasted work.
@@ -524,6 +657,9 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
         max_targets,
         ..ProbeConfig::default()
     })?;
+    let mut events = probes
+        .take_event_stream()?
+        .ok_or(ProbeError::MissingMap(profiler_common::map::EVENTS))?;
     // Per-program run time: counted by the kernel only while this descriptor is open.
     let _stats = probes::enable_run_time_stats()
         .map_err(|err| tracing::warn!(error = %err, "BPF run-time statistics unavailable"))
@@ -546,6 +682,15 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
         })?;
     tracing::info!(address = %config.listen, "serving /metrics, /healthz, /readyz, /api/v1/report");
     let server = tokio::spawn(http::serve(listener, Arc::new(registry), shared.clone()));
+    let (session_sender, mut session_requests) = tokio::sync::mpsc::channel(8);
+    let socket_server = match &config.socket {
+        Some(path) => {
+            let listener = session::listen(path)?;
+            tracing::info!(socket = %path.display(), "accepting capture sessions");
+            Some(tokio::spawn(session::serve(listener, session_sender)))
+        }
+        None => None,
+    };
 
     let mut agent = Agent {
         resolver: CgroupResolver::new(&hierarchies.unified, config.max_containers * 4),
@@ -559,11 +704,14 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
         previous_bpf: HashMap::new(),
         started: Instant::now(),
         ticks: 0,
+        sessions: Vec::new(),
     };
     let mut interrupts = signal(SignalKind::interrupt()).map_err(AgentError::Signals)?;
     let mut terminations = signal(SignalKind::terminate()).map_err(AgentError::Signals)?;
     let mut tick = tokio::time::interval(agent.config.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut session_tick = tokio::time::interval(session::SAMPLE_INTERVAL);
+    session_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
         tokio::select! {
             _ = tick.tick() => {
@@ -571,11 +719,34 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
                     tracing::warn!(error = %err, "agent tick failed");
                 }
             }
+            // Process starts and exits, OOM kills and sessions' stack samples: drained always,
+            // so the ring never fills and drops mean real losses.
+            batch = events.next_batch() => match batch {
+                Ok(batch) => {
+                    for event in batch.iter().flatten() {
+                        for active in &mut agent.sessions {
+                            active.record(event);
+                        }
+                    }
+                }
+                Err(err) => tracing::warn!(error = %err, "reading the event ring buffer failed"),
+            },
+            Some(start) = session_requests.recv() => agent.start_session(start),
+            _ = session_tick.tick(), if !agent.sessions.is_empty() => agent.step_sessions(false),
             _ = interrupts.recv() => break,
             _ = terminations.recv() => break,
         }
     }
     tracing::info!("shutting down: detaching probes");
+    // Sessions end with their reports, so a client never waits on a dead agent.
+    agent.step_sessions(true);
+    if let Some(task) = socket_server {
+        task.abort();
+    }
+    if let Some(path) = &agent.config.socket {
+        let _ = std::fs::remove_file(path);
+    }
+    tokio::task::yield_now().await;
     server.abort();
     if let Some((_, task)) = agent.pods.take() {
         task.abort();

@@ -3,7 +3,7 @@
 
 use profiler_common::{
     event_kind, EventHeader, MappingEvent, OomVictimEvent, ProcessCounters, ProcessExitEvent,
-    ProcessStartEvent,
+    ProcessStartEvent, StackSampleEvent, StackSnapshotEvent, MAX_STACK_FRAMES,
 };
 use thiserror::Error;
 
@@ -57,6 +57,56 @@ pub struct OomVictim {
     pub shmem_rss_bytes: u64,
 }
 
+/// Registers and raw stack bytes copied at a sample, for `.eh_frame` unwinding.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StackSnapshot {
+    pub ip: u64,
+    pub sp: u64,
+    pub bp: u64,
+    /// The user stack from `sp` up.
+    pub stack: Vec<u8>,
+}
+
+/// A user stack where memory was made, and the bytes it stands for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StackSample {
+    pub tgid: u32,
+    pub target_id: u64,
+    pub timestamp_ns: u64,
+    pub bytes: u64,
+    /// Start of the reservation (mmap/brk samples); 0 for faults.
+    pub address: u64,
+    /// One of `profiler_common::stack_source`.
+    pub source: u32,
+    /// mmap samples: the mapping kind; fault samples: the rss member that grew.
+    pub detail: u32,
+    /// Return addresses walked through frame pointers by the kernel, innermost first.
+    pub frames: Vec<u64>,
+    pub snapshot: Option<StackSnapshot>,
+}
+
+impl StackSample {
+    fn from_wire(sample: &StackSampleEvent, snapshot: Option<&[u8]>) -> Self {
+        let count = (sample.frame_count as usize).min(MAX_STACK_FRAMES);
+        Self {
+            tgid: sample.header.tgid,
+            target_id: sample.header.target_id,
+            timestamp_ns: sample.header.timestamp_ns,
+            bytes: sample.bytes,
+            address: sample.address,
+            source: sample.source,
+            detail: sample.detail,
+            frames: sample.frames[..count].to_vec(),
+            snapshot: snapshot.map(|stack| StackSnapshot {
+                ip: sample.ip,
+                sp: sample.sp,
+                bp: sample.bp,
+                stack: stack[..(sample.snapshot_len as usize).min(stack.len())].to_vec(),
+            }),
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ProbeEvent {
     ProcessStart(ProcessStart),
@@ -64,6 +114,7 @@ pub enum ProbeEvent {
     OomVictim(OomVictim),
     /// Boxed: it carries the full counters, five times the size of a start.
     ProcessExit(Box<ProcessExit>),
+    StackSample(Box<StackSample>),
 }
 
 /// Reads a `#[repr(C)]` plain-old-data wire struct from the front of `bytes`.
@@ -141,6 +192,23 @@ pub fn decode_event(bytes: &[u8]) -> Result<ProbeEvent, DecodeError> {
                 shmem_rss_bytes: event.shmem_rss_bytes,
             }))
         }
+        // Two sizes: with or without the raw stack snapshot.
+        event_kind::STACK_SAMPLE if bytes.len() == size_of::<StackSnapshotEvent>() => {
+            let event: StackSnapshotEvent =
+                read_pod(bytes).ok_or(DecodeError::TooShort(bytes.len()))?;
+            Ok(ProbeEvent::StackSample(Box::new(StackSample::from_wire(
+                &event.sample,
+                Some(&event.snapshot),
+            ))))
+        }
+        event_kind::STACK_SAMPLE => {
+            expect_size(header.kind, size_of::<StackSampleEvent>(), bytes.len())?;
+            let event: StackSampleEvent =
+                read_pod(bytes).ok_or(DecodeError::TooShort(bytes.len()))?;
+            Ok(ProbeEvent::StackSample(Box::new(StackSample::from_wire(
+                &event, None,
+            ))))
+        }
         other => Err(DecodeError::UnknownKind(other)),
     }
 }
@@ -210,6 +278,43 @@ mod tests {
         };
         assert_eq!(start.parent_tgid, 9);
         assert_eq!(start.comm, "sixteen-chars-xx");
+    }
+
+    #[test]
+    fn decodes_stack_samples_with_and_without_snapshot() {
+        let mut bytes = vec![0u8; size_of::<StackSampleEvent>()];
+        let mut event: StackSampleEvent = read_pod(&bytes).expect("sized");
+        event.header.kind = event_kind::STACK_SAMPLE;
+        event.header.tgid = 3;
+        event.bytes = 1 << 20;
+        event.frame_count = 2;
+        event.frames[0] = 0x401000;
+        event.frames[1] = 0x402000;
+        event.frames[2] = 0xdead;
+        bytes.copy_from_slice(&as_bytes(&event));
+        let Ok(ProbeEvent::StackSample(sample)) = decode_event(&bytes) else {
+            panic!("not a stack sample");
+        };
+        assert_eq!(sample.frames, vec![0x401000, 0x402000]);
+        assert_eq!(sample.bytes, 1 << 20);
+        assert!(sample.snapshot.is_none());
+
+        event.snapshot_len = 16;
+        event.sp = 0x7fff_0000;
+        let mut snapshot = as_bytes(&event);
+        snapshot.resize(size_of::<StackSnapshotEvent>(), 7);
+        let Ok(ProbeEvent::StackSample(sample)) = decode_event(&snapshot) else {
+            panic!("not a stack sample");
+        };
+        let taken = sample.snapshot.expect("snapshot");
+        assert_eq!((taken.sp, taken.stack.len()), (0x7fff_0000, 16));
+
+        // A frame count beyond the array is clamped, never an out-of-bounds read.
+        event.frame_count = 10_000;
+        let Ok(ProbeEvent::StackSample(sample)) = decode_event(&as_bytes(&event)) else {
+            panic!("not a stack sample");
+        };
+        assert_eq!(sample.frames.len(), MAX_STACK_FRAMES);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! [`Probes`] owns the loaded object. Dropping it detaches every program (aya links are not
 //! pinned), so an early return, an error or an unwinding panic all leave the kernel clean.
 
-mod events;
+pub mod events;
 pub mod preflight;
 
 use std::path::Path;
@@ -18,7 +18,7 @@ pub use events::{
 };
 use profiler_common::{
     capacity, drop_reason, global, map, program, rss_member, MemoryCounters, MmOwner, PendingCall,
-    ProcessCounters, WindowKey, WindowPeaks,
+    ProcessCounters, StackSampling, WindowKey, WindowPeaks,
 };
 use thiserror::Error;
 use tokio::io::{unix::AsyncFd, Interest};
@@ -146,15 +146,50 @@ pub struct DropCounts {
     pub target_map_full: u64,
     pub process_map_full: u64,
     pub tracked_tgids_full: u64,
+    /// Stack samples whose stack the kernel could not walk (their bytes stay unattributed).
+    pub stack_unavailable: u64,
 }
 
 impl DropCounts {
+    /// Each reason with its metric label.
+    pub fn by_reason(&self) -> [(&'static str, u64); 6] {
+        [
+            ("ringbuf_full", self.ringbuf_full),
+            ("pending_calls_full", self.pending_calls_full),
+            ("target_map_full", self.target_map_full),
+            ("process_map_full", self.process_map_full),
+            ("tracked_tgids_full", self.tracked_tgids_full),
+            ("stack_unavailable", self.stack_unavailable),
+        ]
+    }
+
+    /// Drops since an earlier reading.
+    pub fn since(&self, earlier: &Self) -> Self {
+        Self {
+            ringbuf_full: self.ringbuf_full.saturating_sub(earlier.ringbuf_full),
+            pending_calls_full: self
+                .pending_calls_full
+                .saturating_sub(earlier.pending_calls_full),
+            target_map_full: self.target_map_full.saturating_sub(earlier.target_map_full),
+            process_map_full: self
+                .process_map_full
+                .saturating_sub(earlier.process_map_full),
+            tracked_tgids_full: self
+                .tracked_tgids_full
+                .saturating_sub(earlier.tracked_tgids_full),
+            stack_unavailable: self
+                .stack_unavailable
+                .saturating_sub(earlier.stack_unavailable),
+        }
+    }
+
     pub fn total(&self) -> u64 {
         self.ringbuf_full
             + self.pending_calls_full
             + self.target_map_full
             + self.process_map_full
             + self.tracked_tgids_full
+            + self.stack_unavailable
     }
 }
 
@@ -180,6 +215,8 @@ pub struct Probes {
     window_epoch: Array<MapData, u64>,
     epoch: u64,
     drops: PerCpuArray<MapData, u64>,
+    sampled_targets: HashMap<MapData, u64, StackSampling>,
+    sampling_active: Array<MapData, u32>,
     events: Option<RingBuf<MapData>>,
     ebpf: Ebpf,
 }
@@ -256,6 +293,8 @@ impl Probes {
             window_epoch: take_map(&mut ebpf, map::WINDOW_EPOCH)?,
             epoch: 0,
             drops: take_map(&mut ebpf, map::DROPS)?,
+            sampled_targets: take_map(&mut ebpf, map::SAMPLED_TARGETS)?,
+            sampling_active: take_map(&mut ebpf, map::SAMPLING_ACTIVE)?,
             events: Some(take_map(&mut ebpf, map::EVENTS)?),
             ebpf,
         })
@@ -267,6 +306,46 @@ impl Probes {
             .insert(cgroup_id, 1, 0)
             .map_err(|source| ProbeError::MapWrite {
                 name: map::TRACKED_CGROUPS,
+                source: Box::new(source),
+            })
+    }
+
+    /// Switches stack sampling on for one target (a capture session's cgroup or process tree).
+    /// Samples arrive on the event stream as `ProbeEvent::StackSample`.
+    pub fn sample_stacks(
+        &mut self,
+        target_id: u64,
+        sampling: StackSampling,
+    ) -> Result<(), ProbeError> {
+        self.sampled_targets
+            .insert(target_id, sampling, 0)
+            .map_err(|source| ProbeError::MapWrite {
+                name: map::SAMPLED_TARGETS,
+                source: Box::new(source),
+            })?;
+        self.set_sampling_active(true)
+    }
+
+    /// Switches stack sampling off for one target; the gate closes with the last one.
+    pub fn stop_sampling_stacks(&mut self, target_id: u64) -> Result<(), ProbeError> {
+        match self.sampled_targets.remove(&target_id) {
+            Ok(()) | Err(MapError::KeyNotFound) => {}
+            Err(source) => {
+                return Err(ProbeError::MapWrite {
+                    name: map::SAMPLED_TARGETS,
+                    source: Box::new(source),
+                })
+            }
+        }
+        let any_left = self.sampled_targets.keys().next().is_some();
+        self.set_sampling_active(any_left)
+    }
+
+    fn set_sampling_active(&mut self, active: bool) -> Result<(), ProbeError> {
+        self.sampling_active
+            .set(0, u32::from(active), 0)
+            .map_err(|source| ProbeError::MapWrite {
+                name: map::SAMPLING_ACTIVE,
                 source: Box::new(source),
             })
     }
@@ -470,6 +549,7 @@ impl Probes {
             target_map_full: read(drop_reason::TARGET_MAP_FULL)?,
             process_map_full: read(drop_reason::PROCESS_MAP_FULL)?,
             tracked_tgids_full: read(drop_reason::TRACKED_TGIDS_FULL)?,
+            stack_unavailable: read(drop_reason::STACK_UNAVAILABLE)?,
         })
     }
 

@@ -1,0 +1,445 @@
+//! The executable files mapped by sampled processes, opened safely, cached by build id, and
+//! symbolized with blazesym.
+//!
+//! Safety of reading container files: a path in /proc/PID/maps is text the container controls
+//! (its own mount namespace decides what it names). It is only ever opened below
+//! `/proc/PID/root`, which the kernel resolves inside the process's own root, so no container
+//! can make headroom read a host file. Files larger than [`MAX_MODULE_BYTES`] are not read.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::Read;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use blazesym::symbolize::{source::Elf, source::Source, Input, Symbolized, Symbolizer};
+use object::{Object, ObjectSection, ObjectSegment};
+
+/// Largest file headroom reads to symbolize or unwind (a size limit on container input).
+pub const MAX_MODULE_BYTES: u64 = 1 << 30;
+
+/// Distinct executable files kept open at once; beyond this, frames stay module + offset.
+pub const MAX_MODULES: usize = 256;
+
+/// Symbol lookups remembered per module.
+const MAX_SYMBOLS_PER_MODULE: usize = 65_536;
+
+/// One executable mapping of a process, from /proc/PID/maps.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExecMapping {
+    pub start: u64,
+    pub end: u64,
+    pub file_offset: u64,
+    /// Index into [`ModuleCache`]; `None` for anonymous code (JIT), the vdso and unreadable files.
+    pub module: Option<usize>,
+    /// Short name for display: the file's base name, `[vdso]`, `[anon]`.
+    pub name: Arc<str>,
+}
+
+/// A mapping line's fields that matter here.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MapsLine<'a> {
+    pub start: u64,
+    pub end: u64,
+    pub executable: bool,
+    pub offset: u64,
+    pub device: &'a str,
+    pub inode: u64,
+    pub path: &'a str,
+}
+
+/// Parses one /proc/PID/maps line; `None` when it does not have the kernel's shape.
+pub fn parse_maps_line(line: &str) -> Option<MapsLine<'_>> {
+    let mut fields = line.splitn(6, ' ');
+    let range = fields.next()?;
+    let perms = fields.next()?;
+    let offset = fields.next()?;
+    let device = fields.next()?;
+    let rest = fields.next()?;
+    let (inode, path) = match rest.split_once(' ') {
+        Some((inode, path)) => (inode, path.trim_start()),
+        None => (rest, fields.next().unwrap_or("").trim_start()),
+    };
+    let (start, end) = range.split_once('-')?;
+    Some(MapsLine {
+        start: u64::from_str_radix(start, 16).ok()?,
+        end: u64::from_str_radix(end, 16).ok()?,
+        executable: perms.as_bytes().get(2) == Some(&b'x'),
+        offset: u64::from_str_radix(offset, 16).ok()?,
+        device,
+        inode: inode.parse().ok()?,
+        path,
+    })
+}
+
+/// What headroom learned about one executable file.
+pub struct Module {
+    pub name: Arc<str>,
+    /// Kept open so the file can be read after its process exits.
+    file: File,
+    pub build_id: Option<String>,
+    /// `p_offset - p_vaddr` of each executable segment, to place the file in memory.
+    exec_segments: Vec<(u64, u64, u64)>,
+    symbols: HashMap<u64, Option<Arc<str>>>,
+    /// Shared with other copies of the same build (another container's identical binary).
+    unwind_sections: Option<Arc<UnwindSections>>,
+    unwind_sections_read: bool,
+}
+
+/// The sections `.eh_frame` unwinding reads, with their link-time addresses.
+pub struct UnwindSections {
+    pub base_svma: u64,
+    pub text_svma: Option<std::ops::Range<u64>>,
+    pub text: Option<Arc<[u8]>>,
+    pub eh_frame_svma: Option<std::ops::Range<u64>>,
+    pub eh_frame: Option<Arc<[u8]>>,
+    pub eh_frame_hdr_svma: Option<std::ops::Range<u64>>,
+    pub eh_frame_hdr: Option<Arc<[u8]>>,
+}
+
+impl Module {
+    /// Where the file's link-time address 0 sits in a process that maps file offset
+    /// `file_offset` at `start`.
+    pub fn load_bias(&self, start: u64, file_offset: u64) -> u64 {
+        let segment = self
+            .exec_segments
+            .iter()
+            .find(|(offset, _, size)| file_offset >= *offset && file_offset < offset + size);
+        match segment {
+            Some((p_offset, p_vaddr, _)) => start
+                .wrapping_sub(file_offset)
+                .wrapping_add(*p_offset)
+                .wrapping_sub(*p_vaddr),
+            None => start.wrapping_sub(file_offset),
+        }
+    }
+
+    fn path(&self) -> PathBuf {
+        PathBuf::from(format!("/proc/self/fd/{}", self.file.as_raw_fd()))
+    }
+}
+
+/// Open executable files, keyed by device and inode, sharing symbol caches by build id.
+#[derive(Default)]
+pub struct ModuleCache {
+    modules: Vec<Module>,
+    by_file: HashMap<(String, u64), usize>,
+    symbolizer: Option<Symbolizer>,
+    /// Files that could not be opened or were too large (counted, never fatal).
+    pub unreadable: u64,
+}
+
+impl ModuleCache {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn len(&self) -> usize {
+        self.modules.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.modules.is_empty()
+    }
+
+    pub fn module(&self, index: usize) -> Option<&Module> {
+        self.modules.get(index)
+    }
+
+    /// The executable mappings of a live process, opening files not seen before.
+    pub fn snapshot_process(&mut self, proc_root: &Path, pid: u32) -> Vec<ExecMapping> {
+        let Ok(maps) = std::fs::read_to_string(proc_root.join(format!("proc/{pid}/maps"))) else {
+            return Vec::new();
+        };
+        maps.lines()
+            .filter_map(parse_maps_line)
+            .filter(|line| line.executable)
+            .map(|line| {
+                let (module, name) = self.module_for(proc_root, pid, &line);
+                ExecMapping {
+                    start: line.start,
+                    end: line.end,
+                    file_offset: line.offset,
+                    module,
+                    name,
+                }
+            })
+            .collect()
+    }
+
+    fn module_for(
+        &mut self,
+        proc_root: &Path,
+        pid: u32,
+        line: &MapsLine<'_>,
+    ) -> (Option<usize>, Arc<str>) {
+        if !line.path.starts_with('/') || line.inode == 0 {
+            let name = if line.path.is_empty() {
+                "[anon]"
+            } else {
+                line.path
+            };
+            return (None, Arc::from(name));
+        }
+        let display = line
+            .path
+            .trim_end_matches(" (deleted)")
+            .rsplit('/')
+            .next()
+            .unwrap_or(line.path);
+        let name: Arc<str> = Arc::from(display);
+        let key = (line.device.to_owned(), line.inode);
+        if let Some(&index) = self.by_file.get(&key) {
+            return (Some(index), name);
+        }
+        if self.modules.len() >= MAX_MODULES {
+            return (None, name);
+        }
+        // Through the process's own root, never a host path taken from the maps text.
+        let root = proc_root.join(format!("proc/{pid}/root"));
+        match open_in_root(&root, line.path).and_then(|file| open_module(file, name.clone())) {
+            Some(mut module) => {
+                // Same build in another file (another container's copy): share its sections.
+                if let Some(existing) = module.build_id.as_ref().and_then(|id| {
+                    self.modules
+                        .iter()
+                        .find(|other| other.build_id.as_deref() == Some(id))
+                }) {
+                    module.unwind_sections = existing.unwind_sections.clone();
+                    module.unwind_sections_read = existing.unwind_sections_read;
+                }
+                self.modules.push(module);
+                let index = self.modules.len() - 1;
+                self.by_file.insert(key, index);
+                (Some(index), name)
+            }
+            None => {
+                self.unreadable += 1;
+                (None, name)
+            }
+        }
+    }
+
+    /// Function names for file offsets in one module (`None` where the file has no symbol).
+    pub fn symbolize(&mut self, index: usize, offsets: &[u64]) -> Vec<Option<Arc<str>>> {
+        let Some(module) = self.modules.get_mut(index) else {
+            return vec![None; offsets.len()];
+        };
+        let missing: Vec<u64> = offsets
+            .iter()
+            .copied()
+            .filter(|offset| !module.symbols.contains_key(offset))
+            .collect();
+        if !missing.is_empty() {
+            let symbolizer = self.symbolizer.get_or_insert_with(Symbolizer::new);
+            let source = Source::Elf(Elf::new(module.path()));
+            let names: Vec<Option<Arc<str>>> = match symbolizer
+                .symbolize(&source, Input::FileOffset(&missing))
+            {
+                Ok(results) => results
+                    .into_iter()
+                    .map(|result| match result {
+                        Symbolized::Sym(sym) => Some(Arc::from(sym.name.as_ref())),
+                        Symbolized::Unknown(_) => None,
+                    })
+                    .collect(),
+                Err(err) => {
+                    tracing::debug!(module = %module.name, error = %err, "symbolization failed");
+                    vec![None; missing.len()]
+                }
+            };
+            if module.symbols.len() + missing.len() > MAX_SYMBOLS_PER_MODULE {
+                module.symbols.clear();
+            }
+            for (offset, name) in missing.into_iter().zip(names) {
+                module.symbols.insert(offset, name);
+            }
+        }
+        offsets
+            .iter()
+            .map(|offset| module.symbols.get(offset).cloned().flatten())
+            .collect()
+    }
+
+    /// The unwind sections of a module, read on first use.
+    pub fn unwind_sections(&mut self, index: usize) -> Option<Arc<UnwindSections>> {
+        let module = self.modules.get_mut(index)?;
+        if !module.unwind_sections_read {
+            module.unwind_sections_read = true;
+            module.unwind_sections = read_unwind_sections(&module.file).map(Arc::new);
+        }
+        module.unwind_sections.clone()
+    }
+}
+
+/// Opens `path` with `root` as its root directory: `..` and symlinks, absolute ones included,
+/// resolve inside that root (openat2 RESOLVE_IN_ROOT, Linux 5.6+), so a container that swaps a
+/// directory for a symlink to `/etc` still only reaches its own files.
+fn open_in_root(root: &Path, path: &str) -> Option<File> {
+    use std::ffi::CString;
+    use std::os::fd::FromRawFd;
+    use std::os::unix::ffi::OsStrExt;
+    let root_path = CString::new(root.as_os_str().as_bytes()).ok()?;
+    let relative = CString::new(path.trim_start_matches('/')).ok()?;
+    // SAFETY: open(2) with a valid NUL-terminated path; the result is checked.
+    let root_fd = unsafe {
+        libc::open(
+            root_path.as_ptr(),
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    };
+    if root_fd < 0 {
+        return None;
+    }
+    // SAFETY: `root_fd` is a descriptor we own from here on.
+    let root_dir = unsafe { std::os::fd::OwnedFd::from_raw_fd(root_fd) };
+    // SAFETY: open_how is a plain C struct of integers; all-zero is its documented default.
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = (libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOCTTY) as u64;
+    how.resolve = libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS;
+    // SAFETY: openat2(2) with a valid directory fd, a NUL-terminated path and a properly sized
+    // `open_how`; the result is checked.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            root_dir.as_raw_fd(),
+            relative.as_ptr(),
+            &how as *const libc::open_how,
+            size_of::<libc::open_how>(),
+        )
+    };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: openat2 returned a new descriptor that nothing else owns.
+    let file = unsafe { File::from_raw_fd(fd as i32) };
+    file.metadata().ok()?.is_file().then_some(file)
+}
+
+fn open_module(file: File, name: Arc<str>) -> Option<Module> {
+    let size = file.metadata().ok()?.len();
+    if size > MAX_MODULE_BYTES {
+        return None;
+    }
+    let fd_path = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
+    let build_id = blazesym::helper::read_elf_build_id(&fd_path)
+        .ok()
+        .flatten()
+        .map(|id| id.iter().map(|byte| format!("{byte:02x}")).collect());
+    let exec_segments = read_exec_segments(&file).unwrap_or_default();
+    Some(Module {
+        name,
+        file,
+        build_id,
+        exec_segments,
+        symbols: HashMap::new(),
+        unwind_sections: None,
+        unwind_sections_read: false,
+    })
+}
+
+fn read_file(file: &File) -> Option<Vec<u8>> {
+    let mut data = Vec::new();
+    file.take(MAX_MODULE_BYTES).read_to_end(&mut data).ok()?;
+    Some(data)
+}
+
+/// (p_offset, p_vaddr, p_filesz) of the loadable segments.
+fn read_exec_segments(file: &File) -> Option<Vec<(u64, u64, u64)>> {
+    use std::os::unix::fs::FileExt;
+    // Program headers sit near the front; 64 KiB holds them for any sane binary.
+    let mut head = vec![0u8; 64 * 1024];
+    let read = file.read_at(&mut head, 0).ok()?;
+    head.truncate(read);
+    let elf = object::File::parse(&*head).ok()?;
+    Some(
+        elf.segments()
+            .map(|segment| {
+                let (offset, size) = segment.file_range();
+                (offset, segment.address(), size)
+            })
+            .collect(),
+    )
+}
+
+fn read_unwind_sections(file: &File) -> Option<UnwindSections> {
+    let data = read_file(file)?;
+    let elf = object::File::parse(&*data).ok()?;
+    let section = |name: &str| {
+        let section = elf.section_by_name(name)?;
+        let bytes: Arc<[u8]> = Arc::from(section.data().ok()?);
+        let range = section.address()..section.address() + section.size();
+        Some((range, bytes))
+    };
+    let (text_svma, text) = section(".text").unzip();
+    let (eh_frame_svma, eh_frame) = section(".eh_frame").unzip();
+    let (eh_frame_hdr_svma, eh_frame_hdr) = section(".eh_frame_hdr").unzip();
+    Some(UnwindSections {
+        base_svma: 0,
+        text_svma,
+        text,
+        eh_frame_svma,
+        eh_frame,
+        eh_frame_hdr_svma,
+        eh_frame_hdr,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_maps_lines() {
+        let line = parse_maps_line(
+            "7f2c1a228000-7f2c1a3a1000 r-xp 00026000 fe:01 1837606                    /usr/lib/x86_64-linux-gnu/libc.so.6",
+        )
+        .expect("parsed");
+        assert_eq!(line.start, 0x7f2c1a228000);
+        assert!(line.executable);
+        assert_eq!(line.offset, 0x26000);
+        assert_eq!(line.inode, 1837606);
+        assert_eq!(line.path, "/usr/lib/x86_64-linux-gnu/libc.so.6");
+        let anon = parse_maps_line("7ffd5a1f0000-7ffd5a1f2000 r-xp 00000000 00:00 0").expect("ok");
+        assert_eq!((anon.inode, anon.path), (0, ""));
+        assert!(parse_maps_line("garbage").is_none());
+        assert!(parse_maps_line("zz-10 r-xp 0 00:00 0").is_none());
+    }
+
+    #[test]
+    fn a_host_path_in_maps_is_opened_below_the_process_root_only() {
+        let root = std::env::temp_dir().join(format!("headroom-modules-{}", std::process::id()));
+        let proc_dir = root.join("proc/42/root/bin");
+        std::fs::create_dir_all(&proc_dir).expect("fixture");
+        std::fs::write(
+            root.join("proc/42/maps"),
+            "400000-401000 r-xp 00000000 fe:01 99 /bin/tool\n",
+        )
+        .expect("fixture");
+        let mut cache = ModuleCache::new();
+        // /bin/tool does not exist under the fake root: unreadable, not the host's /bin/tool.
+        let mappings = cache.snapshot_process(&root, 42);
+        assert_eq!(mappings.len(), 1);
+        assert_eq!(mappings[0].module, None);
+        assert_eq!(cache.unreadable, 1);
+        // Once the container's file exists, it is the one opened.
+        std::fs::write(proc_dir.join("tool"), b"not an elf").expect("fixture");
+        let mut cache = ModuleCache::new();
+        let mappings = cache.snapshot_process(&root, 42);
+        assert_eq!(mappings[0].module, Some(0));
+        assert_eq!(&*mappings[0].name, "tool");
+        // A symlink to a host path resolves inside the process's root, not on the host.
+        std::os::unix::fs::symlink("/etc/hostname", proc_dir.join("link")).expect("fixture");
+        std::fs::write(
+            root.join("proc/42/maps"),
+            "400000-401000 r-xp 00000000 fe:01 98 /bin/link\n",
+        )
+        .expect("fixture");
+        let mut escaped = ModuleCache::new();
+        assert_eq!(escaped.snapshot_process(&root, 42)[0].module, None);
+        // A file that is not ELF symbolizes to nothing, never an error.
+        assert_eq!(cache.symbolize(0, &[0x10]), vec![None]);
+        std::fs::remove_dir_all(&root).expect("cleanup");
+    }
+}

@@ -1,0 +1,212 @@
+//! Which code made the memory: real probes sample stacks where a workload faults memory in and
+//! reserves it, and the report, the folded stacks and the flame graph must name the function.
+//!
+//! They need root. Without it they print SKIPPED, except in CI or under `cargo xtask test`,
+//! where they fail.
+
+mod common;
+
+use std::path::Path;
+
+use common::{
+    capture_with, leftover_session_cgroups, privileged, workload, workload_without_frame_pointers,
+};
+
+const MIB: u64 = 1 << 20;
+
+/// 40 MiB base from load_base_cache, then 200 MiB for 300 ms from build_spike_cache.
+const SPIKE_ARGS: [&str; 5] = ["40", "200", "300", "1500", "1500"];
+
+fn strings(value: &serde_json::Value) -> Vec<String> {
+    value
+        .as_array()
+        .map(|items| {
+            items
+                .iter()
+                .filter_map(|item| item.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn assert_sources_sorted(target: &serde_json::Value) {
+    let bytes: Vec<u64> = target["sources"]
+        .as_array()
+        .expect("sources")
+        .iter()
+        .map(|source| source["bytes"].as_u64().expect("bytes"))
+        .collect();
+    assert!(
+        bytes.windows(2).all(|pair| pair[0] >= pair[1]),
+        "sources not sorted by bytes: {bytes:?}"
+    );
+}
+
+/// The spike of the charge that is ~200 MiB above steady state.
+fn big_spike(target: &serde_json::Value) -> &serde_json::Value {
+    target["spikes"]
+        .as_array()
+        .expect("spikes")
+        .iter()
+        .find(|spike| spike["bytes_above_steady"].as_u64().unwrap_or(0) > 150 * MIB)
+        .unwrap_or_else(|| panic!("no 200 MiB spike in {}", target["spikes"]))
+}
+
+#[test]
+fn frame_pointer_workload_names_the_allocating_function_everywhere() {
+    let Some(_guard) =
+        privileged("frame_pointer_workload_names_the_allocating_function_everywhere")
+    else {
+        return;
+    };
+    let binary = workload("spike_source", false);
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let svg = dir.join(format!("flame-{}.svg", std::process::id()));
+    let folded = dir.join(format!("folded-{}.txt", std::process::id()));
+    let binary = binary.to_str().expect("utf-8 path");
+    let mut command = vec![binary];
+    command.extend(SPIKE_ARGS);
+    let captured = capture_with(
+        &[
+            "--flamegraph",
+            svg.to_str().expect("path"),
+            "--folded",
+            folded.to_str().expect("path"),
+        ],
+        &command,
+    );
+    assert!(captured.output.status.success(), "{}", captured.stderr());
+    let target = captured.target_json();
+
+    // 1. The top source is the function, with about the 200 MiB it touched.
+    let top = &target["sources"][0];
+    assert_eq!(top["kind"], "code_path", "top source: {top}");
+    assert_eq!(
+        top["name"], "build_spike_cache",
+        "sources: {}",
+        target["sources"]
+    );
+    let bytes = top["bytes"].as_u64().expect("bytes");
+    assert!(
+        bytes.abs_diff(200 * MIB) <= 20 * MIB,
+        "build_spike_cache made {bytes} bytes by the samples, expected about 200 MiB"
+    );
+    assert_sources_sorted(target);
+    // Frame pointers unwind fully: the callers are there too.
+    let frames = strings(&top["frames"]);
+    assert_eq!(
+        frames.first().map(String::as_str),
+        Some("build_spike_cache")
+    );
+    assert!(
+        frames.iter().any(|f| f == "serve_burst") && frames.iter().any(|f| f == "main"),
+        "frames {frames:?}"
+    );
+
+    // 2. The spike names it.
+    let spike = big_spike(target);
+    assert_eq!(spike["source"], "build_spike_cache", "spike {spike}");
+    assert!(strings(&spike["frames"]).contains(&"build_spike_cache".to_owned()));
+
+    // 3. The flame graph and the folded stacks have it, with its callers.
+    let drawn = std::fs::read_to_string(&svg).expect("flame graph written");
+    assert!(drawn.starts_with("<?xml") && drawn.contains("build_spike_cache"));
+    let lines = std::fs::read_to_string(&folded).expect("folded stacks written");
+    let line = lines
+        .lines()
+        .find(|line| {
+            line.starts_with("resident;") && line.contains(";serve_burst;build_spike_cache ")
+        })
+        .unwrap_or_else(|| panic!("no folded stack for build_spike_cache:\n{lines}"));
+    let weight: u64 = line
+        .rsplit(' ')
+        .next()
+        .and_then(|w| w.parse().ok())
+        .expect("weight");
+    assert!(weight.abs_diff(200 * MIB) <= 20 * MIB, "{line}");
+
+    let stacks = &target["stacks"];
+    assert_eq!(stacks["unwinding"], "frame_pointers");
+    assert!(stacks["samples"].as_u64().expect("samples") >= 400);
+    assert_eq!(captured.number("/drops/ringbuf_full"), 0);
+    assert_eq!(captured.report["undecodable_events"], 0);
+    let _ = std::fs::remove_file(&svg);
+    let _ = std::fs::remove_file(&folded);
+    assert!(leftover_session_cgroups().is_empty());
+}
+
+#[test]
+fn without_frame_pointers_the_limit_is_reported_and_eh_frame_unwinding_recovers() {
+    let Some(_guard) =
+        privileged("without_frame_pointers_the_limit_is_reported_and_eh_frame_unwinding_recovers")
+    else {
+        return;
+    };
+    let binary = workload_without_frame_pointers("spike_source");
+    let binary = binary.to_str().expect("utf-8 path");
+    let mut command = vec![binary];
+    command.extend(SPIKE_ARGS);
+
+    // Frame pointers only: glibc's memset has none, so the base allocation's caller is lost
+    // and the report says so.
+    let plain = capture_with(&[], &command);
+    let target = plain.target_json();
+    let limits = strings(&target["stacks"]["limits"]);
+    assert!(
+        limits
+            .iter()
+            .any(|l| l.contains("frame pointers") && l.contains("--unwind eh-frame")),
+        "no documented limit in {limits:?}"
+    );
+
+    // .eh_frame unwinding names the allocating functions and their callers.
+    let unwound = capture_with(&["--unwind", "eh-frame"], &command);
+    assert!(unwound.output.status.success(), "{}", unwound.stderr());
+    let target = unwound.target_json();
+    let top = &target["sources"][0];
+    assert_eq!(
+        top["name"], "build_spike_cache",
+        "sources: {}",
+        target["sources"]
+    );
+    let frames = strings(&top["frames"]);
+    assert!(
+        frames.iter().any(|f| f == "serve_burst") && frames.iter().any(|f| f == "main"),
+        "frames {frames:?}"
+    );
+    // load_base_cache faults inside glibc's memset: named as the code path through it.
+    let base = target["sources"]
+        .as_array()
+        .expect("sources")
+        .iter()
+        .find(|source| source["name"] == "load_base_cache")
+        .unwrap_or_else(|| panic!("load_base_cache missing from {}", target["sources"]));
+    assert!(base["bytes"].as_u64().expect("bytes").abs_diff(40 * MIB) <= 8 * MIB);
+    // Reservations: malloc's 200 MiB mmap is attributed through glibc to the function.
+    assert!(
+        top["reserved_bytes"].as_u64().expect("reserved") >= 200 * MIB,
+        "{top}"
+    );
+    assert_eq!(big_spike(target)["source"], "build_spike_cache");
+    assert!(strings(&target["stacks"]["limits"]).is_empty());
+    assert_eq!(target["stacks"]["unwinding"], "eh_frame");
+    assert_sources_sorted(target);
+    assert!(leftover_session_cgroups().is_empty());
+}
+
+#[test]
+fn no_stacks_turns_sampling_off() {
+    let Some(_guard) = privileged("no_stacks_turns_sampling_off") else {
+        return;
+    };
+    let binary = workload("spike_source", false);
+    let binary = binary.to_str().expect("utf-8 path");
+    let captured = capture_with(&["--no-stacks"], &[binary, "8", "16", "50", "100", "100"]);
+    let target = captured.target_json();
+    assert!(target["stacks"].is_null());
+    assert!(target["sources"]
+        .as_array()
+        .expect("sources")
+        .iter()
+        .all(|source| source["kind"] != "code_path"));
+}
