@@ -350,6 +350,32 @@ fn capture_through_the_running_agent_returns_a_report_with_stacks() {
     assert!(std::fs::read_to_string(&svg)
         .expect("flame graph")
         .contains("build_spike_cache"));
+
+    // Ctrl-C ends a session early and the report is still written.
+    let early = dir.join("early.json");
+    let capture = headroom()
+        .args(["capture", "--cgroup", &cgroup.path(), "--duration", "60s"])
+        .args(["--format", "json", "--output"])
+        .arg(&early)
+        .arg("--agent-socket")
+        .arg(&socket)
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run capture");
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let client = nix::unistd::Pid::from_raw(i32::try_from(capture.id()).expect("pid"));
+    nix::sys::signal::kill(client, nix::sys::signal::Signal::SIGINT).expect("SIGINT");
+    let output = capture.wait_with_output().expect("capture finishes");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let early: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&early).expect("report after Ctrl-C"))
+            .expect("JSON report");
+    let seconds = early["duration_seconds"].as_f64().expect("duration");
+    assert!((1.0..10.0).contains(&seconds), "session lasted {seconds} s");
     cgroup.remove();
 
     let pid = nix::unistd::Pid::from_raw(i32::try_from(agent.0.id()).expect("pid"));
