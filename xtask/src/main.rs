@@ -4,7 +4,8 @@
 //! - `cargo xtask demo`:  setup, build, and capture the bundled demo workload.
 //! - `cargo xtask test`:  setup, fmt, clippy (host and BPF target), and every test, the
 //!   privileged eBPF suite included.
-//! - `cargo xtask bench`: workload overhead beside a naive bpftrace baseline (BENCHMARKS.md).
+//! - `cargo xtask bench`: workload overhead beside a naive bpftrace baseline, agent footprint,
+//!   aggregator throughput (BENCHMARKS.md; `--only PART` for some of them).
 mod bench;
 mod setup;
 
@@ -32,8 +33,13 @@ enum Task {
     Demo,
     /// Setup, then fmt --check, clippy -D warnings (host and BPF target), and all tests.
     Test,
-    /// Workload overhead of the agent beside a naive bpftrace baseline; writes BENCHMARKS.md.
-    Bench,
+    /// Workload overhead beside a naive bpftrace baseline, agent footprint with 1/100/500
+    /// containers, aggregator throughput; writes BENCHMARKS.md.
+    Bench {
+        /// Run only these parts (comma-separated); BENCHMARKS.md keeps the others' sections.
+        #[arg(long, value_enum, value_delimiter = ',')]
+        only: Vec<bench::Part>,
+    },
 }
 
 fn main() {
@@ -42,7 +48,7 @@ fn main() {
         Task::Setup => setup::run().map(|_| ()),
         Task::Demo => demo(),
         Task::Test => test(),
-        Task::Bench => bench::bench(),
+        Task::Bench { only } => bench::bench(&only),
     };
     if let Err(err) = result {
         eprintln!("xtask: error: {err}");
