@@ -455,15 +455,23 @@ fn read_number(file: &fs::File) -> Option<u64> {
     use std::os::unix::fs::FileExt as _;
     let mut buffer = [0u8; 32];
     let length = file.read_at(&mut buffer, 0).ok()?;
-    std::str::from_utf8(&buffer[..length])
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
+    parse_number(buffer.get(..length)?)
+}
+
+/// A single-number cgroup file (memory.current, memory.peak, memory.usage_in_bytes, ...).
+/// Public for the fuzz targets.
+pub fn parse_number(bytes: &[u8]) -> Option<u64> {
+    std::str::from_utf8(bytes).ok()?.trim().parse().ok()
 }
 
 fn read_key(path: &Path, key: &str) -> Option<u64> {
-    fs::read_to_string(path).ok()?.lines().find_map(|line| {
+    parse_key(&fs::read_to_string(path).ok()?, key)
+}
+
+/// The value of `key` in a flat-keyed cgroup file (`name value` lines: memory.stat,
+/// memory.events, memory.oom_control). Public for the fuzz targets.
+pub fn parse_key(text: &str, key: &str) -> Option<u64> {
+    text.lines().find_map(|line| {
         let (name, value) = line.split_once(' ')?;
         (name == key).then(|| value.trim().parse().ok()).flatten()
     })
@@ -690,6 +698,18 @@ mod tests {
             parse_proc_cgroup("4:memory:/a\n", Path::new("p")),
             Err(CgroupError::NoUnifiedEntry { .. })
         ));
+    }
+
+    #[test]
+    fn memory_files_parse_or_give_none() {
+        let stat = "anon 104857600\ninactive_file 1024000\noom_kill x\noom_kill 3\n";
+        assert_eq!(parse_key(stat, "inactive_file"), Some(1_024_000));
+        assert_eq!(parse_key(stat, "oom_kill"), Some(3));
+        assert_eq!(parse_key(stat, "file"), None);
+        assert_eq!(parse_key("", "anon"), None);
+        assert_eq!(parse_number(b"268435456\n"), Some(268_435_456));
+        assert_eq!(parse_number(b"max\n"), None);
+        assert_eq!(parse_number(&[0xff, b'1']), None);
     }
 
     #[test]

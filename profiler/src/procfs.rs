@@ -9,18 +9,21 @@ use std::{
 /// Sums the `Rss:` of the mappings in a /proc/PID/smaps text whose start lies in one of
 /// `ranges` (half-open `[start, end)`).
 pub fn smaps_rss_in_ranges(smaps: &str, ranges: &[(u64, u64)]) -> u64 {
-    let mut total = 0;
+    let mut total: u64 = 0;
     let mut counting = false;
     for line in smaps.lines() {
         if let Some(rss) = line.strip_prefix("Rss:") {
             if counting {
-                let kib: u64 = rss
+                // A value too large to be bytes is as unreadable as garbage: counted as 0.
+                let bytes = rss
                     .trim()
                     .trim_end_matches("kB")
                     .trim()
-                    .parse()
+                    .parse::<u64>()
+                    .ok()
+                    .and_then(|kib| kib.checked_mul(1024))
                     .unwrap_or(0);
-                total += kib * 1024;
+                total = total.saturating_add(bytes);
             }
             continue;
         }
@@ -120,7 +123,8 @@ pub fn parse_status_resident(status: &str) -> [i64; 4] {
                     .parse::<i64>()
                     .ok()
             })
-            .map_or(0, |kib| kib * 1024)
+            .and_then(|kib| kib.checked_mul(1024))
+            .unwrap_or(0)
     };
     [
         read("RssFile:"),
@@ -170,6 +174,23 @@ Rss:                1024 kB
             [1024 * 1024, 48 << 20, 8192, 0]
         );
         assert_eq!(parse_status_resident("garbage"), [0; 4]);
+    }
+
+    /// Found by the proc_files fuzz target: a huge `Rss:` overflowed `kib * 1024` (a panic in
+    /// debug builds, a wrapped sum in release).
+    #[test]
+    fn huge_rss_values_are_skipped_not_overflowed() {
+        let smaps = "556423eb4000-       b8000 r--p 00000000 fe:00 247534      /usr/bin/mawk\n\
+                     Rss:               99999999999999999kB\n\
+                     556423eb8000-556423ed1000 r-xp 00004000 fe:00 247534  /usr/bin/mawk\n\
+                     Rss:                 100 kB\n";
+        assert_eq!(smaps_rss_in_ranges(smaps, &[(0, u64::MAX)]), 100 * 1024);
+        // Two values that each fit but whose sum does not: the total saturates.
+        let max_kib = u64::MAX / 1024;
+        let smaps = format!("1000-2000 r--p 0 0:0 0\nRss: {max_kib} kB\n3000-4000 r--p 0 0:0 0\nRss: {max_kib} kB\n");
+        assert_eq!(smaps_rss_in_ranges(&smaps, &[(0, u64::MAX)]), u64::MAX);
+        let status = "RssAnon:\t99999999999999999 kB\nRssFile:\t4 kB\n";
+        assert_eq!(parse_status_resident(status), [4096, 0, 0, 0]);
     }
 
     #[test]

@@ -6,7 +6,9 @@
 //!   privileged eBPF suite included.
 //! - `cargo xtask bench`: workload overhead beside a naive bpftrace baseline, agent footprint,
 //!   aggregator throughput (BENCHMARKS.md; `--only PART` for some of them).
+//! - `cargo xtask fuzz`:  every cargo-fuzz target in fuzz/ for a bounded time, with counts.
 mod bench;
+mod fuzz;
 mod setup;
 
 use std::{
@@ -40,6 +42,12 @@ enum Task {
         #[arg(long, value_enum, value_delimiter = ',')]
         only: Vec<bench::Part>,
     },
+    /// Run every cargo-fuzz target (fuzz/) for a bounded time; print executions and crashes.
+    Fuzz {
+        /// Seconds of fuzzing per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+    },
 }
 
 fn main() {
@@ -49,6 +57,7 @@ fn main() {
         Task::Demo => demo(),
         Task::Test => test(),
         Task::Bench { only } => bench::bench(&only),
+        Task::Fuzz { seconds } => fuzz::fuzz(seconds),
     };
     if let Err(err) = result {
         eprintln!("xtask: error: {err}");
