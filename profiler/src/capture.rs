@@ -146,6 +146,8 @@ pub struct CaptureOptions {
     pub headroom: f64,
     /// Stack sampling where memory is made; `None` turns it off.
     pub stacks: Option<StackSettings>,
+    /// Ring buffer size for mapping, process and stack events.
+    pub ring_buffer_bytes: u32,
 }
 
 impl CaptureOptions {
@@ -162,6 +164,7 @@ impl CaptureOptions {
             analysis: AnalysisConfig::default(),
             headroom: crate::sizing::DEFAULT_HEADROOM,
             stacks: Some(StackSettings::default()),
+            ring_buffer_bytes: profiler_common::capacity::EVENTS_BYTES,
         }
     }
 }
@@ -349,7 +352,10 @@ pub async fn run(options: &CaptureOptions) -> Result<CaptureReport, CaptureError
         TargetSpec::Pod { .. } | TargetSpec::Node(_) => None,
     };
 
-    let mut probes = Probes::load(&ProbeConfig::default())?;
+    let mut probes = Probes::load(&ProbeConfig {
+        events_bytes: options.ring_buffer_bytes,
+        ..ProbeConfig::default()
+    })?;
     let mut watched = watch(&target, &mut probes, options.memory_limit)?;
     if kubernetes.is_some() {
         watched.kind = "pod";

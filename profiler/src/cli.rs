@@ -233,6 +233,11 @@ pub struct CaptureArgs {
     #[command(flatten)]
     pub stacks: StackArgs,
 
+    /// Ring buffer for mapping, process and stack events: a power of two from 4Ki to 1Gi.
+    /// Events that do not fit are counted in the report's `drops` (kernel totals stay exact).
+    #[arg(long, value_name = "SIZE", default_value = "4Mi", value_parser = parse_ring_buffer)]
+    pub ring_buffer: u32,
+
     /// With --pod or --cgroup: the running agent's socket to ask for the session (default
     /// /run/headroom/agent.sock when it exists; then no second copy of the probes is loaded).
     #[arg(long, value_name = "PATH", conflicts_with = "standalone")]
@@ -293,6 +298,16 @@ impl StackArgs {
             max_stacks: self.max_stacks as usize,
         })
     }
+}
+
+fn parse_ring_buffer(text: &str) -> Result<u32, String> {
+    let bytes = parse_bytes_within(text, 4 << 10, 1 << 30)?;
+    if !bytes.is_power_of_two() {
+        return Err(format!(
+            "{text} is not a power of two (e.g. 64Ki, 4Mi, 16Mi)"
+        ));
+    }
+    u32::try_from(bytes).map_err(|_| format!("{text} is too large"))
 }
 
 fn parse_sample_bytes(text: &str) -> Result<u64, String> {
@@ -662,6 +677,7 @@ fn run_capture(args: CaptureArgs) -> anyhow::Result<u8> {
     options.memory_limit = args.memory_limit;
     options.headroom = args.sizing.headroom;
     options.stacks = args.stacks.settings();
+    options.ring_buffer_bytes = args.ring_buffer;
     if options.stacks.is_some() && matches!(options.target, TargetSpec::Node(_)) {
         // Node-wide captures count every cgroup; stacks are for one target at a time.
         if args.stacks.flamegraph.is_some() || args.stacks.folded.is_some() {

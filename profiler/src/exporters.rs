@@ -139,7 +139,7 @@ impl Metrics {
             charged_peak: gauge(
                 registry,
                 "headroom_container_memory_charged_peak_bytes",
-                "Highest charge since the agent started watching (every interval's maximum).",
+                "Highest charge: the cgroup's kernel high-water mark when first seen, then every interval's maximum.",
             )?,
             startup_peak: gauge(
                 registry,
@@ -185,7 +185,7 @@ impl Metrics {
             oom_kills: counter(
                 registry,
                 "headroom_container_oom_kills_total",
-                "OOM kills of the container's processes (oom:mark_victim).",
+                "OOM kills: the higher of oom:mark_victim's count and the cgroup's own counter.",
                 &LABELS,
             )?,
             dropped_events: counter(

@@ -75,6 +75,9 @@ struct Container {
     kubernetes: Option<KubernetesMeta>,
     timeline: Timeline,
     charged_peak: u64,
+    /// OOM kills the cgroup itself counted (memory.events / memory.oom_control): the kernel's
+    /// lifetime figure, so an agent restart neither loses nor double-counts them.
+    cgroup_oom_kills: u64,
     /// The effective limit, read with the charge.
     limit: Option<u64>,
     figures: ContainerFigures,
@@ -224,7 +227,7 @@ fn container_report(id: u64, container: &Container, shared: &Shared) -> TargetRe
             .map(|current| ChargedMemory {
                 peak_bytes: container.charged_peak,
                 peak_source: format!(
-                    "maximum of every {} ms interval since the agent first saw the container",
+                    "the cgroup's kernel high-water mark when the agent first saw it, then the maximum of every {} ms interval",
                     shared.interval.as_millis()
                 ),
                 startup_peak_bytes: phases.startup_peak_bytes,
@@ -247,7 +250,7 @@ fn container_report(id: u64, container: &Container, shared: &Shared) -> TargetRe
         spikes: phases.spikes,
         sources: Vec::new(),
         stacks: None,
-        oom_kills: container.counters.oom_kills,
+        oom_kills: container.counters.oom_kills.max(container.cgroup_oom_kills),
         oom_kills_cgroup: None,
         oom_events: Vec::new(),
         activity: ActivitySummary::from_counters(&container.counters, None),
@@ -410,6 +413,51 @@ impl Agent {
     }
 }
 
+/// Seeds every running process's resident memory under its cgroup, so that containers which
+/// stay idle after the agent starts (or restarts) are tracked at once instead of at their next
+/// page fault. Returns the number of cgroups seeded.
+fn seed_running_processes(probes: &mut Probes, hierarchies: &Hierarchies, bound: usize) -> usize {
+    let root = Path::new("/");
+    let mut by_cgroup: HashMap<u64, Vec<(u32, [i64; 4])>> = HashMap::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(cgroups) = crate::cgroups::process_cgroups(root, Some(pid)) else {
+            continue;
+        };
+        let dir = hierarchies
+            .unified
+            .join(cgroups.unified.trim_start_matches('/'));
+        let Ok(id) = crate::cgroups::cgroup_id(&dir) else {
+            continue;
+        };
+        // Kernel threads have no memory of their own.
+        let Some(rss) =
+            crate::procfs::resident_by_member(root, pid).filter(|r| r.iter().any(|&v| v > 0))
+        else {
+            continue;
+        };
+        if by_cgroup.len() < bound || by_cgroup.contains_key(&id) {
+            by_cgroup.entry(id).or_default().push((pid, rss));
+        }
+    }
+    let seeded = by_cgroup.len();
+    for (id, processes) in by_cgroup {
+        if let Err(err) = probes.seed_resident(id, &processes) {
+            tracing::warn!(cgroup_id = id, error = %err, "seeding running processes failed");
+        }
+    }
+    seeded
+}
+
 /// The one container of a pod the agent tracks, by namespace, name and container name.
 fn find_pod(
     shared: &Shared,
@@ -480,6 +528,13 @@ impl Agent {
                 let path = self.resolver.resolve(id);
                 let (attribution, kubernetes) =
                     attribution::attribute(path.as_deref(), pods_guard.as_deref());
+                // State from before the agent started (or restarted) comes from the kernel's
+                // own high-water mark of the cgroup, not from zero.
+                let lifetime_peak = path
+                    .as_deref()
+                    .and_then(|path| self.hierarchies.charge_reader(path))
+                    .and_then(|charge| charge.lifetime_peak())
+                    .map_or(0, |(peak, _)| peak);
                 shared.containers.insert(
                     id,
                     Container {
@@ -491,7 +546,8 @@ impl Agent {
                             self.config.interval.as_millis() as u64,
                             self.config.timeline_buckets,
                         ),
-                        charged_peak: 0,
+                        charged_peak: lifetime_peak,
+                        cgroup_oom_kills: 0,
                         limit: None,
                         figures: ContainerFigures::default(),
                         counters: MemoryCounters::default(),
@@ -523,6 +579,9 @@ impl Agent {
                 .and_then(|path| self.hierarchies.charge_reader(path));
             let charged = charge.as_ref().and_then(ChargeReader::current);
             container.limit = charge.as_ref().and_then(ChargeReader::limit);
+            if let Some(kills) = charge.as_ref().and_then(ChargeReader::oom_kills) {
+                container.cgroup_oom_kills = container.cgroup_oom_kills.max(kills);
+            }
             if let Some(charged) = charged {
                 container.charged_peak = container.charged_peak.max(charged);
             }
@@ -576,7 +635,7 @@ impl Agent {
                 resident_bytes: container.counters.resident_bytes().max(0) as u64,
                 resident_peak_bytes: container.counters.resident_peak_bytes,
                 threads_created: container.counters.threads_created,
-                oom_kills: container.counters.oom_kills,
+                oom_kills: container.counters.oom_kills.max(container.cgroup_oom_kills),
                 recommended_request_bytes: None,
                 recommended_limit_bytes: None,
             };
@@ -657,6 +716,8 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
         max_targets,
         ..ProbeConfig::default()
     })?;
+    let seeded = seed_running_processes(&mut probes, &hierarchies, config.max_containers);
+    tracing::info!(cgroups = seeded, "running processes seeded from /proc");
     let mut events = probes
         .take_event_stream()?
         .ok_or(ProbeError::MissingMap(profiler_common::map::EVENTS))?;

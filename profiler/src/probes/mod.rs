@@ -123,6 +123,8 @@ pub struct ProbeConfig {
     pub max_targets: u32,
     /// Processes counted at once (LRU).
     pub max_processes: u32,
+    /// Size of the ring buffer for rare events (a power of two, at least one page).
+    pub events_bytes: u32,
 }
 
 impl Default for ProbeConfig {
@@ -134,6 +136,7 @@ impl Default for ProbeConfig {
             trace_syscalls: true,
             max_targets: capacity::TARGETS,
             max_processes: capacity::PROCESSES,
+            events_bytes: capacity::EVENTS_BYTES,
         }
     }
 }
@@ -235,6 +238,7 @@ impl Probes {
             .override_global(global::TRACK_WINDOWS, &track_windows, true)
             .map_max_entries(map::TARGET_COUNTERS, config.max_targets)
             .map_max_entries(map::PROCESS_COUNTERS, config.max_processes)
+            .map_max_entries(map::EVENTS, config.events_bytes)
             .load(EBPF_OBJECT)
             .map_err(|err| match preflight::explain_load_error(&err) {
                 Some(preflight_error) => ProbeError::Preflight(preflight_error),
@@ -410,7 +414,27 @@ impl Probes {
         raise_resident_peaks(&mut sums);
         match self.target_counters.insert(target_id, sums, BPF_NOEXIST) {
             Ok(()) => Ok(()),
-            Err(err) if already_exists(&err) => Ok(()),
+            Err(err) if already_exists(&err) => {
+                // The kernel made the target meanwhile (another of its processes faulted): add
+                // the seeded processes to its sums, or they would be missing for good. (A
+                // kernel update landing between this read and write is the one thing lost.)
+                let mut existing = match self.target_counters.get(&target_id, 0) {
+                    Ok(existing) => existing,
+                    Err(source) => {
+                        return Err(ProbeError::MapRead {
+                            name: map::TARGET_COUNTERS,
+                            source: Box::new(source),
+                        })
+                    }
+                };
+                for (sum, value) in existing.rss_bytes.iter_mut().zip(sums.rss_bytes) {
+                    *sum += value;
+                }
+                raise_resident_peaks(&mut existing);
+                self.target_counters
+                    .insert(target_id, existing, BPF_EXIST)
+                    .map_err(write_error(map::TARGET_COUNTERS))
+            }
             Err(source) => Err(write_error(map::TARGET_COUNTERS)(source)),
         }
     }
@@ -582,6 +606,8 @@ fn already_exists(err: &MapError) -> bool {
 
 /// BPF_NOEXIST: create only.
 const BPF_NOEXIST: u64 = 1;
+/// BPF_EXIST: update only.
+const BPF_EXIST: u64 = 2;
 
 /// Sets the resident high-water marks of seeded counters to their current sums.
 fn raise_resident_peaks(counters: &mut MemoryCounters) {
