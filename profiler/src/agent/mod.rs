@@ -64,6 +64,10 @@ pub enum AgentError {
 
 /// Pods kept in the metadata cache.
 const POD_CAPACITY: usize = 1024;
+/// Limits, OOM-kill counts and charge files that could not be opened are read every this
+/// many ticks: they change rarely, and reading them for every container every tick was most
+/// of an idle agent's CPU with hundreds of containers.
+const SLOW_READ_TICKS: u64 = 10;
 /// A cgroup whose path cannot be resolved is dropped after this long.
 const UNRESOLVED_GRACE: Duration = Duration::from_secs(60);
 
@@ -78,6 +82,9 @@ struct Container {
     /// OOM kills the cgroup itself counted (memory.events / memory.oom_control): the kernel's
     /// lifetime figure, so an agent restart neither loses nor double-counts them.
     cgroup_oom_kills: u64,
+    /// The cgroup's charge files, opened once and re-read with pread each tick; None until
+    /// they can be opened (retried every [`SLOW_READ_TICKS`]) or after a read fails.
+    charge: Option<ChargeReader>,
     /// The effective limit, read with the charge.
     limit: Option<u64>,
     figures: ContainerFigures,
@@ -548,6 +555,7 @@ impl Agent {
                         ),
                         charged_peak: lifetime_peak,
                         cgroup_oom_kills: 0,
+                        charge: None,
                         limit: None,
                         figures: ContainerFigures::default(),
                         counters: MemoryCounters::default(),
@@ -573,14 +581,28 @@ impl Agent {
                 container.attribution = attribution;
                 container.kubernetes = kubernetes;
             }
-            let charge = container
-                .path
-                .as_deref()
-                .and_then(|path| self.hierarchies.charge_reader(path));
-            let charged = charge.as_ref().and_then(ChargeReader::current);
-            container.limit = charge.as_ref().and_then(ChargeReader::limit);
-            if let Some(kills) = charge.as_ref().and_then(ChargeReader::oom_kills) {
-                container.cgroup_oom_kills = container.cgroup_oom_kills.max(kills);
+            let fresh = container.charge.is_none();
+            if fresh
+                && (self.ticks % SLOW_READ_TICKS == 1
+                    || container.first_seen.elapsed() < self.config.interval)
+            {
+                container.charge = container
+                    .path
+                    .as_deref()
+                    .and_then(|path| self.hierarchies.charge_reader(path));
+            }
+            let charged = container.charge.as_ref().and_then(ChargeReader::current);
+            if charged.is_none() {
+                // Gone, or not readable: reopened later; the expiry check below decides.
+                container.charge = None;
+            }
+            if let Some(charge) = &container.charge {
+                if fresh || self.ticks % SLOW_READ_TICKS == 0 {
+                    container.limit = charge.limit();
+                    if let Some(kills) = charge.oom_kills() {
+                        container.cgroup_oom_kills = container.cgroup_oom_kills.max(kills);
+                    }
+                }
             }
             if let Some(charged) = charged {
                 container.charged_peak = container.charged_peak.max(charged);
@@ -604,7 +626,10 @@ impl Agent {
             .containers
             .iter()
             .filter(|(id, c)| match &c.path {
-                Some(path) => !unified.join(path.trim_start_matches('/')).exists(),
+                // A readable charge file means the cgroup is there; only otherwise look.
+                Some(path) => {
+                    c.charge.is_none() && !unified.join(path.trim_start_matches('/')).exists()
+                }
                 None => !seen.contains(id) || c.first_seen.elapsed() > UNRESOLVED_GRACE,
             })
             .map(|(id, _)| *id)
