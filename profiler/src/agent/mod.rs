@@ -597,7 +597,7 @@ impl Agent {
                 container.charge = None;
             }
             if let Some(charge) = &container.charge {
-                if fresh || self.ticks % SLOW_READ_TICKS == 0 {
+                if fresh || self.ticks.is_multiple_of(SLOW_READ_TICKS) {
                     container.limit = charge.limit();
                     if let Some(kills) = charge.oom_kills() {
                         container.cgroup_oom_kills = container.cgroup_oom_kills.max(kills);
