@@ -79,7 +79,13 @@ fn the_agent_exports_a_container_while_it_lives_and_forgets_it_after() {
         metrics.contains(&format!("attribution=\"host\",{label}")),
         "{metrics}"
     );
+    assert_eq!(
+        series_value(&metrics, "headroom_container_threads", &label),
+        Some(1.0),
+        "one thread alive in the container"
+    );
     for self_metric in [
+        "headroom_agent_ring_events_total{kind=\"process_start\"}",
         "headroom_agent_resident_bytes",
         "headroom_agent_containers_tracked",
         "headroom_agent_map_fill_ratio{map=\"targets\"}",

@@ -297,6 +297,7 @@ fn exported_metric_names() -> BTreeSet<String> {
         resident_bytes: 1,
         resident_peak_bytes: 1,
         threads_created: 1,
+        threads: Some(1),
         oom_kills: 1,
         recommended_request_bytes: Some(1),
         recommended_limit_bytes: Some(1),
@@ -305,6 +306,10 @@ fn exported_metric_names() -> BTreeSet<String> {
     metrics
         .dropped_events
         .with_label_values(&["ringbuf_full"])
+        .inc();
+    metrics
+        .ring_events
+        .with_label_values(&["process_start"])
         .inc();
     metrics
         .containers_not_tracked

@@ -53,6 +53,8 @@ pub struct ContainerFigures {
     pub resident_bytes: u64,
     pub resident_peak_bytes: u64,
     pub threads_created: u64,
+    /// Threads alive now (lines of the cgroup's cgroup.threads).
+    pub threads: Option<u64>,
     pub oom_kills: u64,
     pub recommended_request_bytes: Option<u64>,
     pub recommended_limit_bytes: Option<u64>,
@@ -69,10 +71,13 @@ pub struct Metrics {
     resident_peak: IntGaugeVec,
     recommended_request: IntGaugeVec,
     recommended_limit: IntGaugeVec,
+    threads: IntGaugeVec,
     threads_created: CounterVec,
     oom_kills: CounterVec,
     /// Agent self-metrics.
     pub dropped_events: CounterVec,
+    /// Ring-buffer events handled, by kind.
+    pub ring_events: CounterVec,
     pub containers_tracked: IntGauge,
     pub containers_not_tracked: CounterVec,
     pub map_fill_ratio: prometheus::GaugeVec,
@@ -176,6 +181,17 @@ impl Metrics {
                 "headroom_container_memory_recommended_limit_bytes",
                 "headroom's recommended memory limit.",
             )?,
+            threads: gauge(
+                registry,
+                "headroom_container_threads",
+                "Threads alive in the container now (its cgroup.threads).",
+            )?,
+            ring_events: counter(
+                registry,
+                "headroom_agent_ring_events_total",
+                "Ring-buffer events the agent handled, by kind (process_start, process_exit, oom_victim, stack_sample, mapping, undecodable).",
+                &["kind"],
+            )?,
             threads_created: counter(
                 registry,
                 "headroom_container_threads_created_total",
@@ -234,6 +250,7 @@ impl Metrics {
         set_optional(&self.limit, figures.limit_bytes);
         set_optional(&self.recommended_request, figures.recommended_request_bytes);
         set_optional(&self.recommended_limit, figures.recommended_limit_bytes);
+        set_optional(&self.threads, figures.threads);
         self.resident
             .with_label_values(&values)
             .set(to_i64(figures.resident_bytes));
@@ -263,6 +280,7 @@ impl Metrics {
             &self.resident_peak,
             &self.recommended_request,
             &self.recommended_limit,
+            &self.threads,
         ] {
             let _ = vec.remove_label_values(&values);
         }

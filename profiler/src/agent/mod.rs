@@ -82,6 +82,8 @@ struct Container {
     /// OOM kills the cgroup itself counted (memory.events / memory.oom_control): the kernel's
     /// lifetime figure, so an agent restart neither loses nor double-counts them.
     cgroup_oom_kills: u64,
+    /// Threads alive now, counted from cgroup.threads on the slow path.
+    threads: Option<u64>,
     /// The cgroup's charge files, opened once and re-read with pread each tick; None until
     /// they can be opened (retried every [`SLOW_READ_TICKS`]) or after a read fails.
     charge: Option<ChargeReader>,
@@ -555,6 +557,7 @@ impl Agent {
                         ),
                         charged_peak: lifetime_peak,
                         cgroup_oom_kills: 0,
+                        threads: None,
                         charge: None,
                         limit: None,
                         figures: ContainerFigures::default(),
@@ -595,6 +598,18 @@ impl Agent {
             if charged.is_none() {
                 // Gone, or not readable: reopened later; the expiry check below decides.
                 container.charge = None;
+            }
+            if fresh || self.ticks.is_multiple_of(SLOW_READ_TICKS) {
+                container.threads = container.path.as_deref().and_then(|path| {
+                    let file = self
+                        .hierarchies
+                        .unified
+                        .join(path.trim_start_matches('/'))
+                        .join("cgroup.threads");
+                    std::fs::read_to_string(file)
+                        .ok()
+                        .map(|text| text.lines().count() as u64)
+                });
             }
             if let Some(charge) = &container.charge {
                 if fresh || self.ticks.is_multiple_of(SLOW_READ_TICKS) {
@@ -661,6 +676,7 @@ impl Agent {
                 resident_peak_bytes: container.counters.resident_peak_bytes,
                 threads_created: container.counters.threads_created,
                 oom_kills: container.counters.oom_kills.max(container.cgroup_oom_kills),
+                threads: container.threads,
                 recommended_request_bytes: None,
                 recommended_limit_bytes: None,
             };
@@ -809,9 +825,20 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
             // so the ring never fills and drops mean real losses.
             batch = events.next_batch() => match batch {
                 Ok(batch) => {
-                    for event in batch.iter().flatten() {
-                        for active in &mut agent.sessions {
-                            active.record(event);
+                    for event in &batch {
+                        let kind = match event {
+                            Ok(probes::ProbeEvent::ProcessStart(_)) => "process_start",
+                            Ok(probes::ProbeEvent::ProcessExit(_)) => "process_exit",
+                            Ok(probes::ProbeEvent::OomVictim(_)) => "oom_victim",
+                            Ok(probes::ProbeEvent::StackSample(_)) => "stack_sample",
+                            Ok(probes::ProbeEvent::Mapping(_)) => "mapping",
+                            Err(_) => "undecodable",
+                        };
+                        agent.metrics.ring_events.with_label_values(&[kind]).inc();
+                        if let Ok(event) = event {
+                            for active in &mut agent.sessions {
+                                active.record(event);
+                            }
                         }
                     }
                 }
