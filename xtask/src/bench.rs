@@ -181,6 +181,78 @@ fn median(values: &mut [f64]) -> f64 {
     }
 }
 
+/// Rounds per configuration: HEADROOM_BENCH_ROUNDS, else `default`.
+fn rounds(default: usize) -> usize {
+    std::env::var("HEADROOM_BENCH_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(default)
+        .max(1)
+}
+
+/// How long each stress-ng run of `overhead` and `stressors` lasts.
+const STRESS_SECONDS: u64 = 5;
+
+/// One workload of `overhead` and `stressors`.
+struct Workload {
+    name: &'static str,
+    /// stress-ng's arguments; empty for redis-server under redis-benchmark.
+    args: &'static [&'static str],
+    /// The issue-8 target: at most this fraction of throughput lost with the agent.
+    target_loss: f64,
+}
+
+const WORKLOADS: [Workload; 5] = [
+    Workload {
+        name: "stress-ng --vm (page-fault storm)",
+        args: &["--vm", "1", "--vm-bytes", "256M"],
+        target_loss: 0.05,
+    },
+    Workload {
+        name: "stress-ng --mmap",
+        args: &["--mmap", "1", "--mmap-bytes", "4M"],
+        target_loss: 0.05,
+    },
+    Workload {
+        name: "stress-ng --pthread (thread churn)",
+        args: &["--pthread", "2"],
+        target_loss: 0.05,
+    },
+    Workload {
+        name: "stress-ng --brk",
+        args: &["--brk", "1"],
+        target_loss: 0.05,
+    },
+    Workload {
+        name: "redis-server under redis-benchmark",
+        args: &[],
+        target_loss: 0.01,
+    },
+];
+
+/// A redis-server on loopback for `redis`, stopped on drop.
+fn start_redis(port: u16) -> Result<Beside> {
+    let server = Beside(Some(
+        Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--loglevel", "warning"])
+            .stdout(Stdio::null())
+            .spawn()
+            .context("starting redis-server")?,
+    ));
+    thread::sleep(Duration::from_secs(1));
+    Ok(server)
+}
+
+/// Runs one workload of [`WORKLOADS`]; its operations per second.
+fn run_workload(args: &[&str], redis_port: u16) -> Result<f64> {
+    if args.is_empty() {
+        redis(redis_port)
+    } else {
+        stress(args, STRESS_SECONDS)
+    }
+}
+
 /// The parts of `cargo xtask bench`, in the order they run (cheapest first) and appear in
 /// BENCHMARKS.md.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
@@ -326,57 +398,27 @@ fn overhead(headroom: &Path, machine: &str) -> Result<String> {
     setup::ensure_packages(&["bpftrace"])?;
     let script = std::env::temp_dir().join("headroom-naive.bt");
     std::fs::write(&script, NAIVE_SCRIPT).context("writing the bpftrace script")?;
-    let rounds: usize = std::env::var("HEADROOM_BENCH_ROUNDS")
-        .ok()
-        .and_then(|r| r.parse().ok())
-        .unwrap_or(3)
-        .max(1);
-    let seconds = 5;
+    let rounds = rounds(3);
+    let seconds = STRESS_SECONDS;
     let configs = [Config::Baseline, Config::Agent, Config::Naive];
 
     let redis_port = 19_556;
-    let redis_server = Beside(Some(
-        Command::new("redis-server")
-            .args(["--port", &redis_port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no", "--loglevel", "warning"])
-            .stdout(Stdio::null())
-            .spawn()
-            .context("starting redis-server")?,
-    ));
-    thread::sleep(Duration::from_secs(1));
+    let redis_server = start_redis(redis_port)?;
 
-    let workloads: [(&str, &[&str], f64); 5] = [
-        (
-            "stress-ng --vm (page-fault storm)",
-            &["--vm", "1", "--vm-bytes", "256M"],
-            0.05,
-        ),
-        (
-            "stress-ng --mmap",
-            &["--mmap", "1", "--mmap-bytes", "4M"],
-            0.05,
-        ),
-        (
-            "stress-ng --pthread (thread churn)",
-            &["--pthread", "2"],
-            0.05,
-        ),
-        ("stress-ng --brk", &["--brk", "1"], 0.05),
-        ("redis-server under redis-benchmark", &[], 0.01),
-    ];
     let mut rows = Vec::new();
-    for (name, args, target_loss) in workloads {
+    for Workload {
+        name,
+        args,
+        target_loss,
+    } in WORKLOADS
+    {
         let mut results: [Vec<f64>; 3] = [Vec::new(), Vec::new(), Vec::new()];
         for round in 0..rounds {
             for offset in 0..configs.len() {
                 let index = (round + offset) % configs.len();
                 let config = configs[index];
                 let beside = start(config, headroom, &script)?;
-                let rate = if args.is_empty() {
-                    redis(redis_port)?
-                } else {
-                    stress(args, seconds)?
-                };
+                let rate = run_workload(args, redis_port)?;
                 drop(beside);
                 eprintln!("[bench] {name} / {}: {rate:.0} per second", config.name());
                 results[index].push(rate);
