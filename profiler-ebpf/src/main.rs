@@ -60,6 +60,12 @@ static TRACK_REGIONS: u8 = 0;
 #[no_mangle]
 static TRACK_WINDOWS: u8 = 0;
 
+/// 1: stack snapshots for `.eh_frame` unwinding may be taken (the loader sets it only where
+/// the kernel has BTF: bpf_get_current_task_btf needs it). A read-only constant at load, so
+/// with 0 the verifier prunes the snapshot code and BTF-less kernels load the rest.
+#[no_mangle]
+static STACK_SNAPSHOTS: u8 = 0;
+
 #[map]
 static TARGET_COUNTERS: HashMap<u64, MemoryCounters> =
     HashMap::with_max_entries(capacity::TARGETS, 0);
@@ -570,7 +576,7 @@ struct SampleOrigin {
 /// in user space. (Not inlined: three callers, and BPF calls take at most five arguments.)
 #[inline(never)]
 fn emit_stack_sample(ctx: &TracePointContext, origin: &SampleOrigin, snapshot: bool) {
-    if snapshot {
+    if snapshot && flag_set(&STACK_SNAPSHOTS) {
         let Some(mut entry) = EVENTS.reserve::<StackSnapshotEvent>(0) else {
             count_drop(drop_reason::RINGBUF_FULL);
             return;

@@ -354,6 +354,10 @@ pub async fn run(options: &CaptureOptions) -> Result<CaptureReport, CaptureError
 
     let mut probes = Probes::load(&ProbeConfig {
         events_bytes: options.ring_buffer_bytes,
+        stack_snapshots: options
+            .stacks
+            .as_ref()
+            .is_some_and(|stacks| stacks.unwinding == crate::stacks::Unwinding::EhFrame),
         ..ProbeConfig::default()
     })?;
     let mut watched = watch(&target, &mut probes, options.memory_limit)?;

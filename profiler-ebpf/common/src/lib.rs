@@ -58,6 +58,9 @@ pub mod global {
     pub const TRACK_REGIONS: &str = "TRACK_REGIONS";
     /// `u8`: 1 keeps per-window high-water marks (capture sessions).
     pub const TRACK_WINDOWS: &str = "TRACK_WINDOWS";
+    /// `u8`: 1 allows stack snapshots (needs kernel BTF). 0 makes the snapshot code dead for
+    /// the verifier, so kernels without BTF load the rest.
+    pub const STACK_SNAPSHOTS: &str = "STACK_SNAPSHOTS";
 }
 
 /// Default map sizes. User space may override them at load time; each one bounds kernel memory.

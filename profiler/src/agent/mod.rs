@@ -369,6 +369,14 @@ impl Agent {
             return refuse(start, format!("a session for {path} is already running"));
         }
         let settings = start.request.stack_settings();
+        if settings.unwinding == crate::stacks::Unwinding::EhFrame
+            && !probes::preflight::has_btf(Path::new("/"))
+        {
+            return refuse(
+                start,
+                "--unwind eh-frame needs the kernel's BTF (/sys/kernel/btf/vmlinux), which this node lacks; use --unwind frame-pointers".to_owned(),
+            );
+        }
         if let Err(err) = self.probes.sample_stacks(target_id, settings.for_kernel()) {
             return refuse(start, format!("switching stack sampling on failed: {err}"));
         }
@@ -754,6 +762,8 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
         // Syscall tracepoints slow every syscall on the node; the agent's figures come from
         // rss_stat, task and OOM events.
         trace_syscalls: false,
+        // eh-frame sessions where the kernel has BTF; elsewhere they are refused by name.
+        stack_snapshots: probes::preflight::has_btf(Path::new("/")),
         max_targets,
         ..ProbeConfig::default()
     })?;

@@ -125,6 +125,10 @@ pub struct ProbeConfig {
     pub max_processes: u32,
     /// Size of the ring buffer for rare events (a power of two, at least one page).
     pub events_bytes: u32,
+    /// Allow stack snapshots for `.eh_frame` unwinding. Needs kernel BTF; off, the verifier
+    /// never sees the snapshot code (a load-time constant prunes it), so kernels without BTF
+    /// still load everything else.
+    pub stack_snapshots: bool,
 }
 
 impl Default for ProbeConfig {
@@ -137,6 +141,7 @@ impl Default for ProbeConfig {
             max_targets: capacity::TARGETS,
             max_processes: capacity::PROCESSES,
             events_bytes: capacity::EVENTS_BYTES,
+            stack_snapshots: false,
         }
     }
 }
@@ -228,14 +233,21 @@ impl Probes {
     /// Checks privileges and kernel features, loads the object and attaches every program.
     pub fn load(config: &ProbeConfig) -> Result<Self, ProbeError> {
         let started = std::time::Instant::now();
-        preflight::check(Path::new("/"))?;
+        preflight::check(
+            Path::new("/"),
+            preflight::Needs {
+                btf: config.stack_snapshots,
+            },
+        )?;
         let trace_all = u8::from(config.trace_all_cgroups);
         let track_regions = u8::from(config.track_regions);
         let track_windows = u8::from(config.track_windows);
+        let stack_snapshots = u8::from(config.stack_snapshots);
         let mut ebpf = EbpfLoader::new()
             .override_global(global::TRACE_ALL_CGROUPS, &trace_all, true)
             .override_global(global::TRACK_REGIONS, &track_regions, true)
             .override_global(global::TRACK_WINDOWS, &track_windows, true)
+            .override_global(global::STACK_SNAPSHOTS, &stack_snapshots, true)
             .map_max_entries(map::TARGET_COUNTERS, config.max_targets)
             .map_max_entries(map::PROCESS_COUNTERS, config.max_processes)
             .map_max_entries(map::EVENTS, config.events_bytes)

@@ -59,13 +59,62 @@ pub enum PreflightError {
          still forbid it)"
     )]
     LoadPermission { errno: &'static str },
+    #[error(
+        "kernel {release} is too old: headroom needs Linux 5.12+ (the BPF ring buffer came in \
+         5.8, the atomic exchange and compare-exchange its counters use in 5.12)"
+    )]
+    KernelTooOld { release: String },
+    #[error(
+        "--unwind eh-frame needs the kernel's BTF ({path} is missing; kernels built with \
+         CONFIG_DEBUG_INFO_BTF=y have it). Capture with --unwind frame-pointers instead"
+    )]
+    BtfMissing { path: PathBuf },
+}
+
+/// What the probes about to be loaded need from the kernel beyond the basics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Needs {
+    /// Stack snapshots for `.eh_frame` unwinding (bpf_get_current_task_btf, bpf_task_pt_regs).
+    pub btf: bool,
 }
 
 /// Runs every check against the filesystem under `root` (`/` outside tests).
-pub fn check(root: &Path) -> Result<(), PreflightError> {
+pub fn check(root: &Path, needs: Needs) -> Result<(), PreflightError> {
     check_capabilities(&root.join("proc/self/status"))?;
+    check_kernel_version(root)?;
+    if needs.btf && !has_btf(root) {
+        return Err(PreflightError::BtfMissing {
+            path: root.join("sys/kernel/btf/vmlinux"),
+        });
+    }
     let tracefs = ensure_tracefs(root)?;
     check_tracepoints(&tracefs)
+}
+
+/// Whether the kernel exposes its own BTF (needed for stack snapshots).
+pub fn has_btf(root: &Path) -> bool {
+    root.join("sys/kernel/btf/vmlinux").exists()
+}
+
+/// `major.minor` of a kernel release string (`6.18.44-1-cloud` gives (6, 18)).
+pub fn parse_kernel_release(release: &str) -> Option<(u32, u32)> {
+    let mut parts = release.trim().split(['.', '-']);
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next()?.parse().ok()?;
+    Some((major, minor))
+}
+
+fn check_kernel_version(root: &Path) -> Result<(), PreflightError> {
+    // Unreadable: let the load itself say what is wrong.
+    let Ok(release) = fs::read_to_string(root.join("proc/sys/kernel/osrelease")) else {
+        return Ok(());
+    };
+    match parse_kernel_release(&release) {
+        Some(version) if version < (5, 12) => Err(PreflightError::KernelTooOld {
+            release: release.trim().to_owned(),
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// Reads the effective capability mask from a /proc/PID/status text.
@@ -211,7 +260,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("headroom-preflight-{}", std::process::id()));
         fs::create_dir_all(dir.join("proc/self")).expect("temp dir");
         fs::write(dir.join("proc/self/status"), "CapEff:\t0000000000000000\n").expect("write");
-        let err = check(&dir).expect_err("no capabilities must fail");
+        let err = check(&dir, Needs::default()).expect_err("no capabilities must fail");
         let message = err.to_string();
         assert!(message.contains("CAP_BPF and CAP_PERFMON"), "{message}");
         assert!(message.contains("setcap"), "{message}");
@@ -222,6 +271,27 @@ mod tests {
     fn garbage_capability_line_is_an_error_not_a_panic() {
         assert_eq!(effective_capabilities("CapEff:\tzz\n"), None);
         assert_eq!(effective_capabilities(""), None);
+    }
+
+    #[test]
+    fn old_kernels_and_missing_btf_are_named() {
+        assert_eq!(
+            parse_kernel_release("6.18.44-1-cloud-amd64\n"),
+            Some((6, 18))
+        );
+        assert_eq!(parse_kernel_release("5.4.0"), Some((5, 4)));
+        assert_eq!(parse_kernel_release("garbage"), None);
+        let dir = std::env::temp_dir().join(format!("headroom-kernel-{}", std::process::id()));
+        fs::create_dir_all(dir.join("proc/self")).expect("temp dir");
+        fs::create_dir_all(dir.join("proc/sys/kernel")).expect("temp dir");
+        fs::write(dir.join("proc/self/status"), "CapEff:\t000001ffffffffff\n").expect("write");
+        fs::write(dir.join("proc/sys/kernel/osrelease"), "5.4.0-150-generic\n").expect("write");
+        let err = check(&dir, Needs::default()).expect_err("5.4 is too old");
+        assert!(err.to_string().contains("5.4.0-150-generic") && err.to_string().contains("5.12+"));
+        fs::write(dir.join("proc/sys/kernel/osrelease"), "6.1.0\n").expect("write");
+        let err = check(&dir, Needs { btf: true }).expect_err("no BTF under the fixture root");
+        assert!(err.to_string().contains("--unwind frame-pointers"), "{err}");
+        fs::remove_dir_all(&dir).expect("cleanup");
     }
 
     #[test]
