@@ -84,6 +84,17 @@ fn the_agent_exports_a_container_while_it_lives_and_forgets_it_after() {
         Some(1.0),
         "one thread alive in the container"
     );
+    // Reserved: the workload's 48 MiB map plus its binary and libraries (VmSize).
+    let reserved = series_value(
+        &metrics,
+        "headroom_container_memory_reserved_peak_bytes",
+        &label,
+    )
+    .unwrap_or(0.0);
+    assert!(
+        reserved >= (48 * MIB) as f64 && reserved < (120 * MIB) as f64,
+        "reserved peak {reserved}"
+    );
     for self_metric in [
         "headroom_agent_ring_events_total{kind=\"process_start\"}",
         "headroom_agent_resident_bytes",

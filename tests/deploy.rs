@@ -298,6 +298,8 @@ fn exported_metric_names() -> BTreeSet<String> {
         resident_peak_bytes: 1,
         threads_created: 1,
         threads: Some(1),
+        reserved_bytes: Some(1),
+        reserved_peak_bytes: Some(1),
         oom_kills: 1,
         recommended_request_bytes: Some(1),
         recommended_limit_bytes: Some(1),

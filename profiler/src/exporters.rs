@@ -55,6 +55,9 @@ pub struct ContainerFigures {
     pub threads_created: u64,
     /// Threads alive now (lines of the cgroup's cgroup.threads).
     pub threads: Option<u64>,
+    /// Address space reserved by its processes (sum of VmSize), now and its highest.
+    pub reserved_bytes: Option<u64>,
+    pub reserved_peak_bytes: Option<u64>,
     pub oom_kills: u64,
     pub recommended_request_bytes: Option<u64>,
     pub recommended_limit_bytes: Option<u64>,
@@ -72,6 +75,8 @@ pub struct Metrics {
     recommended_request: IntGaugeVec,
     recommended_limit: IntGaugeVec,
     threads: IntGaugeVec,
+    reserved: IntGaugeVec,
+    reserved_peak: IntGaugeVec,
     threads_created: CounterVec,
     oom_kills: CounterVec,
     /// Agent self-metrics.
@@ -186,6 +191,16 @@ impl Metrics {
                 "headroom_container_threads",
                 "Threads alive in the container now (its cgroup.threads).",
             )?,
+            reserved: gauge(
+                registry,
+                "headroom_container_memory_reserved_bytes",
+                "Address space reserved by the container's processes (sum of VmSize).",
+            )?,
+            reserved_peak: gauge(
+                registry,
+                "headroom_container_memory_reserved_peak_bytes",
+                "Highest address space reserved by the container's processes seen by the agent.",
+            )?,
             ring_events: counter(
                 registry,
                 "headroom_agent_ring_events_total",
@@ -251,6 +266,8 @@ impl Metrics {
         set_optional(&self.recommended_request, figures.recommended_request_bytes);
         set_optional(&self.recommended_limit, figures.recommended_limit_bytes);
         set_optional(&self.threads, figures.threads);
+        set_optional(&self.reserved, figures.reserved_bytes);
+        set_optional(&self.reserved_peak, figures.reserved_peak_bytes);
         self.resident
             .with_label_values(&values)
             .set(to_i64(figures.resident_bytes));
@@ -281,6 +298,8 @@ impl Metrics {
             &self.recommended_request,
             &self.recommended_limit,
             &self.threads,
+            &self.reserved,
+            &self.reserved_peak,
         ] {
             let _ = vec.remove_label_values(&values);
         }

@@ -134,11 +134,50 @@ pub fn parse_status_resident(status: &str) -> [i64; 4] {
     ]
 }
 
+/// Address space reserved by a process (VmSize of /proc/PID/status), in bytes.
+pub fn reserved_bytes(root: &Path, pid: u32) -> Option<u64> {
+    let status = fs::read_to_string(root.join(format!("proc/{pid}/status"))).ok()?;
+    parse_status_vm_size(&status)
+}
+
+pub fn parse_status_vm_size(status: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmSize:"))
+        .and_then(|rest| {
+            rest.trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
+        .and_then(|kib| kib.checked_mul(1024))
+}
+
 /// The process's command name (/proc/PID/comm).
 pub fn command_name(root: &Path, pid: u32) -> Option<String> {
     fs::read_to_string(root.join(format!("proc/{pid}/comm")))
         .ok()
         .map(|name| name.trim_end().to_owned())
+}
+
+#[cfg(test)]
+mod vm_size_tests {
+    use super::*;
+
+    #[test]
+    fn vm_size_is_read_in_bytes_and_garbage_is_none() {
+        assert_eq!(
+            parse_status_vm_size("Name:\tx\nVmSize:\t  2048 kB\n"),
+            Some(2 << 20)
+        );
+        assert_eq!(
+            parse_status_vm_size("VmSize:\t99999999999999999999 kB\n"),
+            None
+        );
+        assert_eq!(parse_status_vm_size("VmSize: lots\n"), None);
+        assert_eq!(parse_status_vm_size(""), None);
+    }
 }
 
 #[cfg(test)]

@@ -68,6 +68,8 @@ const POD_CAPACITY: usize = 1024;
 /// many ticks: they change rarely, and reading them for every container every tick was most
 /// of an idle agent's CPU with hundreds of containers.
 const SLOW_READ_TICKS: u64 = 10;
+/// Processes of one container whose address space is read per slow tick.
+const MAX_PROCESSES_READ: usize = 256;
 /// A cgroup whose path cannot be resolved is dropped after this long.
 const UNRESOLVED_GRACE: Duration = Duration::from_secs(60);
 
@@ -84,6 +86,9 @@ struct Container {
     cgroup_oom_kills: u64,
     /// Threads alive now, counted from cgroup.threads on the slow path.
     threads: Option<u64>,
+    /// Address space of its processes (VmSize sum) on the slow path, and the highest.
+    reserved: Option<u64>,
+    reserved_peak: u64,
     /// The cgroup's charge files, opened once and re-read with pread each tick; None until
     /// they can be opened (retried every [`SLOW_READ_TICKS`]) or after a read fails.
     charge: Option<ChargeReader>,
@@ -566,6 +571,8 @@ impl Agent {
                         charged_peak: lifetime_peak,
                         cgroup_oom_kills: 0,
                         threads: None,
+                        reserved: None,
+                        reserved_peak: 0,
                         charge: None,
                         limit: None,
                         figures: ContainerFigures::default(),
@@ -608,16 +615,29 @@ impl Agent {
                 container.charge = None;
             }
             if fresh || self.ticks.is_multiple_of(SLOW_READ_TICKS) {
-                container.threads = container.path.as_deref().and_then(|path| {
-                    let file = self
-                        .hierarchies
-                        .unified
-                        .join(path.trim_start_matches('/'))
-                        .join("cgroup.threads");
-                    std::fs::read_to_string(file)
+                if let Some(path) = container.path.as_deref() {
+                    let dir = self.hierarchies.unified.join(path.trim_start_matches('/'));
+                    container.threads = std::fs::read_to_string(dir.join("cgroup.threads"))
                         .ok()
-                        .map(|text| text.lines().count() as u64)
-                });
+                        .map(|text| text.lines().count() as u64);
+                    // The agent traces no mapping syscalls (they slow every syscall on the
+                    // node): reserved address space is the processes' VmSize, sampled here.
+                    container.reserved = std::fs::read_to_string(dir.join("cgroup.procs"))
+                        .ok()
+                        .map(|procs| {
+                            procs
+                                .lines()
+                                .take(MAX_PROCESSES_READ)
+                                .filter_map(|pid| pid.trim().parse().ok())
+                                .filter_map(|pid| {
+                                    crate::procfs::reserved_bytes(Path::new("/"), pid)
+                                })
+                                .sum()
+                        });
+                    if let Some(reserved) = container.reserved {
+                        container.reserved_peak = container.reserved_peak.max(reserved);
+                    }
+                }
             }
             if let Some(charge) = &container.charge {
                 if fresh || self.ticks.is_multiple_of(SLOW_READ_TICKS) {
@@ -685,6 +705,8 @@ impl Agent {
                 threads_created: container.counters.threads_created,
                 oom_kills: container.counters.oom_kills.max(container.cgroup_oom_kills),
                 threads: container.threads,
+                reserved_bytes: container.reserved,
+                reserved_peak_bytes: container.reserved.map(|_| container.reserved_peak),
                 recommended_request_bytes: None,
                 recommended_limit_bytes: None,
             };
