@@ -405,3 +405,68 @@ fn capture_through_the_running_agent_returns_a_report_with_stacks() {
     assert_eq!(loaded_programs_named("rss_stat"), programs_before);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn the_agent_reports_thread_stacks_of_a_container() {
+    let Some(_guard) = privileged("the_agent_reports_thread_stacks_of_a_container") else {
+        return;
+    };
+    let port = 20_000 + ((std::process::id() + 41) % 20_000) as u16;
+    let agent = headroom()
+        .args([
+            "agent",
+            "--metadata",
+            "none",
+            "--interval",
+            "200ms",
+            "--socket",
+            "",
+        ])
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn agent");
+    let mut agent = common::ChildGuard(agent);
+    common::wait_until("/readyz", 20, || {
+        common::http_get(port, "/readyz").is_some_and(|(status, _)| status == 200)
+    });
+    // 8 threads with 1 MiB stacks, each touching 256 KiB of it, held 6 s.
+    let mut cgroup = common::TestCgroup::new("agent-stacks");
+    let program = workload("stacks", false);
+    let mut child = common::ChildGuard(cgroup.spawn(&program, &["8", "1024", "256", "6000"]));
+    let label = format!("container=\"{}\"", cgroup.path());
+    let (mut reserved, mut resident) = (0.0, 0.0);
+    common::wait_until("the container's thread stacks", 20, || {
+        let metrics = common::http_get(port, "/metrics")
+            .map(|(_, body)| body)
+            .unwrap_or_default();
+        reserved = series_value(
+            &metrics,
+            "headroom_container_thread_stack_reserved_bytes",
+            &label,
+        )
+        .unwrap_or(0.0);
+        resident = series_value(
+            &metrics,
+            "headroom_container_thread_stack_resident_bytes",
+            &label,
+        )
+        .unwrap_or(0.0);
+        resident >= (8 * 256 * 1024) as f64
+    });
+    // Reserved: 8 x (1 MiB + guard page); resident: the 8 x 256 KiB touched, and a little more.
+    let expected_reserved = (8 * (1024 + 4) * 1024) as f64;
+    assert!(
+        (reserved - expected_reserved).abs() <= expected_reserved * 0.02,
+        "reserved {reserved}, expected {expected_reserved}"
+    );
+    assert!(
+        resident < (8 * 320 * 1024) as f64,
+        "resident {resident} for 8 x 256 KiB touched"
+    );
+    let _ = child.0.wait();
+    cgroup.remove();
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(agent.0.id()).expect("pid"));
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+    assert!(agent.0.wait().expect("agent exit").success());
+}

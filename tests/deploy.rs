@@ -300,6 +300,8 @@ fn exported_metric_names() -> BTreeSet<String> {
         threads: Some(1),
         reserved_bytes: Some(1),
         reserved_peak_bytes: Some(1),
+        thread_stack_reserved_bytes: Some(1),
+        thread_stack_resident_bytes: Some(1),
         oom_kills: 1,
         recommended_request_bytes: Some(1),
         recommended_limit_bytes: Some(1),

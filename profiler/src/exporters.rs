@@ -58,6 +58,9 @@ pub struct ContainerFigures {
     /// Address space reserved by its processes (sum of VmSize), now and its highest.
     pub reserved_bytes: Option<u64>,
     pub reserved_peak_bytes: Option<u64>,
+    /// Thread stacks (glibc/musl layout found in /proc/PID/maps): reserved and resident.
+    pub thread_stack_reserved_bytes: Option<u64>,
+    pub thread_stack_resident_bytes: Option<u64>,
     pub oom_kills: u64,
     pub recommended_request_bytes: Option<u64>,
     pub recommended_limit_bytes: Option<u64>,
@@ -77,6 +80,8 @@ pub struct Metrics {
     threads: IntGaugeVec,
     reserved: IntGaugeVec,
     reserved_peak: IntGaugeVec,
+    stack_reserved: IntGaugeVec,
+    stack_resident: IntGaugeVec,
     threads_created: CounterVec,
     oom_kills: CounterVec,
     /// Agent self-metrics.
@@ -201,6 +206,16 @@ impl Metrics {
                 "headroom_container_memory_reserved_peak_bytes",
                 "Highest address space reserved by the container's processes seen by the agent.",
             )?,
+            stack_reserved: gauge(
+                registry,
+                "headroom_container_thread_stack_reserved_bytes",
+                "Address space of the container's thread stacks (glibc/musl layout in /proc/PID/maps).",
+            )?,
+            stack_resident: gauge(
+                registry,
+                "headroom_container_thread_stack_resident_bytes",
+                "Resident memory of the container's thread stacks (smaps of those ranges).",
+            )?,
             ring_events: counter(
                 registry,
                 "headroom_agent_ring_events_total",
@@ -268,6 +283,8 @@ impl Metrics {
         set_optional(&self.threads, figures.threads);
         set_optional(&self.reserved, figures.reserved_bytes);
         set_optional(&self.reserved_peak, figures.reserved_peak_bytes);
+        set_optional(&self.stack_reserved, figures.thread_stack_reserved_bytes);
+        set_optional(&self.stack_resident, figures.thread_stack_resident_bytes);
         self.resident
             .with_label_values(&values)
             .set(to_i64(figures.resident_bytes));
@@ -300,6 +317,8 @@ impl Metrics {
             &self.threads,
             &self.reserved,
             &self.reserved_peak,
+            &self.stack_reserved,
+            &self.stack_resident,
         ] {
             let _ = vec.remove_label_values(&values);
         }

@@ -134,6 +134,48 @@ pub fn parse_status_resident(status: &str) -> [i64; 4] {
     ]
 }
 
+/// Thread stacks as glibc and musl lay them out, found in a /proc/PID/maps text: an anonymous
+/// private read-write mapping directly above a no-access guard mapping (the stack grows down
+/// towards its guard). Returns the stack ranges, guard included. A heuristic for the agent,
+/// which traces no mmap calls: runtimes with their own stack layout (Go, the JVM) are not
+/// recognised.
+pub fn thread_stack_ranges(maps: &str) -> Vec<(u64, u64)> {
+    let mut ranges = Vec::new();
+    let mut guard: Option<(u64, u64)> = None;
+    for line in maps.lines() {
+        let Some(mapping) = crate::stacks::modules::parse_maps_line(line) else {
+            guard = None;
+            continue;
+        };
+        let anonymous = mapping.inode == 0 && mapping.path.is_empty();
+        let perms = line.split(' ').nth(1).unwrap_or("");
+        match guard {
+            Some((guard_start, guard_end))
+                if anonymous && perms.starts_with("rw-p") && mapping.start == guard_end =>
+            {
+                ranges.push((guard_start, mapping.end));
+                guard = None;
+            }
+            _ => {
+                guard = (anonymous
+                    && perms.starts_with("---p")
+                    && mapping.end - mapping.start <= 1 << 20)
+                    .then_some((mapping.start, mapping.end));
+            }
+        }
+    }
+    ranges
+}
+
+/// Thread-stack (reserved, resident) of a process with more than one thread.
+pub fn thread_stacks(root: &Path, pid: u32) -> Option<(u64, u64)> {
+    let maps = fs::read_to_string(root.join(format!("proc/{pid}/maps"))).ok()?;
+    let ranges = thread_stack_ranges(&maps);
+    let reserved = ranges.iter().map(|(low, high)| high - low).sum();
+    let resident = resident_in_ranges(root, pid, &ranges)?;
+    Some((reserved, resident))
+}
+
 /// Address space reserved by a process (VmSize of /proc/PID/status), in bytes.
 pub fn reserved_bytes(root: &Path, pid: u32) -> Option<u64> {
     let status = fs::read_to_string(root.join(format!("proc/{pid}/status"))).ok()?;
@@ -164,6 +206,30 @@ pub fn command_name(root: &Path, pid: u32) -> Option<String> {
 #[cfg(test)]
 mod vm_size_tests {
     use super::*;
+
+    #[test]
+    fn glibc_thread_stacks_are_found_in_maps() {
+        // Two pthread stacks (4 KiB guard + 8 MiB), a malloc arena's PROT_NONE reserve (not
+        // followed by its rw part at the guard's end), libc, and the main stack.
+        let maps = "\
+7f0000000000-7f0000001000 ---p 00000000 00:00 0 \n\
+7f0000001000-7f0000801000 rw-p 00000000 00:00 0 \n\
+7f0000801000-7f0000802000 ---p 00000000 00:00 0 \n\
+7f0000802000-7f0001002000 rw-p 00000000 00:00 0 \n\
+7f1000000000-7f1000021000 rw-p 00000000 00:00 0 \n\
+7f1000021000-7f1004000000 ---p 00000000 00:00 0 \n\
+7f2000000000-7f2000026000 r--p 00000000 fe:01 1837606 /usr/lib/x86_64-linux-gnu/libc.so.6\n\
+7ffd5a1d0000-7ffd5a1f1000 rw-p 00000000 00:00 0                          [stack]\n";
+        let ranges = thread_stack_ranges(maps);
+        assert_eq!(
+            ranges,
+            vec![
+                (0x7f0000000000, 0x7f0000801000),
+                (0x7f0000801000, 0x7f0001002000)
+            ]
+        );
+        assert!(thread_stack_ranges("garbage\n").is_empty());
+    }
 
     #[test]
     fn vm_size_is_read_in_bytes_and_garbage_is_none() {

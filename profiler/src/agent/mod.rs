@@ -89,6 +89,8 @@ struct Container {
     /// Address space of its processes (VmSize sum) on the slow path, and the highest.
     reserved: Option<u64>,
     reserved_peak: u64,
+    /// Thread stacks (reserved, resident) on the slow path.
+    thread_stacks: Option<(u64, u64)>,
     /// The cgroup's charge files, opened once and re-read with pread each tick; None until
     /// they can be opened (retried every [`SLOW_READ_TICKS`]) or after a read fails.
     charge: Option<ChargeReader>,
@@ -573,6 +575,7 @@ impl Agent {
                         threads: None,
                         reserved: None,
                         reserved_peak: 0,
+                        thread_stacks: None,
                         charge: None,
                         limit: None,
                         figures: ContainerFigures::default(),
@@ -622,18 +625,28 @@ impl Agent {
                         .map(|text| text.lines().count() as u64);
                     // The agent traces no mapping syscalls (they slow every syscall on the
                     // node): reserved address space is the processes' VmSize, sampled here.
-                    container.reserved = std::fs::read_to_string(dir.join("cgroup.procs"))
-                        .ok()
+                    let pids: Vec<u32> = std::fs::read_to_string(dir.join("cgroup.procs"))
                         .map(|procs| {
                             procs
                                 .lines()
                                 .take(MAX_PROCESSES_READ)
                                 .filter_map(|pid| pid.trim().parse().ok())
-                                .filter_map(|pid| {
-                                    crate::procfs::reserved_bytes(Path::new("/"), pid)
-                                })
-                                .sum()
-                        });
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    let root = Path::new("/");
+                    container.reserved = Some(
+                        pids.iter()
+                            .filter_map(|&pid| crate::procfs::reserved_bytes(root, pid))
+                            .sum(),
+                    );
+                    container.thread_stacks = Some(
+                        pids.iter()
+                            .filter_map(|&pid| crate::procfs::thread_stacks(root, pid))
+                            .fold((0, 0), |(reserved, resident), (r, s)| {
+                                (reserved + r, resident + s)
+                            }),
+                    );
                     if let Some(reserved) = container.reserved {
                         container.reserved_peak = container.reserved_peak.max(reserved);
                     }
@@ -707,6 +720,8 @@ impl Agent {
                 threads: container.threads,
                 reserved_bytes: container.reserved,
                 reserved_peak_bytes: container.reserved.map(|_| container.reserved_peak),
+                thread_stack_reserved_bytes: container.thread_stacks.map(|(reserved, _)| reserved),
+                thread_stack_resident_bytes: container.thread_stacks.map(|(_, resident)| resident),
                 recommended_request_bytes: None,
                 recommended_limit_bytes: None,
             };
