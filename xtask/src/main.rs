@@ -4,8 +4,9 @@
 //! - `cargo xtask demo`:  setup, build, and capture the bundled demo workload.
 //! - `cargo xtask test`:  setup, fmt, clippy (host and BPF target), and every test, the
 //!   privileged eBPF suite included.
-//! - `cargo xtask bench`: workload overhead beside a naive bpftrace baseline, agent footprint,
-//!   aggregator throughput (BENCHMARKS.md; `--only PART` for some of them).
+//! - `cargo xtask bench`: workload overhead beside a naive bpftrace baseline, stack-sampling
+//!   cost, agent footprint, the agent under each stressor with per-program BPF cost, aggregator
+//!   throughput (BENCHMARKS.md; `--only PART` for some of them).
 //! - `cargo xtask fuzz`:  every cargo-fuzz target in fuzz/ for a bounded time, with counts.
 mod bench;
 mod fuzz;
@@ -35,8 +36,9 @@ enum Task {
     Demo,
     /// Setup, then fmt --check, clippy -D warnings (host and BPF target), and all tests.
     Test,
-    /// Workload overhead beside a naive bpftrace baseline, agent footprint with 1/100/500
-    /// containers, aggregator throughput; writes BENCHMARKS.md.
+    /// Workload overhead beside a naive bpftrace baseline, stack-sampling cost, agent footprint
+    /// with 1/100/500 containers, the agent under each stressor (with ns per event per BPF
+    /// program), aggregator throughput; writes BENCHMARKS.md.
     Bench {
         /// Run only these parts (comma-separated); BENCHMARKS.md keeps the others' sections.
         #[arg(long, value_enum, value_delimiter = ',')]
