@@ -594,3 +594,70 @@ fn runtime_failures_are_named_without_panics() {
     );
     no_panic(&stderr);
 }
+
+#[test]
+fn metrics_and_reports_carry_no_command_lines_or_environment() {
+    let Some(_guard) = privileged("metrics_and_reports_carry_no_command_lines_or_environment")
+    else {
+        return;
+    };
+    const SECRET: &str = "hunter2-Z9q";
+    const MARKER: &str = "marker-arg-Q7x";
+    let port = 20_000 + ((std::process::id() + 53) % 20_000) as u16;
+    let agent = start_agent(port);
+    let cgroup = TestCgroup::new("private");
+    // Processes whose environment and command line carry secrets; they run a short pipeline
+    // (so the container has series) and sleep.
+    let script = "head -c 8000000 /dev/zero | tail -c 1 >/dev/null; sleep 8";
+    let mut child = ChildGuard(cgroup.spawn(
+        Path::new("/usr/bin/env"),
+        &[
+            &format!("HEADROOM_SECRET={SECRET}"),
+            "sh",
+            "-c",
+            script,
+            MARKER,
+        ],
+    ));
+    let label = format!("container=\"{}\"", cgroup.path());
+    wait_for("the container's series", 20, || {
+        !series(
+            &metrics(port),
+            "headroom_container_memory_resident_bytes",
+            &label,
+        )
+        .is_empty()
+    });
+    let exported = metrics(port);
+    let report = common::http_get(port, &format!("/api/v1/report?cgroup={}", cgroup.path()))
+        .map(|(_, body)| body)
+        .unwrap_or_default();
+    assert!(
+        report.contains(&cgroup.path()),
+        "no report for the container: {report}"
+    );
+    // A capture report of the same cgroup, stacks included.
+    let captured = capture_with(
+        &[
+            "--standalone",
+            "--cgroup",
+            &cgroup.path(),
+            "--duration",
+            "2s",
+        ],
+        &[],
+    );
+    let captured = captured.report.to_string();
+    for (what, text) in [
+        ("/metrics", &exported),
+        ("/api/v1/report", &report),
+        ("capture report", &captured),
+    ] {
+        assert!(!text.contains(SECRET), "{what} carries the environment");
+        assert!(!text.contains(MARKER), "{what} carries the command line");
+    }
+    let _ = child.0.kill();
+    let _ = child.0.wait();
+    drop(cgroup);
+    stop_agent(agent);
+}
