@@ -61,31 +61,29 @@ fn an_overflowing_ring_buffer_counts_its_drops_and_kernel_totals_stay_exact() {
     else {
         return;
     };
-    // 100 000 mmap/munmap pairs into a one-page ring buffer: most mapping events cannot fit.
+    // 200 000 mmap/munmap pairs into a one-page ring buffer: the consumer cannot keep up
+    // (how many are lost depends on scheduling; that some are, and are counted, does not).
     let storm = workload("map_storm", false);
     let run = capture_with(
         &["--ring-buffer", "4Ki", "--no-stacks"],
-        &[storm.to_str().expect("path"), "100000"],
+        &[storm.to_str().expect("path"), "200000"],
     );
     assert!(run.output.status.success(), "{}", run.stderr());
     let dropped = run.number("/drops/ringbuf_full");
-    assert!(dropped > 10_000, "expected heavy drops, got {dropped}");
+    assert!(dropped > 0, "a one-page ring buffer lost nothing");
     // Counters live in kernel maps: every call is counted whatever the ring buffer lost.
     let mmaps = run.target("/activity/mmap_calls");
     let munmaps = run.target("/activity/munmap_calls");
     assert!(
-        (100_000..100_100).contains(&mmaps),
-        "mmap calls {mmaps} (100 000 by the workload, plus the loader's)"
+        (200_000..200_100).contains(&mmaps),
+        "mmap calls {mmaps} (200 000 by the workload, plus the loader's)"
     );
     assert!(
-        (100_000..100_100).contains(&munmaps),
+        (200_000..200_100).contains(&munmaps),
         "munmap calls {munmaps}"
     );
     // And the report says its per-region figures are not exact.
     assert_eq!(run.target_json()["reserved"]["exact"], false);
-    assert!(
-        run.stderr().contains("lost") || run.report["drops"]["ringbuf_full"].as_u64() > Some(0)
-    );
 }
 
 #[test]
