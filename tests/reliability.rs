@@ -606,7 +606,8 @@ fn metrics_and_reports_carry_no_command_lines_or_environment() {
     let cgroup = TestCgroup::new("private");
     // Processes whose environment and command line carry secrets; they run a short pipeline
     // (so the container has series) and sleep.
-    let script = "head -c 8000000 /dev/zero | tail -c 1 >/dev/null; sleep 8";
+    // `exec`: the spawned pid becomes the sleep, so killing it empties the cgroup.
+    let script = "head -c 8000000 /dev/zero | tail -c 1 >/dev/null; exec sleep 8";
     let mut child = ChildGuard(cgroup.spawn(
         Path::new("/usr/bin/env"),
         &[
@@ -656,6 +657,9 @@ fn metrics_and_reports_carry_no_command_lines_or_environment() {
     }
     let _ = child.0.kill();
     let _ = child.0.wait();
-    drop(cgroup);
+    let mut cgroup = cgroup;
+    cgroup.remove();
+    let leftover = Path::new("/sys/fs/cgroup/unified").join(cgroup.path().trim_start_matches('/'));
+    assert!(!leftover.exists(), "{} left behind", leftover.display());
     stop_agent(agent);
 }
