@@ -797,16 +797,7 @@ fn build_report(
     let profile = seen.stacks.take().map(StackCollector::finish);
     let mut spikes = spikes;
     if let Some(profile) = &profile {
-        for spike in &mut spikes {
-            let start_ms = (spike.start_seconds * 1000.0) as u64;
-            let from = start_ms.saturating_sub(2 * resolution);
-            let to = start_ms + spike.duration_ms + resolution;
-            if let Some((stack, bytes)) = profile.heaviest_between(from, to) {
-                spike.source = Some(stack.code_path());
-                spike.source_bytes = Some(bytes);
-                spike.frames = stack.shown_frames();
-            }
-        }
+        profile.name_spike_sources(&mut spikes, resolution);
     }
     let regions = &seen.regions;
     let sources = crate::report::memory_sources(

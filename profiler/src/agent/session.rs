@@ -39,7 +39,7 @@ use crate::{
         self, CaptureReport, ChargedMemory, ReservedMemory, ResidentMemory, ResidentPhases,
         SourceFigures, TargetReport, Threads, TimelineExcerpt, REPORT_SCHEMA,
     },
-    stacks::{StackCollector, StackProfile, StackSettings, Unwinding},
+    stacks::{StackCollector, StackSettings, Unwinding},
 };
 
 /// Where the agent listens by default (an emptyDir in the DaemonSet).
@@ -489,7 +489,7 @@ impl ActiveSession {
         let mut spikes = charged_phases
             .as_ref()
             .map_or_else(|| resident_phases.spikes.clone(), |p| p.spikes.clone());
-        attribute_spikes(&mut spikes, &profile, resolution);
+        profile.name_spike_sources(&mut spikes, resolution);
         let counters = view.counters;
         let sources = report::memory_sources(
             &SourceFigures {
@@ -590,24 +590,6 @@ impl ActiveSession {
         };
         report.recommend(self.request.headroom);
         report
-    }
-}
-
-/// Names the code path behind each spike from the samples taken during it.
-pub fn attribute_spikes(
-    spikes: &mut [crate::accounting::analysis::Spike],
-    profile: &StackProfile,
-    resolution_ms: u64,
-) {
-    for spike in spikes {
-        let start_ms = (spike.start_seconds * 1000.0) as u64;
-        let from = start_ms.saturating_sub(2 * resolution_ms);
-        let to = start_ms + spike.duration_ms + resolution_ms;
-        if let Some((stack, bytes)) = profile.heaviest_between(from, to) {
-            spike.source = Some(stack.code_path());
-            spike.source_bytes = Some(bytes);
-            spike.frames = stack.shown_frames();
-        }
     }
 }
 

@@ -590,6 +590,25 @@ impl StackProfile {
         Some((self.stacks.get(stack)?, bytes))
     }
 
+    /// Names the code path behind each spike: the stack that faulted in the most during it
+    /// (from two buckets before its start, where its first faults land, to one after its end).
+    pub fn name_spike_sources(
+        &self,
+        spikes: &mut [crate::accounting::analysis::Spike],
+        resolution_ms: u64,
+    ) {
+        for spike in spikes {
+            let start_ms = (spike.start_seconds * 1000.0) as u64;
+            let from = start_ms.saturating_sub(2 * resolution_ms);
+            let to = start_ms + spike.duration_ms + resolution_ms;
+            if let Some((stack, bytes)) = self.heaviest_between(from, to) {
+                spike.source = Some(stack.code_path());
+                spike.source_bytes = Some(bytes);
+                spike.frames = stack.shown_frames();
+            }
+        }
+    }
+
     /// Folded stacks (`root;...;leaf bytes`), under a first frame saying what the bytes are.
     pub fn folded(&self) -> Vec<String> {
         let mut lines = Vec::new();
