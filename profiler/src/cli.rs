@@ -4,13 +4,15 @@ use std::{io::Write as _, path::PathBuf, time::Duration};
 
 use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 
+pub use crate::report::Format;
 use crate::{
     agent::session,
     attribution::kubernetes::{parse_pod_name, KubernetesError},
     capture::{self, CaptureError, CaptureOptions, MetadataSource, NodeOptions, TargetSpec},
-    report::CaptureReport,
+    report::{render, CaptureReport},
     sizing,
     stacks::{flamegraph, StackSettings, Unwinding},
+    units::{parse_bytes, parse_bytes_within, parse_duration, parse_headroom, parse_window},
 };
 
 /// headroom: measures what a workload really needs in memory (charged, resident and reserved;
@@ -160,19 +162,6 @@ pub enum Metadata {
     None,
 }
 
-/// Output formats.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum Format {
-    /// A table for humans.
-    Table,
-    /// JSON (capture: the headroom.report/v1 document).
-    Json,
-    /// The recommendation and checklist as Markdown.
-    Markdown,
-    /// A `resources:` patch (with --container, a strategic-merge patch) per target.
-    Yaml,
-}
-
 #[derive(Debug, Args)]
 #[command(group(ArgGroup::new("target").required(true).args(["cgroup", "pid", "pod", "all", "command"])))]
 pub struct CaptureArgs {
@@ -318,130 +307,24 @@ fn parse_threshold_bytes(text: &str) -> Result<u64, String> {
     parse_bytes_within(text, 4 << 10, 1 << 40)
 }
 
-fn parse_bytes_within(text: &str, low: u64, high: u64) -> Result<u64, String> {
-    let bytes = parse_size(text)?;
-    if bytes < low || bytes > high {
-        return Err(format!(
-            "{text} is out of range: use {} to {}",
-            crate::report::format_bytes(low),
-            crate::report::format_bytes(high)
-        ));
-    }
-    Ok(bytes)
-}
-
-/// Parses `30s`, `500ms`, `5m`, `1h`, `1.5s`; zero and negative durations are errors.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .ok_or_else(|| format!("`{text}` has no unit: write e.g. 30s, 500ms, 5m or 1h"))?;
-    let (number, unit) = text.split_at(split);
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("`{text}` does not start with a number: write e.g. 30s"))?;
-    let seconds = match unit {
-        "ms" => value / 1000.0,
-        "s" => value,
-        "m" => value * 60.0,
-        "h" => value * 3600.0,
-        other => {
-            return Err(format!(
-                "unknown unit `{other}` in `{text}`: use ms, s, m or h"
-            ))
-        }
-    };
-    if !(seconds > 0.0 && seconds.is_finite() && seconds <= 31.0 * 24.0 * 3600.0) {
-        return Err(format!(
-            "`{text}` is out of range: a duration must be more than 0 and at most 31 days"
-        ));
-    }
-    Ok(Duration::from_secs_f64(seconds))
-}
-
-/// Parses a size in Kubernetes notation (`256Mi`, `1Gi`, `500M`, `1048576`).
-pub fn parse_bytes(text: &str) -> Result<u64, String> {
-    let bytes = parse_size(text)?;
-    if bytes < 4 << 20 {
-        return Err(format!(
-            "`{}` is below 4Mi: no real program starts in that little memory",
-            text.trim()
-        ));
-    }
-    Ok(bytes)
-}
-
-/// Parses a size in Kubernetes notation, any value.
-fn parse_size(text: &str) -> Result<u64, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let value: u64 = number
-        .parse()
-        .map_err(|_| format!("`{text}` is not a size: write e.g. 256Mi, 1Gi or 1048576"))?;
-    let multiplier: u64 = match unit {
-        "" => 1,
-        "k" | "K" => 1_000,
-        "M" => 1_000_000,
-        "G" => 1_000_000_000,
-        "Ki" => 1 << 10,
-        "Mi" => 1 << 20,
-        "Gi" => 1 << 30,
-        "Ti" => 1 << 40,
-        other => {
-            return Err(format!(
-                "unknown unit `{other}` in `{text}`: use Ki, Mi, Gi, Ti, k, M or G"
-            ))
-        }
-    };
-    value
-        .checked_mul(multiplier)
-        .ok_or_else(|| format!("`{text}` is too large"))
-}
-
-/// Parses a look-back window: like a duration, and also in days (`7d`).
-pub fn parse_window(text: &str) -> Result<Duration, String> {
-    match text.trim().strip_suffix('d') {
-        Some(days) => days
-            .parse::<u64>()
-            .ok()
-            .filter(|d| (1..=365).contains(d))
-            .map(|d| Duration::from_secs(d * 86_400))
-            .ok_or_else(|| format!("`{text}`: days must be 1 to 365")),
-        None => parse_duration(text),
-    }
-}
-
-/// Parses a headroom fraction: `0.25` or `25%`, from 0 to 400 %.
-pub fn parse_headroom(text: &str) -> Result<f64, String> {
-    let text = text.trim();
-    let value = match text.strip_suffix('%') {
-        Some(percent) => percent.trim().parse::<f64>().map(|p| p / 100.0),
-        None => text.parse::<f64>(),
-    }
-    .map_err(|_| format!("`{text}` is not a fraction or a percentage: write e.g. 0.25 or 25%"))?;
-    if !(0.0..=4.0).contains(&value) {
-        return Err(format!(
-            "`{text}` is out of range: headroom must be 0 to 400 %"
-        ));
-    }
-    Ok(value)
-}
-
 /// headroom's own failure exit code (like `env` and container runtimes).
 pub const EXIT_FAILURE: u8 = 125;
+
+impl Metadata {
+    fn source(self) -> MetadataSource {
+        match self {
+            Metadata::Auto => MetadataSource::Auto,
+            Metadata::Kubernetes => MetadataSource::Kubernetes,
+            Metadata::None => MetadataSource::None,
+        }
+    }
+}
 
 impl CaptureArgs {
     fn target(&self) -> Result<TargetSpec, KubernetesError> {
         if self.all {
             return Ok(TargetSpec::Node(NodeOptions {
-                metadata: match self.metadata {
-                    Metadata::Auto => MetadataSource::Auto,
-                    Metadata::Kubernetes => MetadataSource::Kubernetes,
-                    Metadata::None => MetadataSource::None,
-                },
+                metadata: self.metadata.source(),
                 node: self.node.clone(),
             }));
         }
@@ -536,12 +419,6 @@ fn agent_session_request(
         reservation_threshold_bytes: 1 << 40,
         ..StackSettings::default()
     });
-    let format = match args.format {
-        Format::Table => "table",
-        Format::Json => "json",
-        Format::Markdown => "markdown",
-        Format::Yaml => "yaml",
-    };
     Ok(Some(session::SessionRequest {
         version: session::PROTOCOL_VERSION,
         target,
@@ -554,7 +431,7 @@ fn agent_session_request(
         reservation_threshold_bytes: stacks.reservation_threshold_bytes,
         unwinding: stacks.unwinding,
         max_stacks: stacks.max_stacks,
-        format: format.to_owned(),
+        format: args.format,
         patch_container: args.sizing.container.clone(),
         headroom: options.headroom,
     }))
@@ -576,7 +453,7 @@ fn run_through_agent(
     let result = runtime.block_on(client.run(request, |elapsed, duration, peak| {
         bar.set_length(duration);
         bar.set_position(elapsed);
-        bar.set_message(crate::report::format_bytes(peak));
+        bar.set_message(crate::units::format_bytes(peak));
     }));
     bar.finish_and_clear();
     let (rendered, folded) = result?;
@@ -616,6 +493,23 @@ fn check_writable(path: &std::path::Path) -> anyhow::Result<()> {
     })
 }
 
+/// Parses a saved `headroom.report/v1` document, naming what is wrong with anything else.
+fn read_report(text: &str) -> anyhow::Result<CaptureReport> {
+    let value: serde_json::Value = serde_json::from_str(text).map_err(|err| {
+        anyhow::anyhow!("not JSON ({err}); write reports with `headroom capture --format json`")
+    })?;
+    let schema = value.get("schema").and_then(serde_json::Value::as_str);
+    if schema != Some(crate::report::REPORT_SCHEMA) {
+        return Err(sizing::SizingError::WrongSchema(schema.unwrap_or("").to_owned()).into());
+    }
+    serde_json::from_value(value).map_err(|err| {
+        anyhow::anyhow!(
+            "not a readable {} document ({err}); write reports with `headroom capture --format json`",
+            crate::report::REPORT_SCHEMA
+        )
+    })
+}
+
 fn run_recommend(args: RecommendArgs) -> anyhow::Result<u8> {
     if let Some(url) = &args.prometheus {
         return run_recommend_prometheus(url, &args);
@@ -624,14 +518,10 @@ fn run_recommend(args: RecommendArgs) -> anyhow::Result<u8> {
     for path in &args.reports {
         let text = std::fs::read_to_string(path)
             .map_err(|err| anyhow::anyhow!("cannot read report {}: {err}", path.display()))?;
-        let value: serde_json::Value = serde_json::from_str(&text).map_err(|err| {
-            anyhow::anyhow!(
-                "{} is not JSON ({err}); write reports with `headroom capture --format json`",
-                path.display()
-            )
-        })?;
+        let report =
+            read_report(&text).map_err(|err| anyhow::anyhow!("{}: {err}", path.display()))?;
         observations.extend(
-            sizing::Observation::from_report(&value)
+            sizing::Observation::from_report(&report)
                 .map_err(|err| anyhow::anyhow!("{}: {err}", path.display()))?,
         );
     }
@@ -646,7 +536,7 @@ fn run_recommend(args: RecommendArgs) -> anyhow::Result<u8> {
         Format::Table => format!(
             "{}\n{}",
             merged.name,
-            sizing::render_table(&recommendation, &checklist)
+            render::render_recommendation(&recommendation, &checklist)
         ),
         Format::Json => {
             serde_json::to_string_pretty(&serde_json::json!({
@@ -657,8 +547,10 @@ fn run_recommend(args: RecommendArgs) -> anyhow::Result<u8> {
                 "checklist": checklist,
             }))? + "\n"
         }
-        Format::Markdown => sizing::render_markdown(&merged.name, &recommendation, &checklist),
-        Format::Yaml => sizing::yaml_patch(
+        Format::Markdown => {
+            render::render_recommendation_markdown(&merged.name, &recommendation, &checklist)
+        }
+        Format::Yaml => render::yaml_patch(
             &recommendation,
             &merged.name,
             args.sizing.container.as_deref(),
@@ -678,6 +570,7 @@ fn run_capture(args: CaptureArgs) -> anyhow::Result<u8> {
     options.headroom = args.sizing.headroom;
     options.stacks = args.stacks.settings();
     options.ring_buffer_bytes = args.ring_buffer;
+    options.metadata = args.metadata.source();
     if options.stacks.is_some() && matches!(options.target, TargetSpec::Node(_)) {
         // Node-wide captures count every cgroup; stacks are for one target at a time.
         if args.stacks.flamegraph.is_some() || args.stacks.folded.is_some() {
@@ -719,12 +612,7 @@ fn run_capture(args: CaptureArgs) -> anyhow::Result<u8> {
         Err(err @ CaptureError::NotExecutable(_)) => return fail_with(err, 126),
         Err(err) => return Err(err.into()),
     };
-    let rendered = match args.format {
-        Format::Table => report.render_table(),
-        Format::Json => serde_json::to_string_pretty(&report)? + "\n",
-        Format::Markdown => report.render_markdown(),
-        Format::Yaml => report.render_yaml(args.sizing.container.as_deref()),
-    };
+    let rendered = report.render(args.format, args.sizing.container.as_deref())?;
     emit(args.output.as_deref(), &rendered, is_command)?;
     if let Some(path) = &args.stacks.folded {
         flamegraph::write_folded(&report.folded_stacks, path)?;
@@ -768,11 +656,11 @@ fn run_recommend_prometheus(url: &str, args: &RecommendArgs) -> anyhow::Result<u
         match args.format {
             Format::Table => {
                 rendered.push_str(&format!("{}\n", observation.name));
-                rendered.push_str(&sizing::render_table(&recommendation, &checklist));
+                rendered.push_str(&render::render_recommendation(&recommendation, &checklist));
                 rendered.push('\n');
             }
             Format::Markdown => {
-                rendered.push_str(&sizing::render_markdown(
+                rendered.push_str(&render::render_recommendation_markdown(
                     &observation.name,
                     &recommendation,
                     &checklist,
@@ -786,7 +674,7 @@ fn run_recommend_prometheus(url: &str, args: &RecommendArgs) -> anyhow::Result<u
                     .as_deref()
                     .or(Some(key.container.as_str()))
                     .filter(|c| !c.is_empty() && !key.workload.is_empty());
-                rendered.push_str(&sizing::yaml_patch(
+                rendered.push_str(&render::yaml_patch(
                     &recommendation,
                     &observation.name,
                     container,
@@ -940,34 +828,6 @@ mod tests {
         ] {
             assert!(Cli::try_parse_from(argv).is_err(), "accepted {argv:?}");
         }
-    }
-
-    #[test]
-    fn durations_parse_with_units_and_clear_errors() {
-        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
-        assert!(parse_duration("10")
-            .expect_err("no unit")
-            .contains("no unit"));
-        assert!(parse_duration("0s")
-            .expect_err("zero")
-            .contains("more than 0"));
-        assert!(parse_duration("5y")
-            .expect_err("unit")
-            .contains("unknown unit"));
-        assert!(parse_duration("s").expect_err("number").contains("number"));
-    }
-
-    #[test]
-    fn headroom_parses_as_fraction_or_percentage() {
-        assert_eq!(parse_headroom("25%"), Ok(0.25));
-        assert_eq!(parse_headroom("0.3"), Ok(0.3));
-        assert!(parse_headroom("-5%").is_err());
-        assert!(parse_headroom("lots")
-            .expect_err("word")
-            .contains("0.25 or 25%"));
     }
 
     #[test]

@@ -281,7 +281,7 @@ pub async fn observations(
             let oom_count = ooms.get(&key).copied().unwrap_or(0.0).round() as usize;
             let observation = Observation {
                 name: key.name(),
-                basis: "charged",
+                basis: crate::report::Basis::Charged,
                 duration_seconds: window.as_secs_f64(),
                 saw_start: startup_peak.is_some(),
                 startup_seconds: startup_peak.map(|_| 0.0),

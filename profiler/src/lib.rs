@@ -25,6 +25,8 @@ pub mod cluster;
 pub mod exporters;
 pub mod probes;
 pub mod procfs;
+pub mod recording;
 pub mod report;
 pub mod sizing;
 pub mod stacks;
+pub mod units;

@@ -196,6 +196,24 @@ pub fn parse_status_vm_size(status: &str) -> Option<u64> {
         .and_then(|kib| kib.checked_mul(1024))
 }
 
+/// A process's /proc/PID/maps text; None when it is gone or unreadable.
+pub fn read_maps(root: &Path, pid: u32) -> Option<String> {
+    fs::read_to_string(root.join(format!("proc/{pid}/maps"))).ok()
+}
+
+/// The pids (or thread ids) listed in a `cgroup.procs` or `cgroup.threads` file, at most
+/// `limit` of them; empty when the file is gone or unreadable.
+pub fn read_pids(file: &Path, limit: usize) -> Vec<u32> {
+    fs::read_to_string(file)
+        .map(|text| {
+            text.lines()
+                .filter_map(|line| line.trim().parse().ok())
+                .take(limit)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// The process's command name (/proc/PID/comm).
 pub fn command_name(root: &Path, pid: u32) -> Option<String> {
     fs::read_to_string(root.join(format!("proc/{pid}/comm")))

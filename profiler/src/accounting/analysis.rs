@@ -17,6 +17,8 @@
 
 use serde::Serialize;
 
+pub use crate::report::Spike;
+
 const MIB: u64 = 1 << 20;
 
 #[derive(Clone, Copy, Debug)]
@@ -32,23 +34,6 @@ impl Default for AnalysisConfig {
             max_startup_ms: 300_000,
         }
     }
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct Spike {
-    pub start_seconds: f64,
-    pub duration_ms: u64,
-    pub peak_bytes: u64,
-    pub bytes_above_steady: u64,
-    /// The code path that faulted in the most bytes during the spike (with stack sampling).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub source: Option<String>,
-    /// Bytes that code path faulted in during the spike, as sampled.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub source_bytes: Option<u64>,
-    /// Its stack, innermost frame first.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub frames: Vec<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]

@@ -14,19 +14,10 @@ pub mod timeline;
 use std::collections::HashMap;
 
 use profiler_common::{mapping_kind, MemoryCounters, ProcessCounters};
-use serde::Serialize;
+
+pub use crate::report::{ActivitySummary, MappedBytes, ProcessRecord};
 
 use crate::probes::{ProbeEvent, ProcessExit, ProcessStart};
-
-/// Reserved address space by kind, from the mmap counters.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct MappedBytes {
-    pub anonymous: u64,
-    pub file: u64,
-    pub stack: u64,
-    pub shared: u64,
-    pub no_access: u64,
-}
 
 impl MappedBytes {
     pub fn from_counters(counters: &MemoryCounters) -> Self {
@@ -43,28 +34,6 @@ impl MappedBytes {
     pub fn total(&self) -> u64 {
         self.anonymous + self.file + self.stack + self.shared + self.no_access
     }
-}
-
-/// What a set of tasks did, in the terms users reason about.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct ActivitySummary {
-    pub threads_created: u64,
-    pub processes_created: u64,
-    /// Most tasks (threads, main threads included) alive at once, when known.
-    pub peak_tasks: Option<u64>,
-    pub tasks_exited: u64,
-    pub execs: u64,
-    pub oom_kills: u64,
-    pub mmap_calls: u64,
-    pub mmap_failures: u64,
-    pub mmapped: MappedBytes,
-    pub munmap_calls: u64,
-    pub munmapped_bytes: u64,
-    pub mremap_calls: u64,
-    pub mprotect_calls: u64,
-    pub brk_calls: u64,
-    pub brk_grown_bytes: u64,
-    pub brk_shrunk_bytes: u64,
 }
 
 impl ActivitySummary {
@@ -90,22 +59,6 @@ impl ActivitySummary {
             brk_shrunk_bytes: counters.brk_shrunk_bytes,
         }
     }
-}
-
-/// One process seen during a session.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct ProcessRecord {
-    pub pid: u32,
-    /// The process that forked it; None when it arrived by cgroup migration or was already
-    /// running.
-    pub parent_pid: Option<u32>,
-    pub command: String,
-    pub exited: bool,
-    pub activity: ActivitySummary,
-    /// Highest program break minus the first one seen since the last exec.
-    pub brk_heap_bytes: u64,
-    /// Highest resident total (file + anon + shmem) the kernel saw for this process.
-    pub resident_peak_bytes: u64,
 }
 
 impl ProcessRecord {

@@ -5,21 +5,10 @@
 use std::collections::{BTreeMap, HashMap};
 
 use profiler_common::{mapping_kind, mapping_op, mmap_bits, page_round_up, PAGE_SIZE};
-use serde::Serialize;
+
+pub use crate::report::ReservedBytes;
 
 use crate::probes::MappingChange;
-
-/// Reserved bytes by kind. `brk_heap` is the program break's heap; the others follow
-/// `profiler_common::mapping_kind`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct ReservedBytes {
-    pub brk_heap: u64,
-    pub stack: u64,
-    pub anonymous: u64,
-    pub file: u64,
-    pub shared: u64,
-    pub no_access: u64,
-}
 
 impl ReservedBytes {
     pub fn total(&self) -> u64 {

@@ -2,23 +2,7 @@
 //! in memory whatever the run length: when it is full, neighbouring buckets merge (keeping the
 //! higher value) and the resolution halves.
 
-use serde::Serialize;
-
-/// The highest values seen within one bucket.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct BucketPeaks {
-    /// Cgroup charge (memory.current / usage_in_bytes, and the kernel's windowed peak).
-    pub charged: u64,
-    /// Charge minus inactive file pages, as the kubelet computes it.
-    pub working_set: u64,
-    /// Resident (file + anon + shmem) of the target's processes.
-    pub resident: u64,
-    pub anon: u64,
-    /// Reserved address space.
-    pub reserved: u64,
-    /// Tasks alive at once.
-    pub tasks: u64,
-}
+pub use crate::report::BucketPeaks;
 
 impl BucketPeaks {
     fn raise(&mut self, other: &Self) {

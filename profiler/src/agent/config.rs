@@ -7,7 +7,7 @@ use thiserror::Error;
 
 use crate::{
     attribution::MetadataSource,
-    cli::{parse_duration, parse_headroom},
+    units::{parse_duration, parse_headroom},
 };
 
 #[derive(Debug, Error)]

@@ -3,6 +3,7 @@
 //! and `/api/v1/report` over HTTP.
 
 pub mod config;
+mod containers;
 mod http;
 pub mod session;
 
@@ -10,33 +11,25 @@ use std::{
     collections::HashMap,
     path::Path,
     sync::{Arc, Mutex},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 pub use config::{AgentConfig, ConfigError, ConfigFile};
-use profiler_common::{capacity, MemoryCounters};
+use profiler_common::capacity;
 use prometheus::Registry;
 use thiserror::Error;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::{
-    accounting::{
-        analysis::{analyse, AnalysisConfig, Phases},
-        timeline::{BucketPeaks, Timeline},
-        ActivitySummary,
-    },
     attribution::{
         self, kubernetes::KubernetesError, Attribution, CgroupResolver, KubernetesMeta, PodWatch,
     },
-    cgroups::{CgroupError, ChargeReader, Hierarchies},
-    exporters::{ContainerFigures, ContainerLabels, Metrics, MetricsError},
+    cgroups::{CgroupError, Hierarchies},
+    exporters::{ContainerLabels, Metrics, MetricsError},
     probes::{self, DropCounts, ProbeConfig, ProbeError, Probes},
-    report::{
-        CaptureReport, ChargedMemory, ReservedMemory, ResidentMemory, ResidentPhases, TargetReport,
-        Threads, TimelineExcerpt, REPORT_SCHEMA,
-    },
-    sizing::{self, Observation},
+    report::{CaptureReport, ReportMode, TargetKind, TargetReport, REPORT_SCHEMA},
 };
+use containers::{Container, ContainerTable, NodeFiles, TableSettings};
 
 #[derive(Debug, Error)]
 pub enum AgentError {
@@ -64,83 +57,20 @@ pub enum AgentError {
 
 /// Pods kept in the metadata cache.
 const POD_CAPACITY: usize = 1024;
-/// Limits, OOM-kill counts and charge files that could not be opened are read every this
-/// many ticks: they change rarely, and reading them for every container every tick was most
-/// of an idle agent's CPU with hundreds of containers.
-const SLOW_READ_TICKS: u64 = 10;
-/// Processes of one container whose address space is read per slow tick.
-const MAX_PROCESSES_READ: usize = 256;
-/// A cgroup whose path cannot be resolved is dropped after this long.
-const UNRESOLVED_GRACE: Duration = Duration::from_secs(60);
-
-/// One tracked container (cgroup).
-struct Container {
-    path: Option<String>,
-    labels: ContainerLabels,
-    attribution: Attribution,
-    kubernetes: Option<KubernetesMeta>,
-    timeline: Timeline,
-    charged_peak: u64,
-    /// OOM kills the cgroup itself counted (memory.events / memory.oom_control): the kernel's
-    /// lifetime figure, so an agent restart neither loses nor double-counts them.
-    cgroup_oom_kills: u64,
-    /// Threads alive now, counted from cgroup.threads on the slow path.
-    threads: Option<u64>,
-    /// Address space of its processes (VmSize sum) on the slow path, and the highest.
-    reserved: Option<u64>,
-    reserved_peak: u64,
-    /// Thread stacks (reserved, resident) on the slow path.
-    thread_stacks: Option<(u64, u64)>,
-    /// The cgroup's charge files, opened once and re-read with pread each tick; None until
-    /// they can be opened (retried every [`SLOW_READ_TICKS`]) or after a read fails.
-    charge: Option<ChargeReader>,
-    /// The effective limit, read with the charge.
-    limit: Option<u64>,
-    figures: ContainerFigures,
-    counters: MemoryCounters,
-    first_seen: Instant,
-}
-
-impl Container {
-    /// The charge timeline, read once: its bucket maxima, their resolution and the phases.
-    fn charged_phases(&self) -> (Vec<u64>, u64, Phases) {
-        let resolution = self.timeline.resolution_ms();
-        let series: Vec<u64> = self.timeline.buckets().iter().map(|b| b.charged).collect();
-        let phases = analyse(&series, resolution, &AnalysisConfig::default());
-        (series, resolution, phases)
-    }
-
-    fn names_known(&self) -> bool {
-        !matches!(
-            self.attribution,
-            Attribution::Kubernetes {
-                names_known: false,
-                ..
-            }
-        )
-    }
-}
-
 /// What the HTTP handlers read.
 pub struct Shared {
-    containers: HashMap<u64, Container>,
+    containers: ContainerTable,
     ready: bool,
-    started: Instant,
     drops: DropCounts,
     headroom: f64,
-    interval: Duration,
 }
 
-fn labels_for(
+pub(crate) fn labels_for(
     path: Option<&str>,
     attribution: &Attribution,
     meta: Option<&KubernetesMeta>,
 ) -> ContainerLabels {
-    let kind = match attribution {
-        Attribution::Kubernetes { .. } => "kubernetes",
-        Attribution::Host { .. } => "host",
-        Attribution::Unattributed { .. } => "unattributed",
-    };
+    let kind = attribution.kind_label();
     let (namespace, pod, container, workload) = match (meta, attribution) {
         (Some(meta), _) => (
             meta.namespace.clone().unwrap_or_default(),
@@ -177,135 +107,30 @@ fn labels_for(
     }
 }
 
-/// The observation sizing reads, from a container's charge timeline as `charged_phases` read it.
-fn observation(
-    container: &Container,
-    (series, resolution, phases): &(Vec<u64>, u64, Phases),
-    elapsed: Duration,
-) -> Observation {
-    let resolution = *resolution;
-    let startup_end = phases.startup_seconds.map_or(series.len(), |s| {
-        ((s * 1000.0) as u64 / resolution) as usize
-    });
-    Observation {
-        name: container.labels.container.clone(),
-        basis: "charged",
-        duration_seconds: elapsed.as_secs_f64(),
-        saw_start: false,
-        startup_seconds: phases.startup_seconds,
-        startup_peak_bytes: phases.startup_peak_bytes,
-        startup_peak_at_seconds: None,
-        steady_series: series.get(startup_end..).unwrap_or_default().to_vec(),
-        resolution_ms: resolution,
-        peak_bytes: container.charged_peak,
-        spikes: phases
-            .spikes
-            .iter()
-            .map(|s| sizing::SpikeSeen {
-                start_seconds: s.start_seconds,
-                duration_ms: s.duration_ms,
-                peak_bytes: s.peak_bytes,
-            })
-            .collect(),
-        ooms: Vec::new(),
-        current_limit_bytes: container
-            .kubernetes
-            .as_ref()
-            .and_then(|k| k.spec_limit_bytes)
-            .or(container.limit),
-        current_request_bytes: container
-            .kubernetes
-            .as_ref()
-            .and_then(|k| k.spec_request_bytes),
-        reserved_peak_bytes: 0,
-        no_access_peak_bytes: 0,
-        resident_peak_bytes: container.counters.resident_peak_bytes,
-        restarts: 0,
-    }
-}
-
-/// The per-container report served at /api/v1/report.
-fn container_report(id: u64, container: &Container, shared: &Shared) -> TargetReport {
-    let read = container.charged_phases();
-    let observation = observation(container, &read, shared.started.elapsed());
-    let (_, resolution, phases) = read;
-    let (recommendation, checklist) = sizing::recommend(&observation, shared.headroom);
-    TargetReport {
-        kind: "cgroup",
-        command: None,
-        cgroup: container.path.clone(),
-        target_id: id,
-        pids: Vec::new(),
-        exit: None,
-        memory: container
-            .figures
-            .charged_bytes
-            .map(|current| ChargedMemory {
-                peak_bytes: container.charged_peak,
-                peak_source: format!(
-                    "the cgroup's kernel high-water mark when the agent first saw it, then the maximum of every {} ms interval",
-                    shared.interval.as_millis()
-                ),
-                startup_peak_bytes: phases.startup_peak_bytes,
-                startup_seconds: phases.startup_seconds,
-                steady_bytes: phases.steady_bytes,
-                steady_p95_bytes: phases.steady_p95_bytes,
-                working_set_peak_bytes: 0,
-                limit_bytes: container.figures.limit_bytes,
-                sampled_peak_bytes: container.charged_peak.max(current),
-            }),
-        resident: ResidentMemory::from_counters(&container.counters),
-        reserved: ReservedMemory::default(),
-        threads: Threads {
-            created: container.counters.threads_created,
-            peak: None,
-            stack_reserved_bytes: 0,
-            stack_resident_bytes: 0,
-        },
-        resident_phases: ResidentPhases::default(),
-        spikes: phases.spikes,
-        sources: Vec::new(),
-        stacks: None,
-        oom_kills: container.counters.oom_kills.max(container.cgroup_oom_kills),
-        oom_kills_cgroup: None,
-        oom_events: Vec::new(),
-        activity: ActivitySummary::from_counters(&container.counters, None),
-        processes: Vec::new(),
-        processes_not_listed: 0,
-        kernel_entries_at_end: probes::KernelEntries::default(),
-        timeline: TimelineExcerpt {
-            start_seconds: 0.0,
-            resolution_ms: resolution,
-            buckets: container.timeline.buckets().to_vec(),
-        },
-        recommendation: Some(recommendation),
-        checklist: Some(checklist),
-        attribution: Some(container.attribution.clone()),
-        kubernetes: container.kubernetes.clone(),
-    }
-}
-
 impl Shared {
     /// The `headroom.report/v1` document for every container, or those whose cgroup path is
-    /// `cgroup`.
+    /// `cgroup`, with each target's recommendation (the same one `/metrics` exports).
     pub fn report(&self, cgroup: Option<&str>) -> CaptureReport {
+        let interval = self.containers.interval();
         let mut targets: Vec<TargetReport> = self
             .containers
             .iter()
             .filter(|(_, c)| cgroup.is_none_or(|wanted| c.path.as_deref() == Some(wanted)))
-            .map(|(id, c)| container_report(*id, c, self))
+            .map(|(id, c)| c.report(id, interval))
             .collect();
         targets.sort_by_key(|t| std::cmp::Reverse(t.resident.peak_bytes));
-        CaptureReport {
-            schema: REPORT_SCHEMA,
-            mode: "agent",
-            duration_seconds: self.started.elapsed().as_secs_f64(),
-            sample_interval_ms: self.interval.as_millis() as u64,
+        let mut report = CaptureReport {
+            schema: REPORT_SCHEMA.to_owned(),
+            mode: ReportMode::Agent,
+            duration_seconds: self.containers.elapsed().as_secs_f64(),
+            sample_interval_ms: interval.as_millis() as u64,
             targets,
             drops: self.drops,
             undecodable_events: 0,
             folded_stacks: Vec::new(),
-        }
+        };
+        crate::sizing::recommend_report(&mut report, self.headroom);
+        report
     }
 }
 
@@ -320,7 +145,6 @@ struct Agent {
     shared: Arc<Mutex<Shared>>,
     previous_drops: DropCounts,
     previous_bpf: HashMap<&'static str, (Duration, u64)>,
-    started: Instant,
     ticks: u64,
     sessions: Vec<session::ActiveSession>,
 }
@@ -352,11 +176,8 @@ impl Agent {
                         Ok(id) => Ok((
                             id,
                             path.clone(),
-                            "cgroup",
-                            shared
-                                .containers
-                                .get(&id)
-                                .and_then(|c| c.kubernetes.clone()),
+                            TargetKind::Cgroup,
+                            shared.containers.get(id).and_then(|c| c.kubernetes.clone()),
                         )),
                         Err(err) => Err(err.to_string()),
                     }
@@ -387,33 +208,18 @@ impl Agent {
         if let Err(err) = self.probes.sample_stacks(target_id, settings.for_kernel()) {
             return refuse(start, format!("switching stack sampling on failed: {err}"));
         }
-        let at_start = self.kernel_view(target_id);
-        let charge = self.hierarchies.charge_reader(&path);
-        let active = session::ActiveSession::new(
-            start,
+        let place = session::SessionPlace {
             target_id,
-            path,
+            charge: self.hierarchies.charge_reader(&path),
+            cgroup_path: path,
             kind,
             kubernetes,
-            charge,
-            crate::capture::monotonic_ns(),
-            at_start,
-        );
+            started_ns: crate::capture::monotonic_ns(),
+        };
+        let active = session::ActiveSession::new(start, place, &self.probes);
         active.announce();
         tracing::info!(cgroup = %active.cgroup_path, "capture session started");
         self.sessions.push(active);
-    }
-
-    fn kernel_view(&self, target_id: u64) -> session::KernelView {
-        session::KernelView {
-            counters: self
-                .probes
-                .target_counters(target_id)
-                .ok()
-                .flatten()
-                .unwrap_or_default(),
-            drops: self.probes.drops().unwrap_or_default(),
-        }
     }
 
     /// One 10 ms step of every session; finished ones send their reports.
@@ -421,8 +227,7 @@ impl Agent {
         let mut index = 0;
         while index < self.sessions.len() {
             let target_id = self.sessions[index].target_id;
-            let view = self.kernel_view(target_id);
-            let running = self.sessions[index].step(&view);
+            let running = self.sessions[index].step(&self.probes);
             if running && !stopping {
                 index += 1;
                 continue;
@@ -432,7 +237,7 @@ impl Agent {
                 tracing::warn!(error = %err, "switching stack sampling off failed");
             }
             tracing::info!(cgroup = %finished.cgroup_path, "capture session finished");
-            finished.finish(&self.kernel_view(target_id));
+            finished.finish(&self.probes);
         }
     }
 }
@@ -488,11 +293,11 @@ fn find_pod(
     namespace: &str,
     name: &str,
     container: Option<&str>,
-) -> Result<(u64, String, &'static str, Option<KubernetesMeta>), String> {
+) -> Result<(u64, String, TargetKind, Option<KubernetesMeta>), String> {
     let matches: Vec<(u64, &Container, &KubernetesMeta)> = shared
         .containers
         .iter()
-        .filter_map(|(id, c)| Some((*id, c, c.kubernetes.as_ref()?)))
+        .filter_map(|(id, c)| Some((id, c, c.kubernetes.as_ref()?)))
         .filter(|(_, _, meta)| {
             meta.namespace.as_deref() == Some(namespace)
                 && meta.pod.as_deref() == Some(name)
@@ -512,7 +317,7 @@ fn find_pod(
         [(id, c, meta)] => Ok((
             *id,
             c.path.clone().unwrap_or_default(),
-            "pod",
+            TargetKind::Pod,
             Some((*meta).clone()),
         )),
         several => {
@@ -532,220 +337,34 @@ fn find_pod(
 impl Agent {
     fn tick(&mut self) -> Result<(), AgentError> {
         self.ticks += 1;
-        let counters = self.probes.all_target_counters()?;
-        let elapsed_ms = self.started.elapsed().as_millis() as u64;
         let pods_guard = self.pods.as_ref().and_then(|(cache, _)| cache.lock().ok());
         let mut shared = self
             .shared
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let mut seen = Vec::with_capacity(counters.len());
-        for (id, kernel) in counters {
-            if !shared.containers.contains_key(&id) {
-                if shared.containers.len() >= self.config.max_containers {
-                    self.metrics
-                        .containers_not_tracked
-                        .with_label_values(&[] as &[&str])
-                        .inc();
-                    continue;
-                }
-                let path = self.resolver.resolve(id);
-                let (attribution, kubernetes) =
-                    attribution::attribute(path.as_deref(), pods_guard.as_deref());
-                // State from before the agent started (or restarted) comes from the kernel's
-                // own high-water mark of the cgroup, not from zero.
-                let lifetime_peak = path
-                    .as_deref()
-                    .and_then(|path| self.hierarchies.charge_reader(path))
-                    .and_then(|charge| charge.lifetime_peak())
-                    .map_or(0, |(peak, _)| peak);
-                shared.containers.insert(
-                    id,
-                    Container {
-                        labels: labels_for(path.as_deref(), &attribution, kubernetes.as_ref()),
-                        path,
-                        attribution,
-                        kubernetes,
-                        timeline: Timeline::new(
-                            self.config.interval.as_millis() as u64,
-                            self.config.timeline_buckets,
-                        ),
-                        charged_peak: lifetime_peak,
-                        cgroup_oom_kills: 0,
-                        threads: None,
-                        reserved: None,
-                        reserved_peak: 0,
-                        thread_stacks: None,
-                        charge: None,
-                        limit: None,
-                        figures: ContainerFigures::default(),
-                        counters: MemoryCounters::default(),
-                        first_seen: Instant::now(),
-                    },
-                );
-            }
-            seen.push(id);
-            let Some(container) = shared.containers.get_mut(&id) else {
-                continue;
-            };
-            // A pod that was not known yet may be now.
-            if !container.names_known() && pods_guard.is_some() {
-                let (attribution, kubernetes) =
-                    attribution::attribute(container.path.as_deref(), pods_guard.as_deref());
-                let labels =
-                    labels_for(container.path.as_deref(), &attribution, kubernetes.as_ref());
-                if labels != container.labels {
-                    self.metrics.remove(&container.labels);
-                    container.figures = ContainerFigures::default();
-                }
-                container.labels = labels;
-                container.attribution = attribution;
-                container.kubernetes = kubernetes;
-            }
-            let fresh = container.charge.is_none();
-            if fresh
-                && (self.ticks % SLOW_READ_TICKS == 1
-                    || container.first_seen.elapsed() < self.config.interval)
-            {
-                container.charge = container
-                    .path
-                    .as_deref()
-                    .and_then(|path| self.hierarchies.charge_reader(path));
-            }
-            let charged = container.charge.as_ref().and_then(ChargeReader::current);
-            if charged.is_none() {
-                // Gone, or not readable: reopened later; the expiry check below decides.
-                container.charge = None;
-            }
-            if fresh || self.ticks.is_multiple_of(SLOW_READ_TICKS) {
-                if let Some(path) = container.path.as_deref() {
-                    let dir = self.hierarchies.unified.join(path.trim_start_matches('/'));
-                    container.threads = std::fs::read_to_string(dir.join("cgroup.threads"))
-                        .ok()
-                        .map(|text| text.lines().count() as u64);
-                    // The agent traces no mapping syscalls (they slow every syscall on the
-                    // node): reserved address space is the processes' VmSize, sampled here.
-                    let pids: Vec<u32> = std::fs::read_to_string(dir.join("cgroup.procs"))
-                        .map(|procs| {
-                            procs
-                                .lines()
-                                .take(MAX_PROCESSES_READ)
-                                .filter_map(|pid| pid.trim().parse().ok())
-                                .collect()
-                        })
-                        .unwrap_or_default();
-                    let root = Path::new("/");
-                    container.reserved = Some(
-                        pids.iter()
-                            .filter_map(|&pid| crate::procfs::reserved_bytes(root, pid))
-                            .sum(),
-                    );
-                    container.thread_stacks = Some(
-                        pids.iter()
-                            .filter_map(|&pid| crate::procfs::thread_stacks(root, pid))
-                            .fold((0, 0), |(reserved, resident), (r, s)| {
-                                (reserved + r, resident + s)
-                            }),
-                    );
-                    if let Some(reserved) = container.reserved {
-                        container.reserved_peak = container.reserved_peak.max(reserved);
-                    }
-                }
-            }
-            if let Some(charge) = &container.charge {
-                if fresh || self.ticks.is_multiple_of(SLOW_READ_TICKS) {
-                    container.limit = charge.limit();
-                    if let Some(kills) = charge.oom_kills() {
-                        container.cgroup_oom_kills = container.cgroup_oom_kills.max(kills);
-                    }
-                }
-            }
-            if let Some(charged) = charged {
-                container.charged_peak = container.charged_peak.max(charged);
-            }
-            container.counters = kernel;
-            container.timeline.record(
-                elapsed_ms,
-                &BucketPeaks {
-                    charged: charged.unwrap_or(0),
-                    resident: kernel.resident_bytes().max(0) as u64,
-                    anon: kernel.rss_bytes[profiler_common::rss_member::ANON].max(0) as u64,
-                    tasks: kernel.live_tasks.max(0) as u64,
-                    ..BucketPeaks::default()
-                },
-            );
-        }
-
-        // Expire containers that are gone (their cgroup directory is), and their series.
-        let unified = self.hierarchies.unified.clone();
-        let gone: Vec<u64> = shared
-            .containers
-            .iter()
-            .filter(|(id, c)| match &c.path {
-                // A readable charge file means the cgroup is there; only otherwise look.
-                Some(path) => {
-                    c.charge.is_none() && !unified.join(path.trim_start_matches('/')).exists()
-                }
-                None => !seen.contains(id) || c.first_seen.elapsed() > UNRESOLVED_GRACE,
-            })
-            .map(|(id, _)| *id)
-            .collect();
-        for id in gone {
-            if let Some(container) = shared.containers.remove(&id) {
-                self.metrics.remove(&container.labels);
-            }
-            self.probes.forget_target(id)?;
-        }
-
-        let elapsed = self.started.elapsed();
-        let headroom = self.config.headroom;
-        for container in shared.containers.values_mut() {
-            let read = container.charged_phases();
-            let phases = &read.2;
-            let mut figures = ContainerFigures {
-                charged_bytes: container
-                    .timeline
-                    .buckets()
-                    .last()
-                    .map(|b| b.charged)
-                    .filter(|_| container.path.is_some()),
-                charged_peak_bytes: Some(container.charged_peak).filter(|&p| p > 0),
-                startup_peak_bytes: phases.startup_seconds.map(|_| phases.startup_peak_bytes),
-                steady_bytes: phases.steady_bytes,
-                limit_bytes: container.limit,
-                resident_bytes: container.counters.resident_bytes().max(0) as u64,
-                resident_peak_bytes: container.counters.resident_peak_bytes,
-                threads_created: container.counters.threads_created,
-                oom_kills: container.counters.oom_kills.max(container.cgroup_oom_kills),
-                threads: container.threads,
-                reserved_bytes: container.reserved,
-                reserved_peak_bytes: container.reserved.map(|_| container.reserved_peak),
-                thread_stack_reserved_bytes: container.thread_stacks.map(|(reserved, _)| reserved),
-                thread_stack_resident_bytes: container.thread_stacks.map(|(_, resident)| resident),
-                recommended_request_bytes: None,
-                recommended_limit_bytes: None,
-            };
-            if phases.steady_bytes.is_some() {
-                let (recommendation, _) =
-                    sizing::recommend(&observation(container, &read, elapsed), headroom);
-                figures.recommended_request_bytes = Some(recommendation.request_bytes);
-                figures.recommended_limit_bytes = Some(recommendation.limit_bytes);
-            }
-            self.metrics
-                .set(&container.labels, &figures, &container.figures);
-            container.figures = figures;
-        }
-        self.metrics
-            .containers_tracked
-            .set(i64::try_from(shared.containers.len()).unwrap_or(i64::MAX));
+        shared.containers.tick(
+            &mut self.probes,
+            NodeFiles {
+                hierarchies: &self.hierarchies,
+                resolver: &mut self.resolver,
+                proc_root: Path::new("/"),
+            },
+            pods_guard.as_deref(),
+            &self.metrics,
+            self.ticks,
+        )?;
         let tracked = shared.containers.len();
         drop(pods_guard);
-
-        // Self metrics.
         let drops = self.probes.drops()?;
         shared.drops = drops;
         shared.ready = true;
         drop(shared);
+        self.export_self(drops, tracked);
+        Ok(())
+    }
+
+    /// The agent's own metrics: drops, memory, map fill, per-program BPF cost.
+    fn export_self(&mut self, drops: DropCounts, tracked: usize) {
         let previous = self.previous_drops.by_reason();
         for ((reason, now), (_, before)) in drops.by_reason().into_iter().zip(previous) {
             self.metrics
@@ -781,7 +400,6 @@ impl Agent {
                 .inc_by(runs.saturating_sub(runs_before));
             self.previous_bpf.insert(program, (run_time, runs));
         }
-        Ok(())
     }
 }
 
@@ -816,12 +434,15 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
     let pods =
         attribution::start_metadata(config.metadata, config.node.as_deref(), POD_CAPACITY).await?;
     let shared = Arc::new(Mutex::new(Shared {
-        containers: HashMap::new(),
+        containers: ContainerTable::new(TableSettings {
+            max_containers: config.max_containers,
+            interval: config.interval,
+            timeline_buckets: config.timeline_buckets,
+            headroom: config.headroom,
+        }),
         ready: false,
-        started: Instant::now(),
         drops: DropCounts::default(),
         headroom: config.headroom,
-        interval: config.interval,
     }));
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -851,7 +472,6 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
         shared,
         previous_drops: DropCounts::default(),
         previous_bpf: HashMap::new(),
-        started: Instant::now(),
         ticks: 0,
         sessions: Vec::new(),
     };

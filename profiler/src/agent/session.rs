@@ -28,16 +28,14 @@ use tokio::{
 };
 
 use crate::{
-    accounting::{
-        analysis::{analyse, AnalysisConfig},
-        timeline::{BucketPeaks, Timeline},
-        ActivitySummary,
-    },
+    accounting::analysis::AnalysisConfig,
     cgroups::ChargeReader,
-    probes::{DropCounts, ProbeEvent},
+    probes::{KernelView, ProbeEvent},
+    recording::{
+        ChargeBucket, ChargeFacts, KernelBucket, PeakPolicy, Recorder, TargetReportBuilder,
+    },
     report::{
-        self, CaptureReport, ChargedMemory, ReservedMemory, ResidentMemory, ResidentPhases,
-        SourceFigures, TargetReport, Threads, TimelineExcerpt, REPORT_SCHEMA,
+        Attribution, CaptureReport, DropCounts, Format, ReportMode, TargetKind, REPORT_SCHEMA,
     },
     stacks::{StackCollector, StackSettings, Unwinding},
 };
@@ -114,8 +112,7 @@ pub struct SessionRequest {
     pub reservation_threshold_bytes: u64,
     pub unwinding: Unwinding,
     pub max_stacks: usize,
-    /// "table", "json", "markdown" or "yaml".
-    pub format: String,
+    pub format: Format,
     /// Container name for YAML patches.
     pub patch_container: Option<String>,
     pub headroom: f64,
@@ -134,9 +131,6 @@ impl SessionRequest {
                 "a session through the agent needs --duration between 1ms and {} s",
                 MAX_SESSION.as_secs()
             ));
-        }
-        if !["table", "json", "markdown", "yaml"].contains(&self.format.as_str()) {
-            return Err(format!("unknown format {:?}", self.format));
         }
         if !(64 << 10..=1 << 30).contains(&self.fault_sample_bytes)
             || self.reservation_threshold_bytes < 4096
@@ -157,6 +151,22 @@ impl SessionRequest {
             unwinding: self.unwinding,
             max_stacks: self.max_stacks,
         }
+    }
+}
+
+/// What the client sends after its request: `{"stop":true}` ends the session early.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientMessage {
+    pub stop: bool,
+}
+
+impl ClientMessage {
+    /// The line that stops a session.
+    pub fn stop_line() -> Vec<u8> {
+        let mut line = serde_json::to_vec(&Self { stop: true }).unwrap_or_default();
+        line.push(b'\n');
+        line
     }
 }
 
@@ -318,8 +328,11 @@ async fn handle_connection(stream: UnixStream, sessions: mpsc::Sender<SessionSta
                 // `{"stop":true}` or a closed connection end the session early; the report
                 // is still sent if the client is there to read it.
                 match line {
-                    Ok(Some(line)) if line.contains("stop") => { let _ = stop_sender.send(true); }
-                    Ok(Some(_)) => {}
+                    Ok(Some(line)) => match serde_json::from_str::<ClientMessage>(&line) {
+                        Ok(ClientMessage { stop: true }) => { let _ = stop_sender.send(true); }
+                        Ok(_) => {}
+                        Err(err) => tracing::debug!(error = %err, "ignoring a line that is not a session message"),
+                    },
                     Ok(None) | Err(_) => {
                         client_open = false;
                         let _ = stop_sender.send(true);
@@ -334,63 +347,52 @@ async fn handle_connection(stream: UnixStream, sessions: mpsc::Sender<SessionSta
 pub struct ActiveSession {
     pub target_id: u64,
     pub cgroup_path: String,
-    pub kind: &'static str,
+    pub kind: TargetKind,
     pub kubernetes: Option<crate::attribution::KubernetesMeta>,
     request: SessionRequest,
     replies: mpsc::Sender<ServerMessage>,
     stop: watch::Receiver<bool>,
     charge: Option<ChargeReader>,
-    timeline: Timeline,
+    recorder: Recorder,
     stacks: StackCollector,
     started: Instant,
-    sampled_charge_peak: u64,
-    resident_peak: u64,
-    anon_peak: u64,
     ticks: u64,
     counters_at_start: profiler_common::MemoryCounters,
     drops_at_start: DropCounts,
 }
 
-/// What the session loop needs from the agent at each step.
-pub struct KernelView {
-    pub counters: profiler_common::MemoryCounters,
-    pub drops: DropCounts,
+/// Where a session runs and what it starts from.
+pub struct SessionPlace {
+    pub target_id: u64,
+    pub cgroup_path: String,
+    pub kind: TargetKind,
+    pub kubernetes: Option<crate::attribution::KubernetesMeta>,
+    pub charge: Option<ChargeReader>,
+    pub started_ns: u64,
 }
 
 impl ActiveSession {
-    #[expect(
-        clippy::too_many_arguments,
-        reason = "one constructor for the agent's single caller"
-    )]
-    pub fn new(
-        start: SessionStart,
-        target_id: u64,
-        cgroup_path: String,
-        kind: &'static str,
-        kubernetes: Option<crate::attribution::KubernetesMeta>,
-        charge: Option<ChargeReader>,
-        started_ns: u64,
-        at_start: KernelView,
-    ) -> Self {
+    pub fn new(start: SessionStart, place: SessionPlace, kernel: &dyn KernelView) -> Self {
         let settings = start.request.stack_settings();
         Self {
-            target_id,
-            cgroup_path,
-            kind,
-            kubernetes,
+            target_id: place.target_id,
+            cgroup_path: place.cgroup_path,
+            kind: place.kind,
+            kubernetes: place.kubernetes,
             request: start.request,
             replies: start.replies,
             stop: start.stop,
-            charge,
-            timeline: Timeline::new(BUCKET_MS, 4096),
-            stacks: StackCollector::new(settings, PathBuf::from("/"), started_ns),
+            charge: place.charge,
+            recorder: Recorder::new(BUCKET_MS, 4096),
+            stacks: StackCollector::new(settings, PathBuf::from("/"), place.started_ns),
             started: Instant::now(),
-            sampled_charge_peak: 0,
-            resident_peak: 0,
-            anon_peak: 0,
             ticks: 0,
-            counters_at_start: at_start.counters,
-            drops_at_start: at_start.drops,
+            counters_at_start: kernel
+                .target_counters(place.target_id)
+                .ok()
+                .flatten()
+                .unwrap_or_default(),
+            drops_at_start: kernel.drops().unwrap_or_default(),
         }
     }
 
@@ -411,45 +413,58 @@ impl ActiveSession {
 
     /// One 10 ms step: sample the charge; every 50 ms close a bucket with the kernel's
     /// resident figures. Returns false when the session should end.
-    pub fn step(&mut self, view: &KernelView) -> bool {
+    pub fn step(&mut self, kernel: &dyn KernelView) -> bool {
         self.ticks += 1;
         let elapsed_ms = self.started.elapsed().as_millis() as u64;
-        let mut peaks = BucketPeaks::default();
-        if let Some(charge) = &self.charge {
-            match charge.current() {
-                Some(current) => {
-                    self.sampled_charge_peak = self.sampled_charge_peak.max(current);
-                    peaks.charged = current;
-                    peaks.working_set = current.saturating_sub(charge.inactive_file().unwrap_or(0));
-                }
-                // The cgroup is gone (the container stopped): the session ends with it.
-                None => return false,
-            }
+        if let Some(charge) = &mut self.charge {
+            // The cgroup is gone (the container stopped): the session ends with it.
+            let Some(current) = charge.current() else {
+                return false;
+            };
+            self.recorder.sample_charge(elapsed_ms, current);
         }
-        let resident = view.counters.resident_bytes().max(0) as u64;
-        let anon = view.counters.rss_bytes[profiler_common::rss_member::ANON].max(0) as u64;
-        self.resident_peak = self.resident_peak.max(resident);
-        self.anon_peak = self.anon_peak.max(anon);
-        peaks.resident = resident;
-        peaks.anon = anon;
-        self.timeline.record(elapsed_ms, &peaks);
+        if self
+            .ticks
+            .is_multiple_of(BUCKET_MS / SAMPLE_INTERVAL.as_millis() as u64)
+        {
+            self.close_bucket(kernel, elapsed_ms);
+        }
         if self
             .ticks
             .is_multiple_of(PROGRESS_MS / SAMPLE_INTERVAL.as_millis() as u64)
         {
             let _ = self.replies.try_send(ServerMessage::Progress {
                 elapsed_ms,
-                peak_bytes: self.sampled_charge_peak.max(self.resident_peak),
+                peak_bytes: self.recorder.live_peak(),
             });
         }
         !*self.stop.borrow() && elapsed_ms < self.request.duration_ms && !self.replies.is_closed()
     }
 
+    fn close_bucket(&mut self, kernel: &dyn KernelView, elapsed_ms: u64) {
+        let counters = kernel
+            .target_counters(self.target_id)
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        let bucket = KernelBucket::from_kernel(&counters, None, 0);
+        let charge = self.charge.as_mut().and_then(ChargeBucket::read);
+        self.recorder.close_bucket(elapsed_ms, bucket, charge);
+    }
+
     /// Builds the report and sends it.
-    pub fn finish(self, view: &KernelView) {
+    pub fn finish(mut self, kernel: &dyn KernelView) {
+        let elapsed_ms = self.started.elapsed().as_millis() as u64;
+        self.close_bucket(kernel, elapsed_ms);
         let replies = self.replies.clone();
-        let message = match self.render(view) {
-            Ok((rendered, folded)) => ServerMessage::Finished { rendered, folded },
+        let format = self.request.format;
+        let patch_container = self.request.patch_container.clone();
+        let report = self.into_report(kernel);
+        let message = match report.render(format, patch_container.as_deref()) {
+            Ok(rendered) => ServerMessage::Finished {
+                rendered,
+                folded: report.folded_stacks,
+            },
             Err(err) => ServerMessage::Error {
                 message: format!("rendering the report failed: {err}"),
             },
@@ -460,135 +475,49 @@ impl ActiveSession {
         });
     }
 
-    fn render(self, view: &KernelView) -> Result<(String, Vec<String>), serde_json::Error> {
-        let format = self.request.format.clone();
-        let patch_container = self.request.patch_container.clone();
-        let report = self.into_report(view);
-        let rendered = match format.as_str() {
-            "json" => serde_json::to_string_pretty(&report)? + "\n",
-            "markdown" => report.render_markdown(),
-            "yaml" => report.render_yaml(patch_container.as_deref()),
-            _ => report.render_table(),
-        };
-        Ok((rendered, report.folded_stacks))
-    }
-
-    fn into_report(self, view: &KernelView) -> CaptureReport {
-        let duration = self.started.elapsed();
-        let resolution = self.timeline.resolution_ms();
-        let buckets = self.timeline.buckets().to_vec();
-        let analysis = AnalysisConfig::default();
-        let charged: Vec<u64> = buckets.iter().map(|b| b.charged).collect();
-        let resident: Vec<u64> = buckets.iter().map(|b| b.resident).collect();
-        let charged_phases = self
+    fn into_report(self, kernel: &dyn KernelView) -> CaptureReport {
+        let now = kernel
+            .target_counters(self.target_id)
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        let drops = kernel
+            .drops()
+            .unwrap_or_default()
+            .since(&self.drops_at_start);
+        let charge_facts = self
             .charge
             .as_ref()
-            .map(|_| analyse(&charged, resolution, &analysis));
-        let resident_phases = analyse(&resident, resolution, &analysis);
-        let profile = self.stacks.finish();
-        let mut spikes = charged_phases
-            .as_ref()
-            .map_or_else(|| resident_phases.spikes.clone(), |p| p.spikes.clone());
-        profile.name_spike_sources(&mut spikes, resolution);
-        let counters = view.counters;
-        let sources = report::memory_sources(
-            &SourceFigures {
-                stack_resident_bytes: 0,
-                stack_reserved_bytes: 0,
-                arena_reserved_bytes: 0,
-                file_resident_peak_bytes: counters.file_peak_bytes,
-                file_reserved_bytes: 0,
-                shmem_resident_bytes: counters.rss_bytes[profiler_common::rss_member::SHMEM].max(0)
-                    as u64,
-                shared_reserved_bytes: 0,
-            },
-            Some(&profile),
-        );
-        let memory = self.charge.as_ref().zip(charged_phases.as_ref()).map(|(charge, phases)| {
-            ChargedMemory {
-                peak_bytes: self.sampled_charge_peak,
-                peak_source: format!(
-                    "samples every {} ms by the agent (the cgroup's lifetime high-water mark predates the session)",
-                    SAMPLE_INTERVAL.as_millis()
-                ),
-                startup_peak_bytes: phases.startup_peak_bytes,
-                startup_seconds: phases.startup_seconds,
-                steady_bytes: phases.steady_bytes,
-                steady_p95_bytes: phases.steady_p95_bytes,
-                working_set_peak_bytes: buckets.iter().map(|b| b.working_set).max().unwrap_or(0),
-                limit_bytes: charge.limit(),
-                sampled_peak_bytes: self.sampled_charge_peak,
-            }
+            .map(|charge| ChargeFacts::read(charge, PeakPolicy::Watched));
+        let attribution = self.kubernetes.as_ref().map(|_| Attribution::Kubernetes {
+            names_known: true,
+            reason: None,
         });
-        let delta = |now: u64, before: u64| now.saturating_sub(before);
-        let drops = view.drops.since(&self.drops_at_start);
+        // The agent does not trace mapping syscalls (they slow every syscall on the node), so
+        // reserved memory by region is not part of agent sessions.
+        let (target, folded_stacks) = TargetReportBuilder::new(self.kind, self.target_id)
+            .watched(None, Some(self.cgroup_path.clone()), Vec::new())
+            .identity(attribution, self.kubernetes)
+            .counters_since(&now, &self.counters_at_start, &self.recorder)
+            .timeline(
+                &self.recorder,
+                charge_facts.as_ref(),
+                SAMPLE_INTERVAL.as_millis() as u64,
+                &AnalysisConfig::default(),
+            )
+            .stacks(Some(self.stacks.finish()))
+            .build();
         let mut report = CaptureReport {
-            schema: REPORT_SCHEMA,
-            mode: "target",
-            duration_seconds: duration.as_secs_f64(),
+            schema: REPORT_SCHEMA.to_owned(),
+            mode: ReportMode::Target,
+            duration_seconds: self.started.elapsed().as_secs_f64(),
             sample_interval_ms: SAMPLE_INTERVAL.as_millis() as u64,
-            targets: vec![TargetReport {
-                kind: self.kind,
-                command: None,
-                cgroup: Some(self.cgroup_path.clone()),
-                target_id: self.target_id,
-                pids: Vec::new(),
-                exit: None,
-                memory,
-                resident: ResidentMemory {
-                    peak_bytes: self.resident_peak,
-                    anon_peak_bytes: self.anon_peak,
-                    file_peak_bytes: counters.file_peak_bytes,
-                    current_bytes: counters.resident_bytes().max(0) as u64,
-                },
-                // The agent does not trace mapping syscalls (they slow every syscall on the
-                // node), so reserved memory by region is not part of agent sessions.
-                reserved: ReservedMemory::default(),
-                threads: Threads {
-                    created: delta(
-                        counters.threads_created,
-                        self.counters_at_start.threads_created,
-                    ),
-                    peak: None,
-                    stack_reserved_bytes: 0,
-                    stack_resident_bytes: 0,
-                },
-                resident_phases: ResidentPhases {
-                    startup_seconds: resident_phases.startup_seconds,
-                    startup_peak_bytes: resident_phases.startup_peak_bytes,
-                    steady_bytes: resident_phases.steady_bytes,
-                    steady_p95_bytes: resident_phases.steady_p95_bytes,
-                },
-                spikes,
-                sources,
-                stacks: Some(profile.summary.clone()),
-                oom_kills: delta(counters.oom_kills, self.counters_at_start.oom_kills),
-                oom_kills_cgroup: None,
-                oom_events: Vec::new(),
-                activity: ActivitySummary::default(),
-                processes: Vec::new(),
-                processes_not_listed: 0,
-                kernel_entries_at_end: Default::default(),
-                timeline: TimelineExcerpt {
-                    start_seconds: 0.0,
-                    resolution_ms: resolution,
-                    buckets,
-                },
-                recommendation: None,
-                checklist: None,
-                attribution: self.kubernetes.as_ref().map(|_| {
-                    crate::attribution::Attribution::Kubernetes {
-                        names_known: true,
-                        reason: None,
-                    }
-                }),
-                kubernetes: self.kubernetes,
-            }],
+            targets: vec![target],
             drops,
             undecodable_events: 0,
-            folded_stacks: profile.folded(),
+            folded_stacks,
         };
-        report.recommend(self.request.headroom);
+        crate::sizing::recommend_report(&mut report, self.request.headroom);
         report
     }
 }
@@ -644,8 +573,8 @@ impl SessionClient {
                         ServerMessage::Error { message } => return Err(SessionError::Refused(message)),
                     }
                 }
-                _ = interrupts.recv() => { write.write_all(b"{\"stop\":true}\n").await?; }
-                _ = terminations.recv() => { write.write_all(b"{\"stop\":true}\n").await?; }
+                _ = interrupts.recv() => { write.write_all(&ClientMessage::stop_line()).await?; }
+                _ = terminations.recv() => { write.write_all(&ClientMessage::stop_line()).await?; }
             }
         }
     }
@@ -668,7 +597,7 @@ mod tests {
             reservation_threshold_bytes: 1 << 20,
             unwinding: Unwinding::FramePointers,
             max_stacks: 8192,
-            format: "json".into(),
+            format: Format::Json,
             patch_container: None,
             headroom: 0.25,
         }
@@ -689,9 +618,9 @@ mod tests {
             .validate()
             .unwrap_err()
             .contains("same headroom version"));
-        let mut bad = request();
-        bad.format = "xml".into();
-        assert!(bad.validate().is_err());
+        let mut text = serde_json::to_value(request()).expect("json");
+        text["format"] = "xml".into();
+        assert!(serde_json::from_value::<SessionRequest>(text).is_err());
         assert!(
             serde_json::from_str::<SessionRequest>(r#"{"version":1,"surprise":true}"#).is_err()
         );

@@ -16,9 +16,9 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub use crate::report::{Attribution, KubernetesMeta, Qos, Runtime};
 pub use kubernetes::{ContainerInfo, PodCache, PodInfo};
-pub use paths::{parse_cgroup_path, CgroupDriver, PathError, PathIdentity, Qos, Runtime};
-use serde::Serialize;
+pub use paths::{parse_cgroup_path, CgroupDriver, PathError, PathIdentity};
 
 /// Where pod names come from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -156,40 +156,6 @@ impl CgroupResolver {
             }
         }
     }
-}
-
-/// Names and spec resources of a container, for the report's `kubernetes` field.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct KubernetesMeta {
-    pub namespace: Option<String>,
-    pub pod: Option<String>,
-    pub container: Option<String>,
-    pub pod_uid: String,
-    pub container_id: Option<String>,
-    pub runtime: Option<Runtime>,
-    pub qos: Option<Qos>,
-    pub workload_kind: Option<String>,
-    pub workload_name: Option<String>,
-    /// The pod spec's memory request and limit for this container (sum over containers for a
-    /// pod-level target).
-    pub spec_request_bytes: Option<u64>,
-    pub spec_limit_bytes: Option<u64>,
-}
-
-/// Who a target's memory belongs to.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum Attribution {
-    /// A Kubernetes container (or a pod, for a pod-level cgroup). `names_known` is false when
-    /// the pod is not (yet) known to the metadata provider; `reason` then says why.
-    Kubernetes {
-        names_known: bool,
-        reason: Option<String>,
-    },
-    /// Not Kubernetes: a host service or process, named by its systemd unit or cgroup.
-    Host { name: String },
-    /// Memory that cannot be put on a container, and why.
-    Unattributed { reason: String },
 }
 
 /// Names the target behind a cgroup path, with what the metadata provider knows.

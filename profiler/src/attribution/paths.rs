@@ -15,23 +15,7 @@
 use serde::Serialize;
 use thiserror::Error;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Qos {
-    Guaranteed,
-    Burstable,
-    BestEffort,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Runtime {
-    Containerd,
-    CriO,
-    Docker,
-    /// The cgroupfs driver names containers by bare id (containerd and docker both do).
-    Unknown,
-}
+use crate::report::{Qos, Runtime};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]

@@ -5,6 +5,7 @@
 
 pub mod events;
 pub mod preflight;
+mod view;
 
 use std::path::Path;
 
@@ -146,69 +147,9 @@ impl Default for ProbeConfig {
     }
 }
 
-/// Events lost or updates skipped, summed over CPUs, by reason.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
-pub struct DropCounts {
-    pub ringbuf_full: u64,
-    pub pending_calls_full: u64,
-    pub target_map_full: u64,
-    pub process_map_full: u64,
-    pub tracked_tgids_full: u64,
-    /// Stack samples whose stack the kernel could not walk (their bytes stay unattributed).
-    pub stack_unavailable: u64,
-}
-
-impl DropCounts {
-    /// Each reason with its metric label.
-    pub fn by_reason(&self) -> [(&'static str, u64); 6] {
-        [
-            ("ringbuf_full", self.ringbuf_full),
-            ("pending_calls_full", self.pending_calls_full),
-            ("target_map_full", self.target_map_full),
-            ("process_map_full", self.process_map_full),
-            ("tracked_tgids_full", self.tracked_tgids_full),
-            ("stack_unavailable", self.stack_unavailable),
-        ]
-    }
-
-    /// Drops since an earlier reading.
-    pub fn since(&self, earlier: &Self) -> Self {
-        Self {
-            ringbuf_full: self.ringbuf_full.saturating_sub(earlier.ringbuf_full),
-            pending_calls_full: self
-                .pending_calls_full
-                .saturating_sub(earlier.pending_calls_full),
-            target_map_full: self.target_map_full.saturating_sub(earlier.target_map_full),
-            process_map_full: self
-                .process_map_full
-                .saturating_sub(earlier.process_map_full),
-            tracked_tgids_full: self
-                .tracked_tgids_full
-                .saturating_sub(earlier.tracked_tgids_full),
-            stack_unavailable: self
-                .stack_unavailable
-                .saturating_sub(earlier.stack_unavailable),
-        }
-    }
-
-    pub fn total(&self) -> u64 {
-        self.ringbuf_full
-            + self.pending_calls_full
-            + self.target_map_full
-            + self.process_map_full
-            + self.tracked_tgids_full
-            + self.stack_unavailable
-    }
-}
-
-/// Kernel map entries still held for one target: all zero once its processes are gone.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
-pub struct KernelEntries {
-    pub processes: u64,
-    pub pending_calls: u64,
-    pub followed_processes: u64,
-    pub address_space_owners: u64,
-}
+/// The loaded and attached probes, with typed handles on their maps.
+pub use crate::report::{DropCounts, KernelEntries};
+pub use view::{FakeKernel, KernelView};
 
 /// The loaded and attached probes, with typed handles on their maps.
 pub struct Probes {

@@ -23,21 +23,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use profiler_common::{stack_source, StackSampling};
-use serde::Serialize;
 
 use crate::probes::events::StackSample;
+pub use crate::report::{StackEntry, StackSummary, Unwinding};
 use modules::{ExecMapping, ModuleCache};
 use unwind::ProcessUnwinder;
-
-/// How user stacks are walked.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Unwinding {
-    /// In the kernel, through frame pointers (cheap; stops at code built without them).
-    FramePointers,
-    /// In user space, from a copied stack and each module's `.eh_frame` (complete; costs more).
-    EhFrame,
-}
 
 /// Stack sampling settings of a session.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -471,40 +461,6 @@ impl SymbolizedStack {
             .map(Frame::display)
             .collect()
     }
-}
-
-/// One stack as the report lists it.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct StackEntry {
-    pub code_path: String,
-    pub resident_bytes: u64,
-    pub reserved_bytes: u64,
-    pub samples: u64,
-    /// Innermost first.
-    pub frames: Vec<String>,
-}
-
-/// The report's `stacks` section.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct StackSummary {
-    pub unwinding: Unwinding,
-    pub fault_sample_bytes: u64,
-    pub reservation_threshold_bytes: u64,
-    pub samples: u64,
-    /// Bytes faulted in, as the samples' weights add up (resident memory made).
-    pub sampled_fault_bytes: u64,
-    /// Bytes reserved by sampled large mmap/brk calls.
-    pub sampled_reserved_bytes: u64,
-    pub distinct_stacks: u64,
-    pub samples_not_kept: u64,
-    pub samples_without_stack: u64,
-    /// Samples whose stack ended within three frames (code without frame pointers).
-    pub shallow_samples: u64,
-    pub modules_opened: u64,
-    /// What the stacks cannot show, and how to get it.
-    pub limits: Vec<String>,
-    /// Heaviest stacks by resident bytes made.
-    pub top: Vec<StackEntry>,
 }
 
 /// Everything the session's stacks say.

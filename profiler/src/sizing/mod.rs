@@ -13,18 +13,21 @@
 //! set (as a mean or median of samples would) nor reserves the bursts (which the limit covers).
 //! It is the same statistic people who size by hand use (P90-P95 of steady state).
 //!
-//! Inputs are read from `headroom.report/v1` JSON, so a capture and `headroom recommend` over
-//! saved reports go through the same code.
+//! Inputs are read from the typed `headroom.report/v1` document ([`Observation::from_target`]),
+//! so a capture, an agent's exported figures and `headroom recommend` over saved reports go
+//! through the same code.
 
-use std::fmt::Write as _;
+mod observation;
 
-use serde::Serialize;
-use serde_json::Value;
-use thiserror::Error;
+pub use observation::{Observation, OomSeen, SizingError, SpikeSeen};
 
-use crate::report::format_bytes;
-
-const MIB: u64 = 1 << 20;
+use crate::{
+    report::{
+        Basis, CaptureReport, Checklist, ChecklistItem, Confidence, Flag, FlagKind, PeakKind,
+        Recommendation,
+    },
+    units::{format_bytes, quantity, round_up_mib, MIB},
+};
 
 /// Smallest request recommended: below it a measurement is almost certainly wrong.
 pub const REQUEST_FLOOR_BYTES: u64 = 32 * MIB;
@@ -32,327 +35,6 @@ pub const REQUEST_FLOOR_BYTES: u64 = 32 * MIB;
 pub const DEFAULT_HEADROOM: f64 = 0.25;
 /// The seed's range for headroom; outside it is allowed, with a warning.
 pub const HEADROOM_RANGE: (f64, f64) = (0.20, 0.30);
-
-#[derive(Debug, Error)]
-pub enum SizingError {
-    #[error("the report has no targets (is it a headroom.report/v1 document?)")]
-    NoTargets,
-    #[error("the report's schema is `{0}`, expected headroom.report/v1")]
-    WrongSchema(String),
-    #[error("target {index} of the report has no {field}")]
-    MissingField { index: usize, field: &'static str },
-}
-
-/// An OOM kill, as sizing needs it.
-#[derive(Clone, Debug, PartialEq)]
-pub struct OomSeen {
-    pub seconds: f64,
-    /// Highest charge in the seconds before the kill (the charge it was stopped at).
-    pub charge_before_bytes: u64,
-}
-
-/// A spike, as sizing needs it.
-#[derive(Clone, Debug, PartialEq)]
-pub struct SpikeSeen {
-    pub start_seconds: f64,
-    pub duration_ms: u64,
-    pub peak_bytes: u64,
-}
-
-/// What one capture target observed, distilled for sizing.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Observation {
-    pub name: String,
-    /// "charged" (a cgroup's charge) or "resident" (a process tree's RSS).
-    pub basis: &'static str,
-    pub duration_seconds: f64,
-    /// Whether the capture saw the target start (so a startup peak can have been seen).
-    pub saw_start: bool,
-    pub startup_seconds: Option<f64>,
-    pub startup_peak_bytes: u64,
-    pub startup_peak_at_seconds: Option<f64>,
-    /// Bucket maxima after startup, `resolution_ms` apart.
-    pub steady_series: Vec<u64>,
-    pub resolution_ms: u64,
-    pub peak_bytes: u64,
-    pub spikes: Vec<SpikeSeen>,
-    pub ooms: Vec<OomSeen>,
-    pub current_limit_bytes: Option<u64>,
-    pub current_request_bytes: Option<u64>,
-    pub reserved_peak_bytes: u64,
-    pub no_access_peak_bytes: u64,
-    pub resident_peak_bytes: u64,
-    /// Processes that arrived in the target from outside (a restart brings a new one).
-    pub restarts: u64,
-}
-
-fn number(value: &Value, pointer: &str) -> Option<u64> {
-    value.pointer(pointer).and_then(Value::as_u64)
-}
-
-fn float(value: &Value, pointer: &str) -> Option<f64> {
-    value.pointer(pointer).and_then(Value::as_f64)
-}
-
-impl Observation {
-    /// Reads every target of a `headroom.report/v1` document.
-    pub fn from_report(report: &Value) -> Result<Vec<Self>, SizingError> {
-        let schema = report.get("schema").and_then(Value::as_str).unwrap_or("");
-        if schema != crate::report::REPORT_SCHEMA {
-            return Err(SizingError::WrongSchema(schema.to_owned()));
-        }
-        let duration = float(report, "/duration_seconds").unwrap_or(0.0);
-        let targets = report
-            .get("targets")
-            .and_then(Value::as_array)
-            .filter(|targets| !targets.is_empty())
-            .ok_or(SizingError::NoTargets)?;
-        targets
-            .iter()
-            .enumerate()
-            .map(|(index, target)| Self::from_target(index, target, duration))
-            .collect()
-    }
-
-    fn from_target(index: usize, t: &Value, duration_seconds: f64) -> Result<Self, SizingError> {
-        let kind = t.get("kind").and_then(Value::as_str).unwrap_or("command");
-        let charged = !t["memory"].is_null();
-        let (basis, series_key, phases) = if charged {
-            ("charged", "charged", "/memory")
-        } else {
-            ("resident", "resident", "/resident_phases")
-        };
-        let resolution_ms = number(t, "/timeline/resolution_ms").unwrap_or(50).max(1);
-        let buckets = t
-            .pointer("/timeline/buckets")
-            .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default();
-        let series: Vec<u64> = buckets
-            .iter()
-            .map(|bucket| number(bucket, &format!("/{series_key}")).unwrap_or(0))
-            .collect();
-        let tasks: Vec<u64> = buckets
-            .iter()
-            .map(|bucket| number(bucket, "/tasks").unwrap_or(0))
-            .collect();
-        let startup_seconds = float(t, &format!("{phases}/startup_seconds"));
-        let startup_peak_bytes = number(t, &format!("{phases}/startup_peak_bytes")).unwrap_or(0);
-        let peak_bytes = if charged {
-            number(t, "/memory/peak_bytes")
-        } else {
-            number(t, "/resident/peak_bytes")
-        }
-        .ok_or(SizingError::MissingField {
-            index,
-            field: "peak_bytes",
-        })?;
-        let startup_end = startup_seconds
-            .map(|s| ((s * 1000.0) as u64 / resolution_ms) as usize)
-            .unwrap_or(series.len());
-        let alive_end = tasks
-            .iter()
-            .rposition(|&n| n > 0)
-            .map_or(series.len(), |i| i + 1);
-        let steady_series = series
-            .get(startup_end.min(alive_end)..alive_end)
-            .unwrap_or_default()
-            .to_vec();
-        let startup_peak_at_seconds = series[..startup_end.min(series.len())]
-            .iter()
-            .enumerate()
-            .max_by_key(|(_, v)| **v)
-            .map(|(i, _)| (i as u64 * resolution_ms) as f64 / 1000.0);
-        let first_alive = tasks.iter().position(|&n| n > 0);
-        // A target seen from its first process on has its startup in the capture.
-        let saw_start = kind == "command"
-            || first_alive.is_some_and(|i| {
-                series.get(i).copied().unwrap_or(0) * 4 < startup_peak_bytes.max(1)
-            });
-        let spikes = t
-            .get("spikes")
-            .and_then(Value::as_array)
-            .map(|spikes| {
-                spikes
-                    .iter()
-                    .map(|s| SpikeSeen {
-                        start_seconds: float(s, "/start_seconds").unwrap_or(0.0),
-                        duration_ms: number(s, "/duration_ms").unwrap_or(0),
-                        peak_bytes: number(s, "/peak_bytes").unwrap_or(0),
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        let ooms = t
-            .get("oom_events")
-            .and_then(Value::as_array)
-            .map(|events| {
-                events
-                    .iter()
-                    .map(|e| OomSeen {
-                        seconds: float(e, "/seconds").unwrap_or(0.0),
-                        charge_before_bytes: e
-                            .pointer("/timeline_before/buckets")
-                            .and_then(Value::as_array)
-                            .map(|b| {
-                                b.iter()
-                                    .filter_map(|x| number(x, &format!("/{series_key}")))
-                                    .max()
-                                    .unwrap_or(0)
-                            })
-                            .unwrap_or(0)
-                            .max(
-                                number(e, "/anon_rss_bytes").unwrap_or(0)
-                                    + number(e, "/file_rss_bytes").unwrap_or(0)
-                                    + number(e, "/shmem_rss_bytes").unwrap_or(0),
-                            ),
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        let restarts = t
-            .get("processes")
-            .and_then(Value::as_array)
-            .map(|processes| {
-                processes
-                    .iter()
-                    .filter(|p| p["parent_pid"].is_null())
-                    .count()
-                    .saturating_sub(1) as u64
-            })
-            .unwrap_or(0);
-        let name = match (
-            t.get("command").and_then(Value::as_array),
-            t.get("cgroup").and_then(Value::as_str),
-        ) {
-            (Some(command), _) => command
-                .iter()
-                .filter_map(Value::as_str)
-                .collect::<Vec<_>>()
-                .join(" "),
-            (None, Some(cgroup)) => cgroup.to_owned(),
-            (None, None) => format!("pid {}", number(t, "/pids/0").unwrap_or(0)),
-        };
-        Ok(Self {
-            name,
-            basis,
-            duration_seconds,
-            saw_start,
-            startup_seconds,
-            startup_peak_bytes,
-            startup_peak_at_seconds,
-            steady_series,
-            resolution_ms,
-            peak_bytes,
-            spikes,
-            ooms,
-            // The pod spec's limit when known (what kubelet enforces), else the cgroup's.
-            current_limit_bytes: number(t, "/kubernetes/spec_limit_bytes")
-                .or_else(|| number(t, "/memory/limit_bytes")),
-            current_request_bytes: number(t, "/kubernetes/spec_request_bytes"),
-            reserved_peak_bytes: number(t, "/reserved/peak_bytes").unwrap_or(0),
-            no_access_peak_bytes: number(t, "/reserved/peak_by_kind/no_access").unwrap_or(0),
-            resident_peak_bytes: number(t, "/resident/peak_bytes").unwrap_or(0),
-            restarts,
-        })
-    }
-
-    /// Merges observations of replicas of one workload: the highest peaks across them, and
-    /// their steady-state series pooled.
-    pub fn merge(observations: &[Self]) -> Option<Self> {
-        let first = observations.first()?;
-        let mut merged = first.clone();
-        for other in &observations[1..] {
-            merged.duration_seconds = merged.duration_seconds.max(other.duration_seconds);
-            merged.saw_start |= other.saw_start;
-            if other.startup_peak_bytes > merged.startup_peak_bytes {
-                merged.startup_peak_bytes = other.startup_peak_bytes;
-                merged.startup_peak_at_seconds = other.startup_peak_at_seconds;
-                merged.startup_seconds = other.startup_seconds;
-            } else if merged.startup_seconds.is_none() {
-                merged.startup_seconds = other.startup_seconds;
-            }
-            merged.steady_series.extend_from_slice(&other.steady_series);
-            merged.peak_bytes = merged.peak_bytes.max(other.peak_bytes);
-            merged.spikes.extend(other.spikes.iter().cloned());
-            merged.ooms.extend(other.ooms.iter().cloned());
-            merged.current_limit_bytes =
-                match (merged.current_limit_bytes, other.current_limit_bytes) {
-                    (Some(a), Some(b)) => Some(a.min(b)),
-                    (a, b) => a.or(b),
-                };
-            merged.reserved_peak_bytes = merged.reserved_peak_bytes.max(other.reserved_peak_bytes);
-            merged.no_access_peak_bytes =
-                merged.no_access_peak_bytes.max(other.no_access_peak_bytes);
-            merged.resident_peak_bytes = merged.resident_peak_bytes.max(other.resident_peak_bytes);
-            merged.restarts += other.restarts;
-        }
-        if observations.len() > 1 {
-            merged.name = format!("{} ({} replicas)", first.name, observations.len());
-        }
-        Some(merged)
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Confidence {
-    Low,
-    Medium,
-    High,
-}
-
-/// A problem with what is set now.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct Flag {
-    /// `oom_risk`, `over_provisioned`, `missing_limit`, `leak`.
-    pub kind: &'static str,
-    pub message: String,
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct Recommendation {
-    pub request_bytes: u64,
-    pub limit_bytes: u64,
-    pub request: String,
-    pub limit: String,
-    pub headroom_fraction: f64,
-    pub worst_peak_bytes: u64,
-    /// Which observation set the worst peak: `startup`, `steady`, `spike` or `oom`.
-    pub worst_peak_source: &'static str,
-    pub basis: &'static str,
-    pub confidence: Confidence,
-    pub confidence_reasons: Vec<String>,
-    pub reasons: Vec<String>,
-    pub flags: Vec<Flag>,
-    pub warnings: Vec<String>,
-}
-
-/// One question of the seed's checklist, answered from data.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct ChecklistItem {
-    pub answer: bool,
-    pub evidence: String,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct Checklist {
-    pub startup_peaks_measured: ChecklistItem,
-    pub real_traffic_spikes_observed: ChecklistItem,
-    pub allocator_reserved_memory_included: ChecklistItem,
-    pub headroom_added: ChecklistItem,
-    pub limits_far_enough_from_averages: ChecklistItem,
-}
-
-/// Rounds up to whole MiB.
-pub fn round_up_mib(bytes: u64) -> u64 {
-    bytes.div_ceil(MIB).saturating_mul(MIB)
-}
-
-/// Kubernetes notation in Mi (`410Mi`).
-pub fn quantity(bytes: u64) -> String {
-    format!("{}Mi", round_up_mib(bytes) / MIB)
-}
 
 fn percentile(values: &[u64], fraction: f64) -> Option<u64> {
     let mut sorted = values.to_vec();
@@ -386,6 +68,18 @@ pub fn leak_rate(series: &[u64], resolution_ms: u64) -> Option<f64> {
     }
     let slope_per_bucket = covariance / variance;
     (slope_per_bucket > 0.0).then(|| slope_per_bucket * 3_600_000.0 / resolution_ms as f64)
+}
+
+/// Fills each target's recommendation and checklist from the report itself: the same path
+/// `headroom recommend` takes over saved reports and the agent takes for its metrics.
+pub fn recommend_report(report: &mut CaptureReport, headroom: f64) {
+    let duration = report.duration_seconds;
+    for target in &mut report.targets {
+        let observation = Observation::from_target(target, duration);
+        let (recommendation, checklist) = recommend(&observation, headroom);
+        target.recommendation = Some(recommendation);
+        target.checklist = Some(checklist);
+    }
 }
 
 /// Recommends a request and a limit for one (possibly merged) observation.
@@ -422,34 +116,34 @@ pub fn recommend(observation: &Observation, headroom: f64) -> (Recommendation, C
         o.peak_bytes
     };
     let candidates = [
-        ("oom", oom_floor),
-        ("spike", spike_peak),
+        (PeakKind::Oom, oom_floor),
+        (PeakKind::Spike, spike_peak),
         (
-            "steady",
+            PeakKind::Steady,
             steady_peak.max(if o.startup_seconds.is_some() {
                 0
             } else {
                 o.peak_bytes
             }),
         ),
-        ("startup", startup_peak),
+        (PeakKind::Startup, startup_peak),
     ];
     let (worst_peak_source, worst_peak) = candidates
         .iter()
         .copied()
         .max_by_key(|&(_, bytes)| bytes)
-        .unwrap_or(("startup", 0));
+        .unwrap_or((PeakKind::Startup, 0));
     let worst_peak = worst_peak.max(o.peak_bytes);
     let limit_bytes = round_up_mib((worst_peak as f64 * (1.0 + headroom)).ceil() as u64);
 
     let when = |at: Option<f64>| at.map_or_else(String::new, |s| format!(" at {s:.1} s"));
-    let basis_name = if o.basis == "charged" {
+    let basis_name = if o.basis == Basis::Charged {
         "cgroup charge"
     } else {
         "resident memory (no cgroup of its own)"
     };
     let limit_reason = match worst_peak_source {
-        "startup" if o.startup_seconds.is_some() => format!(
+        PeakKind::Startup if o.startup_seconds.is_some() => format!(
             "limit {} = startup peak {}{} (startup ended at {:.1} s) × {:.2}",
             quantity(limit_bytes),
             mib(worst_peak),
@@ -457,14 +151,14 @@ pub fn recommend(observation: &Observation, headroom: f64) -> (Recommendation, C
             o.startup_seconds.unwrap_or(0.0),
             1.0 + headroom
         ),
-        "startup" => format!(
+        PeakKind::Startup => format!(
             "limit {} = highest {} seen {} × {:.2} (startup did not end during the capture)",
             quantity(limit_bytes),
             basis_name,
             mib(worst_peak),
             1.0 + headroom
         ),
-        "spike" => {
+        PeakKind::Spike => {
             let spike = o.spikes.iter().max_by_key(|s| s.peak_bytes);
             format!(
                 "limit {} = spike peak {} at {:.1} s (lasting {} ms) × {:.2}",
@@ -475,7 +169,7 @@ pub fn recommend(observation: &Observation, headroom: f64) -> (Recommendation, C
                 1.0 + headroom
             )
         }
-        "oom" => format!(
+        PeakKind::Oom => format!(
             "limit {} = OOM floor {} (an OOM kill at {:.1} s stopped it at {}; floor = max(+100 MiB, ×1.2)) × {:.2}",
             quantity(limit_bytes),
             mib(worst_peak),
@@ -483,7 +177,7 @@ pub fn recommend(observation: &Observation, headroom: f64) -> (Recommendation, C
             mib(o.ooms.iter().map(|k| k.charge_before_bytes).max().unwrap_or(0)),
             1.0 + headroom
         ),
-        _ => format!(
+        PeakKind::Steady => format!(
             "limit {} = peak after startup {} × {:.2}",
             quantity(limit_bytes),
             mib(worst_peak),
@@ -535,7 +229,7 @@ pub fn recommend(observation: &Observation, headroom: f64) -> (Recommendation, C
     let leak = leak_rate(&o.steady_series, o.resolution_ms);
     if let Some(rate) = leak {
         flags.push(Flag {
-            kind: "leak",
+            kind: FlagKind::Leak,
             message: format!(
                 "memory rose steadily after startup, about {} per hour: a leak grows past any limit; this limit only covers what was observed",
                 mib(rate as u64)
@@ -587,12 +281,12 @@ pub fn recommend(observation: &Observation, headroom: f64) -> (Recommendation, C
     // What is set now.
     match o.current_limit_bytes {
         None => flags.push(Flag {
-            kind: "missing_limit",
+            kind: FlagKind::MissingLimit,
             message: "no memory limit is set: one runaway allocation can take the node's memory"
                 .to_owned(),
         }),
         Some(limit) if limit < worst_peak => flags.push(Flag {
-            kind: "oom_risk",
+            kind: FlagKind::OomRisk,
             message: format!(
                 "the current limit {} is below the observed peak {}: expect OOM kills",
                 quantity(limit),
@@ -600,7 +294,7 @@ pub fn recommend(observation: &Observation, headroom: f64) -> (Recommendation, C
             ),
         }),
         Some(limit) if limit < limit_bytes => flags.push(Flag {
-            kind: "oom_risk",
+            kind: FlagKind::OomRisk,
             message: format!(
                 "the current limit {} leaves less than {:.0} % headroom over the observed peak {}",
                 quantity(limit),
@@ -613,7 +307,7 @@ pub fn recommend(observation: &Observation, headroom: f64) -> (Recommendation, C
     if let (Some(request), Some(p95)) = (o.current_request_bytes, steady_p95) {
         if request > p95.saturating_mul(2).max(p95 + 64 * MIB) {
             flags.push(Flag {
-                kind: "over_provisioned",
+                kind: FlagKind::OverProvisioned,
                 message: format!(
                     "the current request {} is far above the steady state {}",
                     quantity(request),
@@ -660,7 +354,7 @@ pub fn recommend(observation: &Observation, headroom: f64) -> (Recommendation, C
             },
         },
         allocator_reserved_memory_included: ChecklistItem {
-            answer: o.basis == "charged",
+            answer: o.basis == Basis::Charged,
             evidence: format!(
                 "sized from the {basis_name}, which counts memory the allocator keeps after the program frees it; address space reserved {} ({} of it no-access arenas and guards), resident peak {}",
                 mib(o.reserved_peak_bytes),
@@ -705,127 +399,6 @@ pub fn recommend(observation: &Observation, headroom: f64) -> (Recommendation, C
     )
 }
 
-/// A `resources:` block, or with a container name a strategic-merge patch for the owning
-/// workload, ready for `kubectl patch --type strategic -p "$(cat patch.yaml)"`.
-pub fn yaml_patch(
-    recommendation: &Recommendation,
-    target: &str,
-    container: Option<&str>,
-) -> String {
-    let mut out = String::new();
-    let _ = writeln!(out, "# headroom recommendation for {target}");
-    let _ = writeln!(
-        out,
-        "# confidence {:?}; {}",
-        recommendation.confidence,
-        recommendation.reasons.first().map_or("", String::as_str)
-    );
-    let indent = match container {
-        Some(name) => {
-            let _ = writeln!(out, "spec:\n  template:\n    spec:\n      containers:");
-            let _ = writeln!(out, "        - name: {name}");
-            "          "
-        }
-        None => "",
-    };
-    let _ = writeln!(out, "{indent}resources:");
-    let _ = writeln!(out, "{indent}  requests:");
-    let _ = writeln!(out, "{indent}    memory: {}", recommendation.request);
-    let _ = writeln!(out, "{indent}  limits:");
-    let _ = writeln!(out, "{indent}    memory: {}", recommendation.limit);
-    out
-}
-
-/// The recommendation as table lines (appended to the capture table).
-pub fn render_table(recommendation: &Recommendation, checklist: &Checklist) -> String {
-    let mut out = String::new();
-    let r = recommendation;
-    let _ = writeln!(
-        out,
-        "RECOMMENDATION   request {}   limit {}   (headroom {:.0} %, confidence {:?})",
-        r.request,
-        r.limit,
-        r.headroom_fraction * 100.0,
-        r.confidence
-    );
-    for reason in &r.reasons {
-        let _ = writeln!(out, "  - {reason}");
-    }
-    for flag in &r.flags {
-        let _ = writeln!(out, "  ! {}: {}", flag.kind, flag.message);
-    }
-    for warning in &r.warnings {
-        let _ = writeln!(out, "  ! warning: {warning}");
-    }
-    let _ = writeln!(out, "  confidence: {}", r.confidence_reasons.join("; "));
-    let _ = writeln!(out, "Checklist");
-    for (question, item) in checklist_items(checklist) {
-        let _ = writeln!(
-            out,
-            "  [{}] {question}: {}",
-            if item.answer { "x" } else { " " },
-            item.evidence
-        );
-    }
-    out
-}
-
-fn checklist_items(checklist: &Checklist) -> [(&'static str, &ChecklistItem); 5] {
-    [
-        ("startup peaks measured", &checklist.startup_peaks_measured),
-        (
-            "real traffic spikes observed",
-            &checklist.real_traffic_spikes_observed,
-        ),
-        (
-            "allocator-reserved memory included",
-            &checklist.allocator_reserved_memory_included,
-        ),
-        ("headroom added", &checklist.headroom_added),
-        (
-            "limits far enough from averages",
-            &checklist.limits_far_enough_from_averages,
-        ),
-    ]
-}
-
-/// The recommendation as Markdown.
-pub fn render_markdown(
-    target: &str,
-    recommendation: &Recommendation,
-    checklist: &Checklist,
-) -> String {
-    let mut out = String::new();
-    let r = recommendation;
-    let _ = writeln!(out, "## Memory for `{target}`\n");
-    let _ = writeln!(out, "| | memory |\n|---|---|");
-    let _ = writeln!(out, "| request | **{}** |", r.request);
-    let _ = writeln!(out, "| limit | **{}** |", r.limit);
-    let _ = writeln!(out, "| headroom | {:.0} % |", r.headroom_fraction * 100.0);
-    let _ = writeln!(out, "| confidence | {:?} |\n", r.confidence);
-    let _ = writeln!(out, "### Why\n");
-    for reason in &r.reasons {
-        let _ = writeln!(out, "- {reason}");
-    }
-    for flag in &r.flags {
-        let _ = writeln!(out, "- **{}**: {}", flag.kind, flag.message);
-    }
-    for warning in &r.warnings {
-        let _ = writeln!(out, "- **warning**: {warning}");
-    }
-    let _ = writeln!(out, "- confidence: {}\n", r.confidence_reasons.join("; "));
-    let _ = writeln!(out, "### Checklist\n");
-    for (question, item) in checklist_items(checklist) {
-        let _ = writeln!(
-            out,
-            "- [{}] {question}: {}",
-            if item.answer { "x" } else { " " },
-            item.evidence
-        );
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -833,7 +406,7 @@ mod tests {
     fn observation(series: Vec<u64>) -> Observation {
         Observation {
             name: "svc".into(),
-            basis: "charged",
+            basis: Basis::Charged,
             duration_seconds: 600.0,
             saw_start: true,
             startup_seconds: Some(2.0),
@@ -860,7 +433,7 @@ mod tests {
         o.peak_bytes = 328 * MIB;
         let (r, checklist) = recommend(&o, 0.25);
         assert_eq!(r.limit_bytes, 410 * MIB);
-        assert_eq!(r.worst_peak_source, "startup");
+        assert_eq!(r.worst_peak_source, PeakKind::Startup);
         assert_eq!(r.request_bytes, 100 * MIB);
         assert!(
             r.reasons[0].starts_with("limit 410Mi = startup peak 328.0 MiB at 0.8 s"),
@@ -887,7 +460,7 @@ mod tests {
         }];
         o.peak_bytes = 300 * MIB;
         let (r, checklist) = recommend(&o, 0.25);
-        assert_eq!(r.worst_peak_source, "spike");
+        assert_eq!(r.worst_peak_source, PeakKind::Spike);
         assert_eq!(r.limit_bytes, 375 * MIB);
         assert!(checklist.real_traffic_spikes_observed.answer);
     }
@@ -908,7 +481,11 @@ mod tests {
         let series: Vec<u64> = (0..600).map(|i| 100 * MIB + i * MIB / 4).collect();
         let o = observation(series);
         let (r, _) = recommend(&o, 0.25);
-        assert!(r.flags.iter().any(|f| f.kind == "leak"), "{:?}", r.flags);
+        assert!(
+            r.flags.iter().any(|f| f.kind == FlagKind::Leak),
+            "{:?}",
+            r.flags
+        );
         assert_eq!(r.confidence, Confidence::Low);
         assert!(leak_rate(&[100 * MIB; 100], 100).is_none());
     }
@@ -922,7 +499,7 @@ mod tests {
             charge_before_bytes: 256 * MIB,
         }];
         let (r, _) = recommend(&o, 0.25);
-        assert_eq!(r.worst_peak_source, "oom");
+        assert_eq!(r.worst_peak_source, PeakKind::Oom);
         // max(256 + 100, 256 × 1.2) = 356 MiB, × 1.25 = 445 MiB.
         assert_eq!(r.limit_bytes, 445 * MIB);
     }
@@ -942,19 +519,19 @@ mod tests {
         let mut o = observation(vec![100 * MIB; 600]);
         o.current_limit_bytes = None;
         let (r, _) = recommend(&o, 0.25);
-        assert!(r.flags.iter().any(|f| f.kind == "missing_limit"));
+        assert!(r.flags.iter().any(|f| f.kind == FlagKind::MissingLimit));
         o.current_limit_bytes = Some(90 * MIB);
         let (r, _) = recommend(&o, 0.25);
         assert!(r
             .flags
             .iter()
-            .any(|f| f.kind == "oom_risk" && f.message.contains("below")));
+            .any(|f| f.kind == FlagKind::OomRisk && f.message.contains("below")));
         o.current_limit_bytes = Some(110 * MIB);
         let (r, _) = recommend(&o, 0.25);
         assert!(r
             .flags
             .iter()
-            .any(|f| f.kind == "oom_risk" && f.message.contains("headroom")));
+            .any(|f| f.kind == FlagKind::OomRisk && f.message.contains("headroom")));
     }
 
     #[test]
@@ -962,7 +539,7 @@ mod tests {
         let mut o = observation(vec![100 * MIB; 600]);
         o.current_request_bytes = Some(1 << 30);
         let (r, _) = recommend(&o, 0.25);
-        assert!(r.flags.iter().any(|f| f.kind == "over_provisioned"));
+        assert!(r.flags.iter().any(|f| f.kind == FlagKind::OverProvisioned));
     }
 
     #[test]
@@ -1052,12 +629,5 @@ mod tests {
                 prop_assert!(recommend(&o, low + more).0.limit_bytes >= recommend(&o, low).0.limit_bytes);
             }
         }
-    }
-
-    #[test]
-    fn quantities_round_up_to_whole_mebibytes() {
-        assert_eq!(quantity(MIB), "1Mi");
-        assert_eq!(quantity(MIB + 1), "2Mi");
-        assert_eq!(quantity(0), "0Mi");
     }
 }

@@ -1,0 +1,223 @@
+//! One recorder for every session: charge samples and bucket closes in, a timeline of bucket
+//! maxima and the peaks that need no timeline out.
+
+use profiler_common::{rss_member, MemoryCounters, WindowPeaks};
+
+use crate::{
+    accounting::timeline::Timeline,
+    cgroups::ChargeReader,
+    report::{BucketPeaks, ResidentMemory},
+};
+
+/// The kernel's figures for one bucket.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelBucket {
+    pub resident: u64,
+    pub anon: u64,
+    pub reserved: u64,
+    pub tasks: u64,
+}
+
+impl KernelBucket {
+    /// From the target's counters now and (where windows are tracked) the window's peaks;
+    /// `baseline_tasks` are tasks that were there before counting began.
+    pub fn from_kernel(
+        counters: &MemoryCounters,
+        window: Option<&WindowPeaks>,
+        baseline_tasks: u64,
+    ) -> Self {
+        let resident = counters.resident_bytes().max(0) as u64;
+        let anon = counters.rss_bytes[rss_member::ANON].max(0) as u64;
+        let live_tasks = counters.live_tasks.max(0);
+        match window {
+            Some(window) => Self {
+                resident: window.resident_peak_bytes.max(resident),
+                anon: window.anon_peak_bytes.max(anon),
+                reserved: 0,
+                tasks: baseline_tasks.saturating_add_signed(window.live_tasks_peak.max(live_tasks)),
+            },
+            None => Self {
+                resident,
+                anon,
+                reserved: 0,
+                tasks: baseline_tasks.saturating_add_signed(live_tasks),
+            },
+        }
+    }
+}
+
+/// The charge's figures for one bucket.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ChargeBucket {
+    /// The kernel's own peak over the bucket, where the cgroup keeps one per descriptor.
+    pub window_peak: Option<u64>,
+    pub current: u64,
+    pub working_set: u64,
+}
+
+impl ChargeBucket {
+    /// Reads the charge at a bucket's end; None when the cgroup is gone or unreadable.
+    pub fn read(charge: &mut ChargeReader) -> Option<Self> {
+        let window_peak = charge.take_window_peak();
+        let current = charge.current()?;
+        Some(Self {
+            window_peak,
+            current,
+            working_set: current.saturating_sub(charge.inactive_file().unwrap_or(0)),
+        })
+    }
+}
+
+/// Charge samples and bucket closes of one target.
+#[derive(Clone, Debug)]
+pub struct Recorder {
+    timeline: Timeline,
+    sampled_charge_peak: u64,
+    window_charge_peak: Option<u64>,
+    resident_peak: u64,
+    anon_peak: u64,
+}
+
+impl Recorder {
+    /// `bucket_ms` is the starting resolution; it halves as needed to stay within `buckets`.
+    pub fn new(bucket_ms: u64, buckets: usize) -> Self {
+        Self {
+            timeline: Timeline::new(bucket_ms, buckets),
+            sampled_charge_peak: 0,
+            window_charge_peak: None,
+            resident_peak: 0,
+            anon_peak: 0,
+        }
+    }
+
+    /// A charge peak from before recording began (the agent's first sight of a cgroup).
+    pub fn seed_charge_peak(&mut self, peak: u64) {
+        self.sampled_charge_peak = self.sampled_charge_peak.max(peak);
+    }
+
+    /// One charge sample between bucket closes.
+    pub fn sample_charge(&mut self, elapsed_ms: u64, current: u64) {
+        self.sampled_charge_peak = self.sampled_charge_peak.max(current);
+        self.timeline.record(
+            elapsed_ms,
+            &BucketPeaks {
+                charged: current,
+                ..BucketPeaks::default()
+            },
+        );
+    }
+
+    /// Closes a bucket with the kernel's figures and, for cgroups, the charge's.
+    pub fn close_bucket(
+        &mut self,
+        elapsed_ms: u64,
+        kernel: KernelBucket,
+        charge: Option<ChargeBucket>,
+    ) {
+        self.resident_peak = self.resident_peak.max(kernel.resident);
+        self.anon_peak = self.anon_peak.max(kernel.anon);
+        let mut peaks = BucketPeaks {
+            resident: kernel.resident,
+            anon: kernel.anon,
+            reserved: kernel.reserved,
+            tasks: kernel.tasks,
+            ..BucketPeaks::default()
+        };
+        if let Some(charge) = charge {
+            if let Some(window_peak) = charge.window_peak {
+                self.window_charge_peak =
+                    Some(self.window_charge_peak.unwrap_or(0).max(window_peak));
+            }
+            peaks.charged = charge.window_peak.unwrap_or(0).max(charge.current);
+            peaks.working_set = charge.working_set;
+            self.sampled_charge_peak = self.sampled_charge_peak.max(charge.current);
+        }
+        self.timeline.record(elapsed_ms, &peaks);
+    }
+
+    pub fn timeline(&self) -> &Timeline {
+        &self.timeline
+    }
+
+    /// Highest sampled charge (and any seeded peak).
+    pub fn sampled_charge_peak(&self) -> u64 {
+        self.sampled_charge_peak
+    }
+
+    /// Highest of the kernel's windowed charge peaks, where the cgroup keeps them.
+    pub fn window_charge_peak(&self) -> Option<u64> {
+        self.window_charge_peak
+    }
+
+    /// The highest figure so far, for progress displays.
+    pub fn live_peak(&self) -> u64 {
+        self.sampled_charge_peak.max(self.resident_peak)
+    }
+
+    /// Resident memory as this recorder saw it: peaks of its own buckets, not of the
+    /// target's lifetime (for sessions on a target that was already running).
+    pub fn resident_seen(&self, now: &MemoryCounters) -> ResidentMemory {
+        ResidentMemory {
+            peak_bytes: self.resident_peak,
+            anon_peak_bytes: self.anon_peak,
+            file_peak_bytes: now.file_peak_bytes,
+            current_bytes: now.resident_bytes().max(0) as u64,
+        }
+    }
+}
+
+impl ResidentMemory {
+    /// Resident memory from the kernel's counters of the whole target.
+    pub fn from_counters(counters: &MemoryCounters) -> Self {
+        Self {
+            peak_bytes: counters.resident_peak_bytes,
+            anon_peak_bytes: counters.anon_peak_bytes,
+            file_peak_bytes: counters.file_peak_bytes,
+            current_bytes: counters.resident_bytes().max(0) as u64,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: u64 = 1 << 20;
+
+    #[test]
+    fn a_sample_between_buckets_is_kept_as_the_bucket_maximum() {
+        let mut recorder = Recorder::new(50, 100);
+        recorder.sample_charge(10, 300 * MIB);
+        recorder.close_bucket(
+            49,
+            KernelBucket::default(),
+            Some(ChargeBucket {
+                window_peak: None,
+                current: 100 * MIB,
+                working_set: 90 * MIB,
+            }),
+        );
+        let bucket = recorder.timeline().buckets()[0];
+        assert_eq!(bucket.charged, 300 * MIB);
+        assert_eq!(bucket.working_set, 90 * MIB);
+        assert_eq!(recorder.sampled_charge_peak(), 300 * MIB);
+        assert_eq!(recorder.window_charge_peak(), None);
+    }
+
+    #[test]
+    fn the_kernels_window_peak_raises_the_bucket_and_is_remembered() {
+        let mut recorder = Recorder::new(50, 100);
+        recorder.close_bucket(
+            20,
+            KernelBucket::default(),
+            Some(ChargeBucket {
+                window_peak: Some(500 * MIB),
+                current: 100 * MIB,
+                working_set: 100 * MIB,
+            }),
+        );
+        assert_eq!(recorder.timeline().buckets()[0].charged, 500 * MIB);
+        assert_eq!(recorder.window_charge_peak(), Some(500 * MIB));
+        assert_eq!(recorder.sampled_charge_peak(), 100 * MIB);
+    }
+}

@@ -1,0 +1,155 @@
+//! Reports: the `headroom.report/v1` document (a public contract: names and meanings of its
+//! fields do not change; fields are only added). This module owns every type of the schema
+//! and derives both `Serialize` and `Deserialize`, so a saved report reads back into the same
+//! types that wrote it; other modules fill these types, and `render` turns them into tables,
+//! Markdown and YAML. It imports nothing of the crate but `units`.
+
+mod activity;
+mod identity;
+mod memory;
+mod recommendation;
+pub mod render;
+mod sources;
+
+pub use render::Format;
+
+use serde::{Deserialize, Serialize};
+
+pub use activity::{
+    ActivitySummary, DropCounts, ExitSummary, KernelEntries, MappedBytes, ProcessRecord,
+};
+pub use identity::{Attribution, KubernetesMeta, Qos, Runtime};
+pub use memory::{
+    BucketPeaks, ChargedMemory, OomKill, PeakSource, ReservedBytes, ReservedMemory, ResidentMemory,
+    ResidentPhases, Spike, Threads, TimelineExcerpt,
+};
+pub use recommendation::{
+    Basis, Checklist, ChecklistItem, Confidence, Flag, FlagKind, PeakKind, Recommendation,
+};
+pub use sources::{Measure, MemorySource, SourceKind, StackEntry, StackSummary, Unwinding};
+
+pub const REPORT_SCHEMA: &str = "headroom.report/v1";
+
+/// `as_str` and `Display` for a schema enum: the same snake_case word serde writes.
+macro_rules! schema_words {
+    ($type:ty { $($variant:ident => $word:literal),+ $(,)? }) => {
+        impl $type {
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(Self::$variant => $word),+
+                }
+            }
+        }
+
+        impl std::fmt::Display for $type {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.pad(self.as_str())
+            }
+        }
+    };
+}
+pub(crate) use schema_words;
+
+/// What a target is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TargetKind {
+    /// A command headroom started in a cgroup of its own.
+    Command,
+    /// An existing cgroup.
+    Cgroup,
+    /// A process tree (no cgroup of its own).
+    Pid,
+    /// A pod or one of its containers, found through the Kubernetes API.
+    Pod,
+}
+
+/// What a report covers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReportMode {
+    /// One command, cgroup, process tree or pod.
+    Target,
+    /// Every cgroup of the node (`capture --all`).
+    Node,
+    /// The node agent's containers (`/api/v1/report`).
+    Agent,
+}
+
+/// One thing a capture watched: a command's cgroup, an existing cgroup, or a process tree.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TargetReport {
+    pub kind: TargetKind,
+    /// The captured command line, for command targets.
+    pub command: Option<Vec<String>>,
+    /// cgroup path as /proc/PID/cgroup shows it; null for process trees.
+    pub cgroup: Option<String>,
+    /// The id the kernel side counted the target under (cgroup v2 id, or a process-tree id).
+    pub target_id: u64,
+    /// Root processes: the command, the followed pid, or the cgroup's processes at the start.
+    pub pids: Vec<u32>,
+    pub exit: Option<ExitSummary>,
+    /// Charged memory; null for process trees (they have no cgroup of their own).
+    pub memory: Option<ChargedMemory>,
+    pub resident: ResidentMemory,
+    pub reserved: ReservedMemory,
+    pub threads: Threads,
+    /// Startup and steady state of the resident series (for process trees, the main series).
+    pub resident_phases: ResidentPhases,
+    /// Spikes above steady state (of the charge; of resident memory for process trees).
+    pub spikes: Vec<Spike>,
+    /// Who made the memory, heaviest first: code paths from sampled stacks, and the hidden
+    /// consumers (thread stacks, allocator arenas, file mappings, shared memory).
+    pub sources: Vec<MemorySource>,
+    /// How the stacks were sampled and what they cannot show; null without stack sampling.
+    pub stacks: Option<StackSummary>,
+    pub oom_kills: u64,
+    /// The kernel cgroup's own OOM-kill count over the session, to cross-check `oom_kills`.
+    pub oom_kills_cgroup: Option<u64>,
+    pub oom_events: Vec<OomKill>,
+    /// Kernel counters, as volumes (what was mapped, created, exited).
+    pub activity: ActivitySummary,
+    /// Per process, largest reservation first.
+    pub processes: Vec<ProcessRecord>,
+    /// Processes not listed because the table reached its bound.
+    pub processes_not_listed: u64,
+    /// Kernel map entries still held for the target at the end (0 when nothing leaks).
+    pub kernel_entries_at_end: KernelEntries,
+    pub timeline: TimelineExcerpt,
+    /// Request and limit with their reasons (see the sizing module).
+    pub recommendation: Option<Recommendation>,
+    /// The seed's checklist, answered from this capture.
+    pub checklist: Option<Checklist>,
+    /// Who the memory belongs to (node-wide and pod captures).
+    pub attribution: Option<Attribution>,
+    /// namespace, pod, container, pod_uid, container_id, qos, workload, spec request/limit.
+    pub kubernetes: Option<KubernetesMeta>,
+}
+
+/// The result of `headroom capture`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CaptureReport {
+    /// Always [`REPORT_SCHEMA`]; readers refuse anything else.
+    pub schema: String,
+    pub mode: ReportMode,
+    pub duration_seconds: f64,
+    pub sample_interval_ms: u64,
+    pub targets: Vec<TargetReport>,
+    pub drops: DropCounts,
+    /// Ring buffer records that failed to decode (a build mismatch; should be 0).
+    pub undecodable_events: u64,
+    /// Folded stacks (`root;...;leaf bytes`) for `--folded` and `--flamegraph`; not in the JSON.
+    #[serde(skip, default)]
+    pub folded_stacks: Vec<String>,
+}
+
+impl CaptureReport {
+    /// A name for each target, for patches and headings.
+    pub fn target_name(target: &TargetReport) -> String {
+        match (&target.command, &target.cgroup) {
+            (Some(command), _) => command.join(" "),
+            (None, Some(cgroup)) => cgroup.clone(),
+            (None, None) => format!("pid {}", target.pids.first().copied().unwrap_or(0)),
+        }
+    }
+}

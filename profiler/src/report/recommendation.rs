@@ -1,0 +1,102 @@
+//! The sizing result as the report carries it: request and limit with their reasons, flags,
+//! confidence, and the seed's checklist (produced by the sizing module).
+
+use serde::{Deserialize, Serialize};
+
+/// A problem with what is set now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FlagKind {
+    OomRisk,
+    OverProvisioned,
+    MissingLimit,
+    Leak,
+}
+
+/// Which observation set the worst realistic peak.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PeakKind {
+    Startup,
+    Steady,
+    Spike,
+    Oom,
+}
+
+/// Which memory series sizing read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Basis {
+    /// A cgroup's charge: what the OOM killer compares with the limit.
+    Charged,
+    /// A process tree's resident memory (it has no cgroup of its own).
+    Resident,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Confidence {
+    Low,
+    Medium,
+    High,
+}
+
+/// A problem with what is set now.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Flag {
+    pub kind: FlagKind,
+    pub message: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Recommendation {
+    pub request_bytes: u64,
+    pub limit_bytes: u64,
+    pub request: String,
+    pub limit: String,
+    pub headroom_fraction: f64,
+    pub worst_peak_bytes: u64,
+    /// Which observation set the worst peak.
+    pub worst_peak_source: PeakKind,
+    pub basis: Basis,
+    pub confidence: Confidence,
+    pub confidence_reasons: Vec<String>,
+    pub reasons: Vec<String>,
+    pub flags: Vec<Flag>,
+    pub warnings: Vec<String>,
+}
+
+/// One question of the seed's checklist, answered from data.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChecklistItem {
+    pub answer: bool,
+    pub evidence: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checklist {
+    pub startup_peaks_measured: ChecklistItem,
+    pub real_traffic_spikes_observed: ChecklistItem,
+    pub allocator_reserved_memory_included: ChecklistItem,
+    pub headroom_added: ChecklistItem,
+    pub limits_far_enough_from_averages: ChecklistItem,
+}
+
+super::schema_words!(FlagKind {
+    OomRisk => "oom_risk",
+    OverProvisioned => "over_provisioned",
+    MissingLimit => "missing_limit",
+    Leak => "leak",
+});
+
+super::schema_words!(PeakKind {
+    Startup => "startup",
+    Steady => "steady",
+    Spike => "spike",
+    Oom => "oom",
+});
+
+super::schema_words!(Basis {
+    Charged => "charged",
+    Resident => "resident",
+});

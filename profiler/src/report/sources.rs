@@ -1,0 +1,102 @@
+//! Who made the memory: code paths from sampled stacks and the hidden consumers the seed
+//! names (thread stacks, allocator arenas, file mappings, shared memory), and how the stacks
+//! were sampled.
+
+use serde::{Deserialize, Serialize};
+
+/// What kind of consumer a source is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SourceKind {
+    /// A code path, from sampled stacks.
+    CodePath,
+    ThreadStacks,
+    AllocatorArenas,
+    FileMappings,
+    SharedMemory,
+}
+
+/// What a source's `bytes` measures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Measure {
+    /// Bytes faulted in by this code path, from byte-weighted samples.
+    SampledResident,
+    /// Peak resident memory.
+    Resident,
+    /// Address space only: not charged until touched.
+    Reserved,
+}
+
+/// One consumer of memory, by kind. `sources` lists them heaviest first by `bytes`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MemorySource {
+    pub kind: SourceKind,
+    /// The function for code paths; the allocator for arenas; a description otherwise.
+    pub name: String,
+    pub measure: Measure,
+    pub bytes: u64,
+    /// Address space reserved for it (large mmap/brk for code paths), where known.
+    pub reserved_bytes: Option<u64>,
+    /// Innermost frame first (code paths).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub frames: Vec<String>,
+}
+
+/// How user stacks are walked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Unwinding {
+    /// In the kernel, through frame pointers (cheap; stops at code built without them).
+    FramePointers,
+    /// In user space, from a copied stack and each module's `.eh_frame` (complete; costs more).
+    EhFrame,
+}
+
+/// One stack as the report lists it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StackEntry {
+    pub code_path: String,
+    pub resident_bytes: u64,
+    pub reserved_bytes: u64,
+    pub samples: u64,
+    /// Innermost first.
+    pub frames: Vec<String>,
+}
+
+/// The report's `stacks` section.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StackSummary {
+    pub unwinding: Unwinding,
+    pub fault_sample_bytes: u64,
+    pub reservation_threshold_bytes: u64,
+    pub samples: u64,
+    /// Bytes faulted in, as the samples' weights add up (resident memory made).
+    pub sampled_fault_bytes: u64,
+    /// Bytes reserved by sampled large mmap/brk calls.
+    pub sampled_reserved_bytes: u64,
+    pub distinct_stacks: u64,
+    pub samples_not_kept: u64,
+    pub samples_without_stack: u64,
+    /// Samples whose stack ended within three frames (code without frame pointers).
+    pub shallow_samples: u64,
+    pub modules_opened: u64,
+    /// What the stacks cannot show, and how to get it.
+    pub limits: Vec<String>,
+    /// Heaviest stacks by resident bytes made.
+    pub top: Vec<StackEntry>,
+}
+
+super::schema_words!(SourceKind {
+    CodePath => "code_path",
+    ThreadStacks => "thread_stacks",
+    AllocatorArenas => "allocator_arenas",
+    FileMappings => "file_mappings",
+    SharedMemory => "shared_memory",
+});
+
+super::schema_words!(Measure {
+    SampledResident => "sampled_resident",
+    Resident => "resident",
+    Reserved => "reserved",
+});
