@@ -1,0 +1,194 @@
+//! Per-target and per-process counters: finding or creating their map entries, applying an
+//! update to both, live task counts, resident memory and its lifetime and per-window
+//! high-water marks.
+
+use core::intrinsics::{atomic_xchg, AtomicOrdering};
+
+use aya_ebpf::bindings::BPF_NOEXIST;
+use profiler_common::{
+    drop_reason, rss_member, MemoryCounters, ProcessCounters, WindowKey, WindowPeaks,
+};
+
+use crate::{
+    atomics::{add_signed, raise, raise_signed},
+    config::{flag_set, TRACK_WINDOWS},
+    helpers::{count_drop, now_ns},
+    maps::{PROCESS_COUNTERS, SCRATCH, TARGET_COUNTERS, WINDOW_EPOCH, WINDOW_PEAKS},
+};
+
+fn positive(value: i64) -> u64 {
+    if value > 0 {
+        value as u64
+    } else {
+        0
+    }
+}
+
+/// The counters of a target, created zeroed on first sight.
+#[inline(always)]
+pub(crate) fn target_counters(target_id: u64) -> Option<*mut MemoryCounters> {
+    if let Some(counters) = TARGET_COUNTERS.get_ptr_mut(target_id) {
+        return Some(counters);
+    }
+    let zero = MemoryCounters::default();
+    // NOEXIST: another CPU may have created it in the meantime; then we use theirs.
+    if TARGET_COUNTERS
+        .insert(target_id, zero, BPF_NOEXIST as u64)
+        .is_err()
+        && TARGET_COUNTERS.get_ptr_mut(target_id).is_none()
+    {
+        count_drop(drop_reason::TARGET_MAP_FULL);
+        return None;
+    }
+    TARGET_COUNTERS.get_ptr_mut(target_id)
+}
+
+/// This window's high-water marks of a target (see `WindowKey`).
+#[inline(always)]
+pub(crate) fn window_peaks(target_id: u64) -> Option<*mut WindowPeaks> {
+    if !flag_set(&TRACK_WINDOWS) {
+        return None;
+    }
+    // SAFETY: array value pointer from a successful lookup.
+    let epoch = unsafe { *WINDOW_EPOCH.get_ptr(0)? };
+    let key = WindowKey {
+        target_id,
+        slot: epoch & 1,
+    };
+    if let Some(peaks) = WINDOW_PEAKS.get_ptr_mut(key) {
+        return Some(peaks);
+    }
+    let _ = WINDOW_PEAKS.insert(key, WindowPeaks::default(), BPF_NOEXIST as u64);
+    WINDOW_PEAKS.get_ptr_mut(key)
+}
+
+/// The counters of a process, created on first sight (`tasks_known` 0: it was already running).
+#[inline(always)]
+pub(crate) fn process_counters(tgid: u32, target_id: u64) -> Option<*mut ProcessCounters> {
+    if let Some(process) = PROCESS_COUNTERS.get_ptr_mut(tgid) {
+        // SAFETY: map value pointer from a successful lookup. Written only on a change (a
+        // migration), so the hot paths do not dirty the entry's cache line for nothing.
+        unsafe {
+            if (*process).target_id != target_id {
+                (*process).target_id = target_id;
+            }
+        }
+        return Some(process);
+    }
+    new_process_counters(tgid, target_id, 0, BPF_NOEXIST as u64)
+}
+
+/// Creates (or with `flags` = BPF_ANY, replaces) the entry of a process.
+#[inline(always)]
+pub(crate) fn new_process_counters(
+    tgid: u32,
+    target_id: u64,
+    tasks_known: u32,
+    flags: u64,
+) -> Option<*mut ProcessCounters> {
+    let fresh = SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: a per-CPU scratch slot, used by this program alone until it returns.
+    unsafe {
+        core::ptr::write_bytes(fresh, 0, 1);
+        (*fresh).target_id = target_id;
+        (*fresh).first_seen_ns = now_ns();
+        (*fresh).tasks_known = tasks_known;
+    }
+    // SAFETY: `fresh` points at the per-CPU scratch value, valid for reads; the insert copies
+    // from it (a reference, so the 288 bytes never land on the BPF stack).
+    let fresh: &ProcessCounters = unsafe { &*fresh };
+    if PROCESS_COUNTERS.insert(tgid, fresh, flags).is_err()
+        && PROCESS_COUNTERS.get_ptr_mut(tgid).is_none()
+    {
+        count_drop(drop_reason::PROCESS_MAP_FULL);
+        return None;
+    }
+    PROCESS_COUNTERS.get_ptr_mut(tgid)
+}
+
+/// Applies one update to the target's counters and, when present, the process's.
+#[inline(always)]
+pub(crate) fn update_both(
+    target: *mut MemoryCounters,
+    process: Option<*mut ProcessCounters>,
+    update: impl Fn(*mut MemoryCounters),
+) {
+    update(target);
+    if let Some(process) = process {
+        // SAFETY: map value pointer from a successful lookup; taking a field's address only.
+        update(unsafe { &raw mut (*process).counters });
+    }
+}
+
+/// One more (or one fewer) live task, with exact peaks for the target and the process.
+#[inline(always)]
+pub(crate) fn change_live_tasks(
+    target_id: u64,
+    target: *mut MemoryCounters,
+    process: Option<*mut ProcessCounters>,
+    delta: i64,
+) {
+    update_both(target, process, |c| {
+        // SAFETY: field addresses within a valid map value.
+        unsafe {
+            let live = add_signed(&raw mut (*c).live_tasks, delta);
+            if delta > 0 {
+                raise_signed(&raw mut (*c).peak_live_tasks, live);
+            }
+        }
+    });
+    if delta > 0 {
+        if let Some(window) = window_peaks(target_id) {
+            // SAFETY: field addresses within valid map values.
+            unsafe {
+                raise_signed(
+                    &raw mut (*window).live_tasks_peak,
+                    core::ptr::read_volatile(&raw const (*target).live_tasks),
+                );
+            }
+        }
+    }
+}
+
+/// Moves a process's resident counters to zero and takes them out of its target's sums.
+#[inline(always)]
+pub(crate) fn release_resident(target: *mut MemoryCounters, process: *mut ProcessCounters) {
+    for member in 0..rss_member::COUNT {
+        // SAFETY: field addresses within valid map values; `member` < COUNT.
+        unsafe {
+            let field = (&raw mut (*process).counters.rss_bytes)
+                .cast::<i64>()
+                .add(member);
+            let old = atomic_xchg::<i64, { AtomicOrdering::Relaxed }>(field, 0);
+            if old != 0 {
+                add_signed(
+                    (&raw mut (*target).rss_bytes).cast::<i64>().add(member),
+                    -old,
+                );
+            }
+        }
+    }
+}
+
+/// Raises the resident high-water marks of `counters` (and of this window) to its current sums.
+#[inline(always)]
+pub(crate) fn raise_resident_peaks(
+    counters: *mut MemoryCounters,
+    window: Option<*mut WindowPeaks>,
+) {
+    // SAFETY: `counters` and `window` are valid map value pointers.
+    unsafe {
+        let rss = &raw const (*counters).rss_bytes;
+        let read = |member: usize| core::ptr::read_volatile(rss.cast::<i64>().add(member));
+        let anon = positive(read(rss_member::ANON));
+        let file = positive(read(rss_member::FILE) + read(rss_member::SHMEM));
+        raise(&raw mut (*counters).resident_peak_bytes, anon + file);
+        raise(&raw mut (*counters).anon_peak_bytes, anon);
+        raise(&raw mut (*counters).file_peak_bytes, file);
+        if let Some(window) = window {
+            raise(&raw mut (*window).resident_peak_bytes, anon + file);
+            raise(&raw mut (*window).anon_peak_bytes, anon);
+            raise(&raw mut (*window).file_peak_bytes, file);
+        }
+    }
+}

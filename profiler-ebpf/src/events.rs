@@ -1,0 +1,84 @@
+//! Ring buffer events about processes and mappings (stack samples are in `sampling`).
+
+use aya_ebpf::helpers::bpf_get_current_comm;
+use profiler_common::{
+    drop_reason, event_kind, EventHeader, MappingEvent, ProcessCounters, ProcessExitEvent,
+    ProcessStartEvent,
+};
+
+use crate::{
+    config::{flag_set, TRACK_REGIONS},
+    helpers::{count_drop, now_ns},
+    maps::EVENTS,
+};
+
+pub(crate) fn emit_process_start(tgid: u32, parent_tgid: u32, target_id: u64) {
+    let Some(mut entry) = EVENTS.reserve::<ProcessStartEvent>(0) else {
+        count_drop(drop_reason::RINGBUF_FULL);
+        return;
+    };
+    let event = entry.as_mut_ptr();
+    // SAFETY: `event` points at a reserved, 8-byte aligned ring buffer slot of the right size.
+    unsafe {
+        (*event).header = EventHeader {
+            kind: event_kind::PROCESS_START,
+            tgid,
+            target_id,
+            timestamp_ns: now_ns(),
+        };
+        (*event).parent_tgid = parent_tgid;
+        (*event)._pad = 0;
+        (*event).comm = bpf_get_current_comm().unwrap_or_default();
+    }
+    entry.submit(0);
+}
+
+pub(crate) fn emit_process_exit(tgid: u32, target_id: u64, process: *const ProcessCounters) {
+    let Some(mut entry) = EVENTS.reserve::<ProcessExitEvent>(0) else {
+        count_drop(drop_reason::RINGBUF_FULL);
+        return;
+    };
+    let event = entry.as_mut_ptr();
+    // SAFETY: `event` points at a reserved ring buffer slot of the right size; `process` is a
+    // map value pointer from a successful lookup.
+    unsafe {
+        (*event).header = EventHeader {
+            kind: event_kind::PROCESS_EXIT,
+            tgid,
+            target_id,
+            timestamp_ns: now_ns(),
+        };
+        (*event).process = *process;
+        (*event).comm = bpf_get_current_comm().unwrap_or_default();
+    }
+    entry.submit(0);
+}
+
+/// Sends one mapping change to user space (capture sessions only).
+#[inline(always)]
+pub(crate) fn emit_mapping(tgid: u32, target_id: u64, op: u32, args: [u64; 6]) {
+    if !flag_set(&TRACK_REGIONS) {
+        return;
+    }
+    let Some(mut entry) = EVENTS.reserve::<MappingEvent>(0) else {
+        count_drop(drop_reason::RINGBUF_FULL);
+        return;
+    };
+    let [addr, len, prot, flags, new_addr, new_len] = args;
+    entry.write(MappingEvent {
+        header: EventHeader {
+            kind: event_kind::MAPPING,
+            tgid,
+            target_id,
+            timestamp_ns: now_ns(),
+        },
+        op,
+        prot: prot as u32,
+        flags,
+        addr,
+        len,
+        new_addr,
+        new_len,
+    });
+    entry.submit(0);
+}

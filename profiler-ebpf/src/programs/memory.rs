@@ -1,0 +1,121 @@
+//! Resident memory: kmem:rss_stat, which fires about once per page fault, aggregated into
+//! the counters and high-water marks, and the faulting stack sampled.
+
+use core::intrinsics::{atomic_xchg, AtomicOrdering};
+
+use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
+use profiler_common::{rss_member, MmOwner};
+
+use crate::{
+    atomics::add_signed,
+    counters::{
+        process_counters, raise_resident_peaks, release_resident, target_counters, window_peaks,
+    },
+    maps::{MM_OWNERS, PROCESS_COUNTERS},
+    sampling::sample_fault,
+    targets::current_target,
+};
+
+// Tracepoint field offsets, read off /sys/kernel/tracing/events/*/*/format. These records are
+// stable ABI for syscalls:* and have been stable for years for the others.
+const RSS_MM_ID: usize = 8;
+const RSS_CURR: usize = 12;
+const RSS_MEMBER: usize = 16;
+const RSS_SIZE: usize = 24;
+
+/// kmem:rss_stat: one of an mm's RSS counters changed (about once per page fault). Aggregated
+/// here: the process's counter is replaced (atomic exchange), the difference added to its
+/// target's sum, and the high-water marks raised. Nothing goes to user space.
+#[tracepoint]
+pub fn rss_stat(ctx: TracePointContext) -> u32 {
+    try_rss_stat(&ctx).unwrap_or(0)
+}
+
+fn try_rss_stat(ctx: &TracePointContext) -> Result<u32, i64> {
+    // SAFETY: offsets of rss_stat's record (u32 mm_id @8, u32 curr @12, int member @16,
+    // long size @24, in bytes).
+    let (mm_id, curr, member, size) = unsafe {
+        (
+            ctx.read_at::<u32>(RSS_MM_ID)?,
+            ctx.read_at::<u32>(RSS_CURR)?,
+            ctx.read_at::<i32>(RSS_MEMBER)?,
+            ctx.read_at::<i64>(RSS_SIZE)?,
+        )
+    };
+    if member < 0 || member as usize >= rss_member::COUNT {
+        return Ok(0);
+    }
+    // The mask repeats the bound in a form the verifier tracks through the index arithmetic.
+    let member = (member as u32 & 3) as usize;
+    let (target_id, process, target, faulting_tgid) = if curr != 0 {
+        let Some((tgid, target_id)) = current_target() else {
+            return Ok(0);
+        };
+        let process = process_counters(tgid, target_id).ok_or(0)?;
+        let target = target_counters(target_id).ok_or(0)?;
+        // SAFETY: map value pointer from a successful lookup.
+        let known_mm = unsafe { (*process).mm_id };
+        if known_mm != mm_id {
+            // A new address space after exec: the old one's memory leaves the sums. (mm_id 0 is
+            // a first sight: a fresh entry holds nothing, and one seeded by user space from
+            // /proc holds this very address space's figures, which the exchange below updates.)
+            // The new one is remembered for events raised outside the process.
+            if known_mm != 0 {
+                release_resident(target, process);
+                let _ = MM_OWNERS.remove(known_mm);
+            }
+            // SAFETY: as above.
+            unsafe { (*process).mm_id = mm_id };
+            let owner = MmOwner {
+                tgid,
+                _pad: 0,
+                target_id,
+            };
+            let _ = MM_OWNERS.insert(mm_id, owner, 0);
+        }
+        (target_id, process, target, Some(tgid))
+    } else {
+        // Raised by another task: reclaim, or the teardown of an address space.
+        let Some(owner) = MM_OWNERS.get_ptr(mm_id) else {
+            return Ok(0);
+        };
+        // SAFETY: map value pointer from a successful lookup.
+        let owner = unsafe { *owner };
+        let Some(process) = PROCESS_COUNTERS.get_ptr_mut(owner.tgid) else {
+            return Ok(0);
+        };
+        // SAFETY: as above.
+        if unsafe { (*process).mm_id } != mm_id {
+            return Ok(0);
+        }
+        let target = target_counters(owner.target_id).ok_or(0)?;
+        (owner.target_id, process, target, None)
+    };
+
+    // SAFETY: field addresses within valid map values; `member` < COUNT.
+    unsafe {
+        let process_field = (&raw mut (*process).counters.rss_bytes)
+            .cast::<i64>()
+            .add(member);
+        let old = atomic_xchg::<i64, { AtomicOrdering::Relaxed }>(process_field, size);
+        let delta = size - old;
+        if delta != 0 {
+            add_signed(
+                (&raw mut (*target).rss_bytes).cast::<i64>().add(member),
+                delta,
+            );
+        }
+        if delta > 0 {
+            raise_resident_peaks(&raw mut (*process).counters, None);
+            raise_resident_peaks(target, window_peaks(target_id));
+            // Growth seen by the faulting task itself: its user stack is the code that made
+            // the memory. (Swap growth is memory leaving, not arriving.)
+            if let Some(tgid) = faulting_tgid {
+                if member != rss_member::SWAP {
+                    sample_fault(ctx, tgid, target_id, process, delta as u64, member as u32);
+                }
+            }
+        }
+    }
+    Ok(0)
+}
