@@ -123,7 +123,8 @@ impl Container {
 pub struct ContainerTable {
     containers: HashMap<u64, Container>,
     settings: TableSettings,
-    started: Instant,
+    /// Time since the agent started, as of the last tick.
+    elapsed: Duration,
 }
 
 impl ContainerTable {
@@ -131,7 +132,7 @@ impl ContainerTable {
         Self {
             containers: HashMap::new(),
             settings,
-            started: Instant::now(),
+            elapsed: Duration::ZERO,
         }
     }
 
@@ -147,26 +148,29 @@ impl ContainerTable {
         self.containers.iter().map(|(id, c)| (*id, c))
     }
 
-    /// Seconds since the agent started: the span every container's figures cover at most.
+    /// Time since the agent started, as of the last tick: the span every container's figures
+    /// cover at most.
     pub fn elapsed(&self) -> Duration {
-        self.started.elapsed()
+        self.elapsed
     }
 
     pub fn interval(&self) -> Duration {
         self.settings.interval
     }
 
-    /// One tick: every target the kernel counted is recorded, new ones are named, gone ones
-    /// expire (with their series and kernel entries), and the exported figures are set.
+    /// One tick, `elapsed` after the agent started: every target the kernel counted is
+    /// recorded, new ones are named, gone ones expire (with their series and kernel entries),
+    /// and the exported figures are set.
     pub fn tick(
         &mut self,
         kernel: &mut dyn KernelView,
         mut node: NodeFiles<'_>,
         pods: Option<&PodCache>,
         metrics: &Metrics,
-        tick: u64,
+        (tick, elapsed): (u64, Duration),
     ) -> Result<(), ProbeError> {
-        let elapsed_ms = self.started.elapsed().as_millis() as u64;
+        self.elapsed = elapsed;
+        let elapsed_ms = elapsed.as_millis() as u64;
         let mut seen = Vec::new();
         for (id, counters) in kernel.all_target_counters()? {
             if !self.track(id, &mut node, pods, metrics) {
@@ -178,7 +182,7 @@ impl ContainerTable {
                 container.observe(&node, counters, tick, elapsed_ms, self.settings.interval);
             }
         }
-        self.expire(kernel, node.hierarchies, &seen, metrics)?;
+        self.expire(kernel, node.hierarchies, &seen, metrics, tick)?;
         self.export(metrics, tick);
         metrics
             .containers_tracked
@@ -255,14 +259,17 @@ impl ContainerTable {
         hierarchies: &Hierarchies,
         seen: &[u64],
         metrics: &Metrics,
+        tick: u64,
     ) -> Result<(), ProbeError> {
+        let slow = tick.is_multiple_of(SLOW_READ_TICKS);
         let gone: Vec<u64> = self
             .containers
             .iter()
             .filter(|(id, c)| match &c.path {
-                // A readable charge file means the cgroup is there; only otherwise look.
+                // A readable charge file usually means the cgroup is there: look only otherwise,
+                // and on slow ticks (an open descriptor can outlive its directory).
                 Some(path) => {
-                    c.charge.is_none()
+                    (c.charge.is_none() || slow)
                         && !hierarchies
                             .unified
                             .join(path.trim_start_matches('/'))
@@ -284,7 +291,7 @@ impl ContainerTable {
     /// Sets every container's series; recommendations are refreshed on slow ticks.
     fn export(&mut self, metrics: &Metrics, tick: u64) {
         let interval = self.settings.interval;
-        let elapsed = self.started.elapsed().as_secs_f64();
+        let elapsed = self.elapsed.as_secs_f64();
         for (&id, container) in &mut self.containers {
             let refresh =
                 tick.is_multiple_of(SLOW_READ_TICKS) || container.recommendation.is_none();
@@ -426,5 +433,237 @@ impl Container {
             recommended_request_bytes: self.recommendation.as_ref().map(|r| r.request_bytes),
             recommended_limit_bytes: self.recommendation.as_ref().map(|r| r.limit_bytes),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{fs, os::unix::fs::MetadataExt as _, path::PathBuf};
+
+    use prometheus::Registry;
+
+    use super::*;
+    use crate::probes::FakeKernel;
+
+    const MIB: u64 = 1 << 20;
+
+    /// A cgroup2 tree made of plain directories and files: one service with charge files.
+    struct FakeNode {
+        root: PathBuf,
+        hierarchies: Hierarchies,
+    }
+
+    impl FakeNode {
+        fn new(tag: &str) -> Self {
+            let root = std::env::temp_dir()
+                .join(format!("headroom-fake-node-{tag}-{}", std::process::id()));
+            let _ = fs::remove_dir_all(&root);
+            fs::create_dir_all(root.join("test.slice/svc.service")).expect("temp tree");
+            let node = Self {
+                hierarchies: Hierarchies {
+                    unified: root.clone(),
+                    memory_v1: None,
+                },
+                root,
+            };
+            node.write("memory.max", "1073741824\n");
+            node.write("memory.events", "oom 0\noom_kill 0\n");
+            node.write("memory.stat", "inactive_file 0\n");
+            node.write("cgroup.procs", "");
+            node.write("cgroup.threads", "1\n2\n3\n");
+            node.set_charge(0);
+            node
+        }
+
+        fn dir(&self) -> PathBuf {
+            self.root.join("test.slice/svc.service")
+        }
+
+        fn id(&self) -> u64 {
+            fs::metadata(self.dir()).expect("dir").ino()
+        }
+
+        fn write(&self, file: &str, text: &str) {
+            fs::write(self.dir().join(file), text).expect("write");
+        }
+
+        fn set_charge(&self, bytes: u64) {
+            self.write("memory.current", &format!("{bytes}\n"));
+        }
+    }
+
+    impl Drop for FakeNode {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.root);
+        }
+    }
+
+    fn table() -> ContainerTable {
+        ContainerTable::new(TableSettings {
+            max_containers: 8,
+            interval: Duration::from_millis(100),
+            timeline_buckets: 4096,
+            headroom: 0.25,
+        })
+    }
+
+    fn metric(registry: &Registry, name: &str) -> Option<f64> {
+        registry
+            .gather()
+            .iter()
+            .find(|family| family.name() == name)
+            .and_then(|family| {
+                family
+                    .get_metric()
+                    .first()
+                    .map(|m| m.get_gauge().get_value())
+            })
+    }
+
+    fn tick(
+        table: &mut ContainerTable,
+        kernel: &mut FakeKernel,
+        node: &FakeNode,
+        resolver: &mut CgroupResolver,
+        metrics: &Metrics,
+        number: u64,
+    ) {
+        let files = NodeFiles {
+            hierarchies: &node.hierarchies,
+            resolver,
+            proc_root: Path::new("/nonexistent-proc-root"),
+        };
+        let elapsed = Duration::from_millis(number * 100);
+        table
+            .tick(kernel, files, None, metrics, (number, elapsed))
+            .expect("tick");
+    }
+
+    /// The exported recommendation is the one sizing gives for the container's own report.
+    #[test]
+    fn the_agent_tick_exports_what_its_own_report_recommends() {
+        let node = FakeNode::new("tick");
+        let mut resolver = CgroupResolver::new(&node.root, 16);
+        let registry = Registry::new();
+        let metrics = Metrics::new(&registry).expect("metrics");
+        let mut table = table();
+        let mut kernel = FakeKernel::default();
+        let id = node.id();
+        for number in 1..=60u64 {
+            // 300 MiB for the first second, then 120 MiB with one tick at 250 MiB.
+            let charge = match number {
+                1..=10 => 300 * MIB,
+                40 => 250 * MIB,
+                _ => 120 * MIB,
+            };
+            node.set_charge(charge);
+            kernel.set_resident(id, charge - 20 * MIB, 20 * MIB, 3);
+            tick(
+                &mut table,
+                &mut kernel,
+                &node,
+                &mut resolver,
+                &metrics,
+                number,
+            );
+        }
+        let container = table.get(id).expect("tracked");
+        assert_eq!(container.path.as_deref(), Some("/test.slice/svc.service"));
+        let mut report = crate::report::CaptureReport {
+            schema: crate::report::REPORT_SCHEMA.to_owned(),
+            mode: crate::report::ReportMode::Agent,
+            duration_seconds: table.elapsed().as_secs_f64(),
+            sample_interval_ms: 100,
+            targets: vec![container.report(id, table.interval())],
+            drops: Default::default(),
+            undecodable_events: 0,
+            folded_stacks: Vec::new(),
+        };
+        crate::sizing::recommend_report(&mut report, 0.25);
+        let target = &report.targets[0];
+        let recommendation = target.recommendation.as_ref().expect("recommended");
+        assert_eq!(
+            metric(
+                &registry,
+                "headroom_container_memory_recommended_limit_bytes"
+            ),
+            Some(recommendation.limit_bytes as f64)
+        );
+        assert_eq!(
+            metric(
+                &registry,
+                "headroom_container_memory_recommended_request_bytes"
+            ),
+            Some(recommendation.request_bytes as f64)
+        );
+        // The startup peak sets the limit; the request is near the 120 MiB steady state.
+        assert_eq!(recommendation.limit_bytes, 375 * MIB);
+        assert_eq!(recommendation.request_bytes, 120 * MIB);
+        assert_eq!(
+            metric(&registry, "headroom_container_memory_charged_peak_bytes"),
+            Some((300 * MIB) as f64)
+        );
+        assert_eq!(metric(&registry, "headroom_container_threads"), Some(3.0));
+        assert_eq!(target.spikes.len(), 1);
+        assert_eq!(target.spikes[0].peak_bytes, 250 * MIB);
+    }
+
+    #[test]
+    fn a_container_whose_cgroup_goes_expires_with_its_series_and_kernel_entries() {
+        let node = FakeNode::new("expire");
+        let mut resolver = CgroupResolver::new(&node.root, 16);
+        let registry = Registry::new();
+        let metrics = Metrics::new(&registry).expect("metrics");
+        let mut table = table();
+        let mut kernel = FakeKernel::default();
+        let id = node.id();
+        node.set_charge(64 * MIB);
+        kernel.set_resident(id, 60 * MIB, 0, 1);
+        tick(&mut table, &mut kernel, &node, &mut resolver, &metrics, 1);
+        assert_eq!(table.len(), 1);
+        assert!(metric(&registry, "headroom_container_memory_charged_bytes").is_some());
+        fs::remove_dir_all(node.dir()).expect("remove the cgroup");
+        tick(&mut table, &mut kernel, &node, &mut resolver, &metrics, 2);
+        // A descriptor that still reads is checked against the directory on slow ticks.
+        tick(
+            &mut table,
+            &mut kernel,
+            &node,
+            &mut resolver,
+            &metrics,
+            SLOW_READ_TICKS,
+        );
+        assert_eq!(table.len(), 0);
+        assert_eq!(kernel.forgotten, vec![id]);
+        assert!(metric(&registry, "headroom_container_memory_charged_bytes").is_none());
+    }
+
+    #[test]
+    fn containers_past_the_bound_are_counted_not_tracked() {
+        let node = FakeNode::new("bound");
+        let mut resolver = CgroupResolver::new(&node.root, 16);
+        let registry = Registry::new();
+        let metrics = Metrics::new(&registry).expect("metrics");
+        let mut table = ContainerTable::new(TableSettings {
+            max_containers: 2,
+            ..table().settings
+        });
+        let mut kernel = FakeKernel::default();
+        for id in [node.id(), 1_000_001, 1_000_002, 1_000_003] {
+            kernel.set_resident(id, MIB, 0, 1);
+        }
+        tick(&mut table, &mut kernel, &node, &mut resolver, &metrics, 1);
+        assert_eq!(table.len(), 2);
+        let not_tracked = registry
+            .gather()
+            .iter()
+            .find(|family| family.name() == "headroom_agent_containers_not_tracked_total")
+            .and_then(|family| {
+                family
+                    .get_metric()
+                    .first()
+                    .map(|m| m.get_counter().get_value())
+            });
+        assert_eq!(not_tracked, Some(2.0));
     }
 }

@@ -145,6 +145,7 @@ struct Agent {
     shared: Arc<Mutex<Shared>>,
     previous_drops: DropCounts,
     previous_bpf: HashMap<&'static str, (Duration, u64)>,
+    started: std::time::Instant,
     ticks: u64,
     sessions: Vec<session::ActiveSession>,
 }
@@ -351,7 +352,7 @@ impl Agent {
             },
             pods_guard.as_deref(),
             &self.metrics,
-            self.ticks,
+            (self.ticks, self.started.elapsed()),
         )?;
         let tracked = shared.containers.len();
         drop(pods_guard);
@@ -472,6 +473,7 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
         shared,
         previous_drops: DropCounts::default(),
         previous_bpf: HashMap::new(),
+        started: std::time::Instant::now(),
         ticks: 0,
         sessions: Vec::new(),
     };

@@ -309,3 +309,204 @@ impl CaptureSession {
 pub fn drops_during(now: DropCounts, at_start: &DropCounts) -> DropCounts {
     now.since(at_start)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::fs;
+
+    use super::*;
+    use crate::{
+        probes::{FakeKernel, OomVictim},
+        report::{PeakKind, PeakSource},
+    };
+
+    const MIB: u64 = 1 << 20;
+    const TARGET: u64 = 4242;
+
+    /// A cgroup v2 directory made of plain files, as `ChargeReader` reads it.
+    struct FakeCgroup(PathBuf);
+
+    impl FakeCgroup {
+        fn new(tag: &str) -> Self {
+            let dir = std::env::temp_dir()
+                .join(format!("headroom-fake-cgroup-{tag}-{}", std::process::id()));
+            let _ = fs::remove_dir_all(&dir);
+            fs::create_dir_all(&dir).expect("temp dir");
+            let cgroup = Self(dir);
+            cgroup.set_charge(0, 0);
+            cgroup.write("memory.max", "max\n");
+            cgroup.write("memory.events", "oom 0\noom_kill 0\n");
+            cgroup
+        }
+
+        fn write(&self, file: &str, text: &str) {
+            fs::write(self.0.join(file), text).expect("write fake cgroup file");
+        }
+
+        /// The charge now and the kernel's peak since the last window reset.
+        fn set_charge(&self, current: u64, window_peak: u64) {
+            self.write("memory.current", &format!("{current}\n"));
+            self.write("memory.peak", &format!("{}\n", window_peak.max(current)));
+            self.write("memory.stat", "inactive_file 0\n");
+        }
+
+        fn reader(&self) -> ChargeReader {
+            ChargeReader::open(&self.0, None).expect("fake cgroup opens")
+        }
+    }
+
+    impl Drop for FakeCgroup {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn session(charge: Option<ChargeReader>, kind: TargetKind) -> CaptureSession {
+        let watched = Watched {
+            kind,
+            target_id: TARGET,
+            cgroup_path: charge.as_ref().map(|_| "/test.slice/svc".to_owned()),
+            charge,
+            session: None,
+            root_pids: Vec::new(),
+            baseline_tasks: 0,
+            oom_kills_at_start: Some(0),
+        };
+        let limits = SessionLimits {
+            max_processes: 16,
+            max_regions: 1024,
+            bucket_ms: 100,
+            timeline_buckets: 4096,
+            sample_interval_ms: 10,
+            analysis: AnalysisConfig {
+                stable_ms: 1_000,
+                max_startup_ms: 60_000,
+            },
+        };
+        // A /proc root with nothing in it: no process reads succeed.
+        CaptureSession::new(
+            watched,
+            limits,
+            Path::new("/nonexistent-proc-root"),
+            0,
+            None,
+        )
+    }
+
+    fn end() -> SessionEnd {
+        SessionEnd {
+            command: None,
+            exit: None,
+            duration_seconds: 12.0,
+            kubernetes: None,
+        }
+    }
+
+    /// 2 s of startup at 300 MiB, then 100 MiB steady with one 50 ms spike to 400 MiB that
+    /// only the kernel's windowed peak sees (it falls between two samples).
+    #[test]
+    fn the_capture_loop_keeps_a_spike_between_samples_and_names_the_phases() {
+        let cgroup = FakeCgroup::new("loop");
+        let mut session = session(Some(cgroup.reader()), TargetKind::Cgroup);
+        let mut kernel = FakeKernel::default();
+        for bucket in 0..120u64 {
+            let at_ms = bucket * 100;
+            let charge = if bucket < 20 { 300 * MIB } else { 100 * MIB };
+            let window_peak = if bucket == 70 { 400 * MIB } else { charge };
+            kernel.set_resident(TARGET, charge - 10 * MIB, 10 * MIB, 3);
+            cgroup.set_charge(charge, window_peak);
+            session.sample_charge(at_ms);
+            session
+                .close_bucket(&mut kernel, at_ms + 99)
+                .expect("bucket");
+        }
+        let (mut report, _) = session.finish(&kernel, end()).expect("report");
+        crate::sizing::recommend_report(&mut report, 0.25);
+        let target = &report.targets[0];
+        let memory = target.memory.as_ref().expect("a cgroup has a charge");
+        assert_eq!(memory.peak_bytes, 400 * MIB);
+        assert_eq!(memory.peak_from, PeakSource::WindowedHighWaterMark);
+        assert_eq!(memory.sampled_peak_bytes, 300 * MIB);
+        assert_eq!(memory.steady_bytes, Some(100 * MIB));
+        assert_eq!(memory.startup_peak_bytes, 300 * MIB);
+        assert_eq!(target.spikes.len(), 1, "{:?}", target.spikes);
+        assert_eq!(target.spikes[0].peak_bytes, 400 * MIB);
+        assert!((target.spikes[0].start_seconds - 7.0).abs() < 0.11);
+        let recommendation = target.recommendation.as_ref().expect("recommended");
+        assert_eq!(recommendation.worst_peak_bytes, 400 * MIB);
+        assert_eq!(recommendation.limit_bytes, 500 * MIB);
+        assert_eq!(recommendation.request_bytes, 100 * MIB);
+        assert_eq!(target.threads.peak, Some(3));
+    }
+
+    #[test]
+    fn an_oom_kill_carries_the_timeline_before_it_into_the_floor() {
+        let cgroup = FakeCgroup::new("oom");
+        let mut session = session(Some(cgroup.reader()), TargetKind::Cgroup);
+        let mut kernel = FakeKernel::default();
+        for bucket in 0..50u64 {
+            let charge = (50 + bucket * 4) * MIB;
+            cgroup.set_charge(charge, charge);
+            kernel.set_resident(TARGET, charge, 0, 1);
+            session
+                .close_bucket(&mut kernel, bucket * 100 + 50)
+                .expect("bucket");
+        }
+        session.record(vec![Ok(ProbeEvent::OomVictim(OomVictim {
+            tgid: 77,
+            target_id: TARGET,
+            timestamp_ns: 4_900 * 1_000_000,
+            total_vm_bytes: 0,
+            anon_rss_bytes: 240 * MIB,
+            file_rss_bytes: 0,
+            shmem_rss_bytes: 0,
+        }))]);
+        let (mut report, _) = session.finish(&kernel, end()).expect("report");
+        crate::sizing::recommend_report(&mut report, 0.25);
+        let target = &report.targets[0];
+        assert_eq!(target.oom_events.len(), 1);
+        let kill = &target.oom_events[0];
+        assert!((kill.seconds - 4.9).abs() < 1e-9);
+        assert_eq!(
+            kill.timeline_before.buckets.iter().map(|b| b.charged).max(),
+            Some(246 * MIB)
+        );
+        let recommendation = target.recommendation.as_ref().expect("recommended");
+        assert_eq!(recommendation.worst_peak_source, PeakKind::Oom);
+        // max(246 + 100, 246 × 1.2) = 346 MiB, × 1.25 = 432.5 → 433 MiB.
+        assert_eq!(recommendation.limit_bytes, 433 * MIB);
+    }
+
+    #[test]
+    fn a_process_tree_is_sized_from_resident_memory_and_ends_with_its_processes() {
+        let mut session = session(None, TargetKind::Pid);
+        let mut kernel = FakeKernel::default();
+        kernel.set_resident(TARGET, 64 * MIB, 16 * MIB, 2);
+        session.close_bucket(&mut kernel, 50).expect("bucket");
+        kernel.entries.insert(
+            TARGET,
+            crate::report::KernelEntries {
+                followed_processes: 2,
+                ..Default::default()
+            },
+        );
+        assert!(session.target_alive(&kernel).expect("alive"));
+        kernel.entries.clear();
+        assert!(!session.target_alive(&kernel).expect("gone"));
+        let (report, _) = session.finish(&kernel, end()).expect("report");
+        let target = &report.targets[0];
+        assert!(target.memory.is_none());
+        assert_eq!(target.resident.peak_bytes, 80 * MIB);
+        assert_eq!(target.timeline.buckets[0].resident, 80 * MIB);
+    }
+
+    #[test]
+    fn a_cgroup_target_ends_when_its_directory_goes() {
+        let cgroup = FakeCgroup::new("gone");
+        let session = session(Some(cgroup.reader()), TargetKind::Cgroup);
+        let kernel = FakeKernel::default();
+        assert!(session.target_alive(&kernel).expect("there"));
+        drop(cgroup);
+        assert!(!session.target_alive(&kernel).expect("gone"));
+    }
+}

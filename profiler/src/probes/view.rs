@@ -74,6 +74,7 @@ impl FakeKernel {
         counters.rss_bytes[profiler_common::rss_member::ANON] = anon as i64;
         counters.rss_bytes[profiler_common::rss_member::FILE] = file as i64;
         counters.live_tasks = tasks;
+        counters.peak_live_tasks = counters.peak_live_tasks.max(tasks);
         counters.resident_peak_bytes = counters.resident_peak_bytes.max(anon + file);
         counters.anon_peak_bytes = counters.anon_peak_bytes.max(anon);
         counters.file_peak_bytes = counters.file_peak_bytes.max(file);
