@@ -1,11 +1,15 @@
-//! Helpers for the privileged integration tests: privilege gate, workload builds, running the
-//! real `headroom` binary.
+//! Helpers for the integration tests: privilege gate, workload builds, running the real
+//! `headroom` binary (a capture, an agent), test cgroups, free ports, HTTP and metrics.
 #![allow(
     dead_code,
-    reason = "each test binary uses its own subset of these helpers; expect() would fail in the others"
+    unused_imports,
+    reason = "each test binary uses its own subset of these helpers (and re-exports); expect() would fail in the others"
 )]
 
+pub mod agent;
 pub mod fake_api;
+
+pub use agent::Agent;
 
 use std::{
     path::{Path, PathBuf},
@@ -245,14 +249,17 @@ impl TestCgroup {
             .and_then(|text| text.trim().parse().ok())
     }
 
-    /// Runs `program` inside this cgroup.
-    pub fn spawn(&self, program: &Path, args: &[&str]) -> std::process::Child {
-        let procs = self
-            .dirs
+    /// The `cgroup.procs` file of this cgroup in each hierarchy.
+    pub fn procs_files(&self) -> Vec<PathBuf> {
+        self.dirs
             .iter()
             .map(|dir| dir.join("cgroup.procs"))
-            .collect();
-        spawn_in_cgroups(procs, program, args)
+            .collect()
+    }
+
+    /// Runs `program` inside this cgroup.
+    pub fn spawn(&self, program: &Path, args: &[&str]) -> std::process::Child {
+        spawn_in_cgroups(self.procs_files(), program, args)
     }
 }
 
@@ -278,9 +285,15 @@ pub fn spawn_in_cgroups(
     program: &Path,
     args: &[&str],
 ) -> std::process::Child {
-    use std::os::unix::process::CommandExt as _;
     let mut command = Command::new(program);
     command.args(args).stdout(Stdio::piped());
+    enter_cgroups(&mut command, procs_files);
+    command.spawn().expect("spawn workload in its cgroups")
+}
+
+/// Makes `command` write its pid into each of these `cgroup.procs` files between fork and exec.
+pub fn enter_cgroups(command: &mut Command, procs_files: Vec<PathBuf>) {
+    use std::os::unix::process::CommandExt as _;
     // SAFETY: between fork and exec the child only opens and writes small files; it takes no
     // lock another thread of the test could hold.
     unsafe {
@@ -291,7 +304,38 @@ pub fn spawn_in_cgroups(
             Ok(())
         });
     }
-    command.spawn().expect("spawn workload in its cgroups")
+}
+
+/// A loopback TCP port nothing listens on now, and one this test process has not handed out
+/// before (so two agents, or an agent and a Prometheus, never get the same one).
+pub fn free_port() -> u16 {
+    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    let mut given = GIVEN
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    loop {
+        let port = std::net::TcpListener::bind(("127.0.0.1", 0))
+            .and_then(|listener| listener.local_addr())
+            .expect("bind a loopback port")
+            .port();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
+}
+
+/// The values of the series of `metric` (Prometheus text) whose labels contain `label`, e.g.
+/// `container="/x"`, in the order exported.
+pub fn series(metrics: &str, metric: &str, label: &str) -> Vec<f64> {
+    metrics
+        .lines()
+        .filter_map(|line| {
+            let rest = line.strip_prefix(metric)?.strip_prefix('{')?;
+            let (labels, value) = rest.split_once("} ")?;
+            labels.contains(label).then(|| value.trim().parse().ok())?
+        })
+        .collect()
 }
 
 /// A blocking HTTP/1.1 GET on loopback: (status, body).
