@@ -5,6 +5,7 @@
 //! They need root. Without it they print SKIPPED, except in CI or under `cargo xtask test`,
 //! where they fail.
 
+#[path = "../common/mod.rs"]
 mod common;
 
 use std::{
@@ -293,7 +294,7 @@ fn redis_under_redis_benchmark_peak_matches_the_kernel() {
     let Some(_guard) = privileged("redis_under_redis_benchmark_peak_matches_the_kernel") else {
         return;
     };
-    let port = (20_000 + std::process::id() % 20_000).to_string();
+    let port = common::free_port().to_string();
     let report =
         Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("redis-{}.json", std::process::id()));
     let server = headroom()

@@ -5,24 +5,18 @@
 //!
 //! Needs root. Without it: SKIPPED, except in CI or under `cargo xtask test`, where it fails.
 
+#[path = "../common/mod.rs"]
 mod common;
 
 use std::{path::Path, process::Stdio};
 
-use common::{headroom, loaded_programs_named, privileged, workload};
+use common::{headroom, loaded_programs_named, privileged, workload, Agent};
 
 const MIB: u64 = 1 << 20;
 
 /// The value of the first series of `metric` whose labels contain `label`.
 fn series_value(metrics: &str, metric: &str, label: &str) -> Option<f64> {
-    metrics.lines().find_map(|line| {
-        let rest = line.strip_prefix(metric)?.strip_prefix('{')?;
-        let (labels, value) = rest.split_once("} ")?;
-        labels
-            .contains(label)
-            .then(|| value.trim().parse().ok())
-            .flatten()
-    })
+    common::series(metrics, metric, label).first().copied()
 }
 
 #[test]
@@ -30,30 +24,10 @@ fn the_agent_exports_a_container_while_it_lives_and_forgets_it_after() {
     let Some(_guard) = privileged("the_agent_exports_a_container_while_it_lives") else {
         return;
     };
-    let port = 20_000 + (std::process::id() % 20_000) as u16;
     let programs_before = loaded_programs_named("rss_stat");
-    let mut agent = headroom()
-        .args([
-            "agent",
-            "--metadata",
-            "none",
-            "--interval",
-            "200ms",
-            "--socket",
-            "",
-        ])
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn agent");
-    common::wait_until("/readyz", 20, || {
-        common::http_get(port, "/readyz").is_some_and(|(status, _)| status == 200)
-    });
-    assert_eq!(
-        common::http_get(port, "/healthz").map(|(s, _)| s),
-        Some(200)
-    );
-    assert_eq!(common::http_get(port, "/nope").map(|(s, _)| s), Some(404));
+    let mut agent = Agent::start();
+    assert_eq!(agent.get("/healthz").map(|(s, _)| s), Some(200));
+    assert_eq!(agent.get("/nope").map(|(s, _)| s), Some(404));
 
     // A host cgroup with a workload: 48 MiB and 4 threads for 3 s.
     let mut cgroup = common::TestCgroup::new("agent");
@@ -62,14 +36,15 @@ fn the_agent_exports_a_container_while_it_lives_and_forgets_it_after() {
     let label = format!("container=\"{}\"", cgroup.path());
     let mut resident = 0.0;
     common::wait_until("the container's resident series", 20, || {
-        let metrics = common::http_get(port, "/metrics")
-            .map(|(_, body)| body)
-            .unwrap_or_default();
-        resident = series_value(&metrics, "headroom_container_memory_resident_bytes", &label)
-            .unwrap_or(0.0);
+        resident = series_value(
+            &agent.metrics(),
+            "headroom_container_memory_resident_bytes",
+            &label,
+        )
+        .unwrap_or(0.0);
         resident >= (48 * MIB) as f64
     });
-    let metrics = common::http_get(port, "/metrics").expect("metrics").1;
+    let metrics = agent.get("/metrics").expect("metrics").1;
     assert!(
         series_value(&metrics, "headroom_container_memory_charged_bytes", &label).unwrap_or(0.0)
             >= (48 * MIB) as f64,
@@ -111,14 +86,12 @@ fn the_agent_exports_a_container_while_it_lives_and_forgets_it_after() {
         .expect("agent RSS");
     assert!(agent_rss < (64 * MIB) as f64, "agent RSS {agent_rss}");
 
-    let (status, report) = common::http_get(
-        port,
-        &format!(
+    let (status, report) = agent
+        .get(&format!(
             "/api/v1/report?cgroup=%2F{}",
             cgroup.path().trim_start_matches('/')
-        ),
-    )
-    .expect("report");
+        ))
+        .expect("report");
     assert_eq!(status, 200);
     let report: serde_json::Value = serde_json::from_str(&report).expect("JSON report");
     assert_eq!(report["schema"], "headroom.report/v1");
@@ -132,12 +105,12 @@ fn the_agent_exports_a_container_while_it_lives_and_forgets_it_after() {
     assert!(child.wait().expect("workload").success());
     cgroup.remove();
     common::wait_until("the container's series to go", 20, || {
-        common::http_get(port, "/metrics").is_some_and(|(_, body)| !body.contains(&label))
+        agent
+            .get("/metrics")
+            .is_some_and(|(_, body)| !body.contains(&label))
     });
 
-    let pid = nix::unistd::Pid::from_raw(i32::try_from(agent.id()).expect("pid"));
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
-    assert!(agent.wait().expect("agent exit").success());
+    assert!(agent.stop().success());
     assert_eq!(
         loaded_programs_named("rss_stat"),
         programs_before,
@@ -196,42 +169,14 @@ fn the_agent_works_with_only_the_capabilities_deploy_grants() {
         !capabilities.is_empty(),
         "no capabilities found in deploy/headroom.yaml"
     );
-    let bounding = format!(
-        "-all,{}",
-        capabilities
-            .iter()
-            .map(|c| format!("+{c}"))
-            .collect::<Vec<_>>()
-            .join(",")
-    );
-    let port = 20_000 + ((std::process::id() + 7) % 20_000) as u16;
-    let mut agent = std::process::Command::new("setpriv")
-        .args(["--bounding-set", &bounding, "--"])
-        .arg(env!("CARGO_BIN_EXE_headroom"))
-        .args([
-            "agent",
-            "--metadata",
-            "none",
-            "--interval",
-            "200ms",
-            "--socket",
-            "",
-        ])
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("setpriv (util-linux) runs the agent");
-    common::wait_until("/readyz with only the deployed capabilities", 20, || {
-        common::http_get(port, "/readyz").is_some_and(|(status, _)| status == 200)
-    });
-    let metrics = common::http_get(port, "/metrics").expect("metrics").1;
+    // setpriv (util-linux) runs the agent with only the deployed capabilities.
+    let mut agent = Agent::builder().capabilities(&capabilities).start();
+    let metrics = agent.get("/metrics").expect("metrics").1;
     assert!(
         metrics.contains("headroom_container_memory_resident_bytes{"),
         "{metrics}"
     );
-    let pid = nix::unistd::Pid::from_raw(i32::try_from(agent.id()).expect("pid"));
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
-    assert!(agent.wait().expect("agent exit").success());
+    assert!(agent.stop().success());
 }
 
 #[test]
@@ -240,42 +185,17 @@ fn capture_through_the_running_agent_returns_a_report_with_stacks() {
     else {
         return;
     };
-    // The agent runs with only the capabilities deploy/ grants, as in the DaemonSet.
-    let bounding = format!(
-        "-all,{}",
-        deployed_capabilities()
-            .iter()
-            .map(|c| format!("+{c}"))
-            .collect::<Vec<_>>()
-            .join(",")
-    );
     let dir =
         Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("sessions-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let socket = dir.join("run/agent.sock");
-    let port = 20_000 + ((std::process::id() + 13) % 20_000) as u16;
     let programs_before = loaded_programs_named("rss_stat");
-    let agent = std::process::Command::new("setpriv")
-        .args(["--bounding-set", &bounding, "--"])
-        .arg(env!("CARGO_BIN_EXE_headroom"))
-        .args([
-            "agent",
-            "--metadata",
-            "none",
-            "--interval",
-            "200ms",
-            "--socket",
-        ])
-        .arg(&socket)
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("setpriv (util-linux) runs the agent");
-    // Ended on every path, a failed assertion included.
-    let mut agent = common::ChildGuard(agent);
-    common::wait_until("/readyz", 20, || {
-        common::http_get(port, "/readyz").is_some_and(|(status, _)| status == 200)
-    });
+    // The agent runs with only the capabilities deploy/ grants, as in the DaemonSet; it is
+    // stopped on every path, a failed assertion included.
+    let mut agent = Agent::builder()
+        .capabilities(&deployed_capabilities())
+        .socket(&socket)
+        .start();
     use std::os::unix::fs::PermissionsExt as _;
     let mode = |path: &Path| {
         std::fs::metadata(path)
@@ -395,9 +315,7 @@ fn capture_through_the_running_agent_returns_a_report_with_stacks() {
     assert!((1.0..10.0).contains(&seconds), "session lasted {seconds} s");
     cgroup.remove();
 
-    let pid = nix::unistd::Pid::from_raw(i32::try_from(agent.0.id()).expect("pid"));
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
-    assert!(agent.0.wait().expect("agent exit").success());
+    assert!(agent.stop().success());
     assert!(
         !socket.exists(),
         "the agent removes its socket on the way out"
@@ -411,25 +329,7 @@ fn the_agent_reports_thread_stacks_of_a_container() {
     let Some(_guard) = privileged("the_agent_reports_thread_stacks_of_a_container") else {
         return;
     };
-    let port = 20_000 + ((std::process::id() + 41) % 20_000) as u16;
-    let agent = headroom()
-        .args([
-            "agent",
-            "--metadata",
-            "none",
-            "--interval",
-            "200ms",
-            "--socket",
-            "",
-        ])
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn agent");
-    let mut agent = common::ChildGuard(agent);
-    common::wait_until("/readyz", 20, || {
-        common::http_get(port, "/readyz").is_some_and(|(status, _)| status == 200)
-    });
+    let mut agent = Agent::start();
     // 8 threads with 1 MiB stacks, each touching 256 KiB of it, held 6 s.
     let mut cgroup = common::TestCgroup::new("agent-stacks");
     let program = workload("stacks", false);
@@ -437,9 +337,7 @@ fn the_agent_reports_thread_stacks_of_a_container() {
     let label = format!("container=\"{}\"", cgroup.path());
     let (mut reserved, mut resident) = (0.0, 0.0);
     common::wait_until("the container's thread stacks", 20, || {
-        let metrics = common::http_get(port, "/metrics")
-            .map(|(_, body)| body)
-            .unwrap_or_default();
+        let metrics = agent.metrics();
         reserved = series_value(
             &metrics,
             "headroom_container_thread_stack_reserved_bytes",
@@ -466,7 +364,5 @@ fn the_agent_reports_thread_stacks_of_a_container() {
     );
     let _ = child.0.wait();
     cgroup.remove();
-    let pid = nix::unistd::Pid::from_raw(i32::try_from(agent.0.id()).expect("pid"));
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
-    assert!(agent.0.wait().expect("agent exit").success());
+    assert!(agent.stop().success());
 }

@@ -3,6 +3,7 @@
 //!
 //! Needs root. Without it: SKIPPED, except in CI or under `cargo xtask test`, where it fails.
 
+#[path = "../common/mod.rs"]
 mod common;
 
 use std::{

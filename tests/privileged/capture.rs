@@ -4,6 +4,7 @@
 //! They need root. Without it they print SKIPPED, except in CI or under `cargo xtask test`,
 //! where they fail.
 
+#[path = "../common/mod.rs"]
 mod common;
 
 use std::{

@@ -9,9 +9,11 @@
 //!
 //! Needs root. Without it: SKIPPED, except in CI or under `cargo xtask test`, where it fails.
 
+#[path = "../common/mod.rs"]
 mod common;
 
 use std::{
+    ffi::OsStr,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::{
@@ -22,7 +24,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{headroom, privileged, ChildGuard, TestCgroup};
+use common::{privileged, Agent, ChildGuard, TestCgroup};
 
 const MIB: u64 = 1 << 20;
 const CONTAINERS: usize = 500;
@@ -154,30 +156,30 @@ fn the_agent_survives_load_within_the_limit_headroom_recommends_for_it() {
         return;
     };
     let containers = Containers::create(CONTAINERS);
-    let binary = env!("CARGO_BIN_EXE_headroom");
 
-    // 1. headroom measures its own agent under the load.
-    let port = 20_000 + ((std::process::id() + 31) % 20_000) as u16;
+    // 1. headroom measures its own agent under the load: `headroom capture ... -- headroom
+    //    agent ...` (the agent at its default interval).
     let report = Path::new(env!("CARGO_TARGET_TMPDIR"))
         .join(format!("agent-self-{}.json", std::process::id()));
-    let mut measured = ChildGuard(
-        headroom()
-            .args(["capture", "--no-stacks", "--format", "json", "--output"])
-            .arg(&report)
-            .args(["--duration", &format!("{}s", LOAD_SECONDS + 25)])
-            .arg("--")
-            .arg(binary)
-            .args(["agent", "--metadata", "none", "--socket", ""])
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("capture the agent"),
-    );
-    wait_ready(port, CONTAINERS);
-    let (requests, errors, p50, p99, max) = load(port);
+    let mut measured = Agent::builder()
+        .interval(None)
+        .wrapped_in([
+            OsStr::new(env!("CARGO_BIN_EXE_headroom")),
+            OsStr::new("capture"),
+            OsStr::new("--no-stacks"),
+            OsStr::new("--format"),
+            OsStr::new("json"),
+            OsStr::new("--output"),
+            report.as_os_str(),
+            OsStr::new("--duration"),
+            OsStr::new(&format!("{}s", LOAD_SECONDS + 25)),
+            OsStr::new("--"),
+        ])
+        .spawn();
+    wait_ready(measured.port(), CONTAINERS);
+    let (requests, errors, p50, p99, max) = load(measured.port());
     eprintln!("self-measurement load: {requests} requests, {errors} errors, p50 {p50:?}, p99 {p99:?}, max {max:?}");
-    assert!(measured.0.wait().expect("capture ends").success());
+    assert!(measured.wait().success(), "capture ends");
     let text = std::fs::read_to_string(&report).expect("self-measurement report");
     let _ = std::fs::remove_file(&report);
     let value: serde_json::Value = serde_json::from_str(&text).expect("JSON");
@@ -213,21 +215,12 @@ fn the_agent_survives_load_within_the_limit_headroom_recommends_for_it() {
     .iter()
     .any(|file| file.exists() && std::fs::write(file, limit.to_string()).is_ok());
     assert!(limited, "could not set the agent's memory limit");
-    let port = port + 1;
-    let mut agent = ChildGuard(agent_cgroup.spawn(
-        Path::new(binary),
-        &[
-            "agent",
-            "--metadata",
-            "none",
-            "--socket",
-            "",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-        ],
-    ));
-    wait_ready(port, CONTAINERS);
-    let (requests, errors, p50, p99, max) = load(port);
+    let mut agent = Agent::builder()
+        .interval(None)
+        .in_cgroup(&agent_cgroup)
+        .spawn();
+    wait_ready(agent.port(), CONTAINERS);
+    let (requests, errors, p50, p99, max) = load(agent.port());
     eprintln!("within the limit: {requests} requests, {errors} errors, p50 {p50:?}, p99 {p99:?}, max {max:?}");
     // The kernel's own count of OOM kills in the agent's cgroup (v1 oom_control, v2 events).
     let oom_kills = ["memory.oom_control", "memory.events"]
@@ -246,10 +239,7 @@ fn the_agent_survives_load_within_the_limit_headroom_recommends_for_it() {
         oom_kills, 0,
         "the agent was OOM-killed within its recommended limit"
     );
-    assert!(
-        matches!(agent.0.try_wait(), Ok(None)),
-        "the agent died under load"
-    );
+    assert!(agent.is_running(), "the agent died under load");
     assert_eq!(errors, 0, "{errors} of {requests} requests failed");
     assert!(
         requests > 100,
@@ -258,9 +248,7 @@ fn the_agent_survives_load_within_the_limit_headroom_recommends_for_it() {
     // A debug build of the agent serving 500 containers' reports: latency is printed, and
     // bounded only loosely here (the release agent is several times faster).
     assert!(p99 < Duration::from_secs(5), "p99 {p99:?}");
-    let pid = nix::unistd::Pid::from_raw(i32::try_from(agent.0.id()).expect("pid"));
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
-    assert!(agent.0.wait().expect("agent exit").success());
+    assert!(agent.stop().success());
     drop(containers);
     drop(agent_cgroup);
 }

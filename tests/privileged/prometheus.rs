@@ -4,6 +4,7 @@
 //! Needs root (the agents load probes). Without it: SKIPPED, except in CI or under
 //! `cargo xtask test`, where it fails.
 
+#[path = "../common/mod.rs"]
 mod common;
 
 use std::{
@@ -13,31 +14,28 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{headroom, privileged, workload};
+use common::{free_port, headroom, privileged, workload, Agent};
 
 const MIB: u64 = 1 << 20;
 
-/// Processes this test started, stopped (SIGTERM, then SIGKILL) when it ends, pass or fail.
-struct Started(Vec<Child>);
+/// The Prometheus server this test started, stopped (SIGTERM, then SIGKILL) when it ends, pass
+/// or fail.
+struct Started(Child);
 
 impl Drop for Started {
     fn drop(&mut self) {
-        for child in &mut self.0 {
-            if let Ok(pid) = i32::try_from(child.id()) {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGTERM,
-                );
-            }
+        if let Ok(pid) = i32::try_from(self.0.id()) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGTERM,
+            );
         }
-        for child in &mut self.0 {
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-                thread::sleep(Duration::from_millis(20));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.0.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(20));
         }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 
@@ -46,32 +44,12 @@ fn recommendations_come_from_a_real_prometheus_scraping_two_agents() {
     let Some(_guard) = privileged("recommendations_come_from_a_real_prometheus") else {
         return;
     };
-    let base = 20_000 + (std::process::id() % 10_000) as u16 * 3 % 30_000;
-    let (agent_a, agent_b, prometheus_port) = (base, base + 1, base + 2);
-    let mut started = Started(Vec::new());
-    for port in [agent_a, agent_b] {
-        started.0.push(
-            headroom()
-                .args([
-                    "agent",
-                    "--metadata",
-                    "none",
-                    "--interval",
-                    "200ms",
-                    "--socket",
-                    "",
-                ])
-                .args(["--listen", &format!("127.0.0.1:{port}")])
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("spawn agent"),
-        );
+    let mut agents = [Agent::builder().spawn(), Agent::builder().spawn()];
+    for agent in &mut agents {
+        agent.wait_ready(30);
     }
-    for port in [agent_a, agent_b] {
-        common::wait_until("agent ready", 30, || {
-            common::http_get(port, "/readyz").is_some_and(|(s, _)| s == 200)
-        });
-    }
+    let (agent_a, agent_b) = (agents[0].port(), agents[1].port());
+    let prometheus_port = free_port();
 
     let dir =
         Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("prometheus-{}", std::process::id()));
@@ -84,7 +62,7 @@ fn recommendations_come_from_a_real_prometheus_scraping_two_agents() {
         ),
     )
     .expect("prometheus config");
-    started.0.push(
+    let _prometheus = Started(
         Command::new("prometheus")
             .arg(format!(
                 "--config.file={}",

@@ -6,6 +6,7 @@
 //! They need root. Without it they print SKIPPED, except in CI or under `cargo xtask test`,
 //! where they fail.
 
+#[path = "../common/mod.rs"]
 mod common;
 
 use std::{
@@ -16,8 +17,8 @@ use std::{
 };
 
 use common::{
-    capture_with, headroom, leftover_session_cgroups, loaded_programs_named, privileged, workload,
-    Captured, ChildGuard, TestCgroup,
+    capture_with, headroom, leftover_session_cgroups, loaded_programs_named, privileged, series,
+    workload, Agent, Captured, ChildGuard, TestCgroup,
 };
 
 const MIB: u64 = 1 << 20;
@@ -266,51 +267,6 @@ fn sigterm_during_a_capture_writes_the_report_and_cleans_up() {
     assert_eq!(loaded_programs_named("rss_stat"), programs_before);
 }
 
-/// A running agent on a free port with sessions off.
-fn start_agent(port: u16) -> ChildGuard {
-    let agent = headroom()
-        .args([
-            "agent",
-            "--metadata",
-            "none",
-            "--interval",
-            "200ms",
-            "--socket",
-            "",
-        ])
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn agent");
-    common::wait_until("/readyz", 20, || {
-        common::http_get(port, "/readyz").is_some_and(|(status, _)| status == 200)
-    });
-    ChildGuard(agent)
-}
-
-fn stop_agent(mut agent: ChildGuard) {
-    signal(agent.0.id(), nix::sys::signal::Signal::SIGTERM);
-    assert!(agent.0.wait().expect("agent exit").success());
-}
-
-/// Series of `metric` whose labels contain `label`.
-fn series(metrics: &str, metric: &str, label: &str) -> Vec<f64> {
-    metrics
-        .lines()
-        .filter_map(|line| {
-            let rest = line.strip_prefix(metric)?.strip_prefix('{')?;
-            let (labels, value) = rest.split_once("} ")?;
-            labels.contains(label).then(|| value.trim().parse().ok())?
-        })
-        .collect()
-}
-
-fn metrics(port: u16) -> String {
-    common::http_get(port, "/metrics")
-        .map(|(_, body)| body)
-        .unwrap_or_default()
-}
-
 #[test]
 fn a_restarted_container_is_counted_afresh_and_an_agent_restart_keeps_the_kernel_peak() {
     let Some(_guard) = privileged(
@@ -318,8 +274,8 @@ fn a_restarted_container_is_counted_afresh_and_an_agent_restart_keeps_the_kernel
     ) else {
         return;
     };
-    let port = 20_000 + ((std::process::id() + 23) % 20_000) as u16;
-    let agent = start_agent(port);
+    let mut agent = Agent::start();
+    let port = agent.port();
     let program = workload("spike", false);
 
     // First life: 96 MiB.
@@ -328,7 +284,7 @@ fn a_restarted_container_is_counted_afresh_and_an_agent_restart_keeps_the_kernel
     let mut child = cgroup.spawn(&program, &["96", "8", "10", "60000", "0"]);
     wait_for("the first life's series", 20, || {
         series(
-            &metrics(port),
+            &agent.metrics(),
             "headroom_container_memory_charged_peak_bytes",
             &label,
         )
@@ -340,7 +296,7 @@ fn a_restarted_container_is_counted_afresh_and_an_agent_restart_keeps_the_kernel
     cgroup.remove();
     wait_for("the first life's series to go", 20, || {
         series(
-            &metrics(port),
+            &agent.metrics(),
             "headroom_container_memory_resident_bytes",
             &label,
         )
@@ -352,7 +308,7 @@ fn a_restarted_container_is_counted_afresh_and_an_agent_restart_keeps_the_kernel
     let mut child = cgroup.spawn(&program, &["16", "8", "10", "60000", "0"]);
     wait_for("the second life's series", 20, || {
         series(
-            &metrics(port),
+            &agent.metrics(),
             "headroom_container_memory_resident_bytes",
             &label,
         )
@@ -360,7 +316,7 @@ fn a_restarted_container_is_counted_afresh_and_an_agent_restart_keeps_the_kernel
         .is_some_and(|&resident| resident >= (16 * MIB) as f64)
     });
     thread::sleep(Duration::from_millis(600));
-    let text = metrics(port);
+    let text = agent.metrics();
     let peaks = series(
         &text,
         "headroom_container_memory_charged_peak_bytes",
@@ -378,11 +334,11 @@ fn a_restarted_container_is_counted_afresh_and_an_agent_restart_keeps_the_kernel
         .memory_file("memory.max_usage_in_bytes")
         .or_else(|| cgroup.memory_file("memory.peak"))
         .expect("kernel peak");
-    stop_agent(agent);
-    let agent = start_agent(port);
+    assert!(agent.stop().success());
+    let mut agent = Agent::builder().port(port).start();
     wait_for("the restarted agent's series", 20, || {
         series(
-            &metrics(port),
+            &agent.metrics(),
             "headroom_container_memory_charged_peak_bytes",
             &label,
         )
@@ -390,7 +346,7 @@ fn a_restarted_container_is_counted_afresh_and_an_agent_restart_keeps_the_kernel
         .is_some_and(|&peak| peak >= kernel_peak as f64 * 0.99)
     });
     let peaks = series(
-        &metrics(port),
+        &agent.metrics(),
         "headroom_container_memory_charged_peak_bytes",
         &label,
     );
@@ -402,7 +358,7 @@ fn a_restarted_container_is_counted_afresh_and_an_agent_restart_keeps_the_kernel
     let _ = child.kill();
     let _ = child.wait();
     cgroup.remove();
-    stop_agent(agent);
+    assert!(agent.stop().success());
 }
 
 #[test]
@@ -601,8 +557,7 @@ fn metrics_and_reports_carry_no_command_lines_or_environment() {
     };
     const SECRET: &str = "hunter2-Z9q";
     const MARKER: &str = "marker-arg-Q7x";
-    let port = 20_000 + ((std::process::id() + 53) % 20_000) as u16;
-    let agent = start_agent(port);
+    let mut agent = Agent::start();
     let cgroup = TestCgroup::new("private");
     // Processes whose environment and command line carry secrets; they run a short pipeline
     // (so the container has series) and sleep.
@@ -621,14 +576,15 @@ fn metrics_and_reports_carry_no_command_lines_or_environment() {
     let label = format!("container=\"{}\"", cgroup.path());
     wait_for("the container's series", 20, || {
         !series(
-            &metrics(port),
+            &agent.metrics(),
             "headroom_container_memory_resident_bytes",
             &label,
         )
         .is_empty()
     });
-    let exported = metrics(port);
-    let report = common::http_get(port, &format!("/api/v1/report?cgroup={}", cgroup.path()))
+    let exported = agent.metrics();
+    let report = agent
+        .get(&format!("/api/v1/report?cgroup={}", cgroup.path()))
         .map(|(_, body)| body)
         .unwrap_or_default();
     assert!(
@@ -661,5 +617,5 @@ fn metrics_and_reports_carry_no_command_lines_or_environment() {
     cgroup.remove();
     let leftover = Path::new("/sys/fs/cgroup/unified").join(cgroup.path().trim_start_matches('/'));
     assert!(!leftover.exists(), "{} left behind", leftover.display());
-    stop_agent(agent);
+    assert!(agent.stop().success());
 }
