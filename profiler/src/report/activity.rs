@@ -7,8 +7,10 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExitSummary {
     /// Exit code, when it exited normally.
+    #[serde(default)]
     pub code: Option<i32>,
     /// Signal number, when a signal killed it.
+    #[serde(default)]
     pub signal: Option<i32>,
 }
 
@@ -25,6 +27,7 @@ impl ExitSummary {
 
 /// Reserved address space by kind, from the mmap counters.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct MappedBytes {
     pub anonymous: u64,
     pub file: u64,
@@ -35,6 +38,7 @@ pub struct MappedBytes {
 
 /// What a set of tasks did, in the terms users reason about.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct ActivitySummary {
     pub threads_created: u64,
     pub processes_created: u64,
@@ -58,21 +62,27 @@ pub struct ActivitySummary {
 /// One process seen during a session.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProcessRecord {
+    #[serde(default)]
     pub pid: u32,
     /// The process that forked it; None when it arrived by cgroup migration or was already
     /// running.
+    #[serde(default)]
     pub parent_pid: Option<u32>,
     pub command: String,
+    #[serde(default)]
     pub exited: bool,
     pub activity: ActivitySummary,
     /// Highest program break minus the first one seen since the last exec.
+    #[serde(default)]
     pub brk_heap_bytes: u64,
     /// Highest resident total (file + anon + shmem) the kernel saw for this process.
+    #[serde(default)]
     pub resident_peak_bytes: u64,
 }
 
 /// Events lost or updates skipped, summed over CPUs, by reason.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct DropCounts {
     pub ringbuf_full: u64,
     pub pending_calls_full: u64,
@@ -128,6 +138,7 @@ impl DropCounts {
 
 /// Kernel map entries still held for one target: all zero once its processes are gone.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct KernelEntries {
     pub processes: u64,
     pub pending_calls: u64,

@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 
 /// Names and spec resources of a container, for the report's `kubernetes` field.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct KubernetesMeta {
     pub namespace: Option<String>,
     pub pod: Option<String>,

@@ -23,6 +23,7 @@ pub enum PeakSource {
 
 /// Charged memory: the cgroup charge the OOM killer compares with the limit.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct ChargedMemory {
     /// Highest charge: the kernel's own high-water mark where it is exclusive to the session,
     /// else the highest sample.
@@ -47,6 +48,7 @@ pub struct ChargedMemory {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct ResidentMemory {
     /// Highest file + anon + shmem resident of the target's processes together (rss_stat,
     /// aggregated in the kernel).
@@ -58,6 +60,7 @@ pub struct ResidentMemory {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct ReservedMemory {
     /// Highest total reserved address space of the target's processes together.
     pub peak_bytes: u64,
@@ -71,6 +74,7 @@ pub struct ReservedMemory {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Threads {
     /// Threads created during the capture (exact).
     pub created: u64,
@@ -85,6 +89,7 @@ pub struct Threads {
 /// Reserved bytes by kind. `brk_heap` is the program break's heap; the others follow
 /// `profiler_common::mapping_kind`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct ReservedBytes {
     pub brk_heap: u64,
     pub stack: u64,
@@ -95,6 +100,7 @@ pub struct ReservedBytes {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct ResidentPhases {
     pub startup_seconds: Option<f64>,
     pub startup_peak_bytes: u64,
@@ -104,6 +110,7 @@ pub struct ResidentPhases {
 
 /// The highest values seen within one bucket.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct BucketPeaks {
     /// Cgroup charge (memory.current / usage_in_bytes, and the kernel's windowed peak).
     pub charged: u64,
@@ -121,17 +128,25 @@ pub struct BucketPeaks {
 /// One OOM kill, with the seconds of timeline before it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct OomKill {
+    #[serde(default)]
     pub seconds: f64,
+    #[serde(default)]
     pub pid: u32,
+    #[serde(default)]
     pub command: Option<String>,
+    #[serde(default)]
     pub total_vm_bytes: u64,
+    #[serde(default)]
     pub anon_rss_bytes: u64,
+    #[serde(default)]
     pub file_rss_bytes: u64,
+    #[serde(default)]
     pub shmem_rss_bytes: u64,
     pub timeline_before: TimelineExcerpt,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct TimelineExcerpt {
     pub start_seconds: f64,
     pub resolution_ms: u64,
@@ -140,17 +155,21 @@ pub struct TimelineExcerpt {
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Spike {
+    #[serde(default)]
     pub start_seconds: f64,
+    #[serde(default)]
     pub duration_ms: u64,
+    #[serde(default)]
     pub peak_bytes: u64,
+    #[serde(default)]
     pub bytes_above_steady: u64,
     /// The code path that faulted in the most bytes during the spike (with stack sampling).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
     /// Bytes that code path faulted in during the spike, as sampled.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_bytes: Option<u64>,
     /// Its stack, innermost frame first.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub frames: Vec<String>,
 }

@@ -81,15 +81,20 @@ pub enum ReportMode {
 pub struct TargetReport {
     pub kind: TargetKind,
     /// The captured command line, for command targets.
+    #[serde(default)]
     pub command: Option<Vec<String>>,
     /// cgroup path as /proc/PID/cgroup shows it; null for process trees.
+    #[serde(default)]
     pub cgroup: Option<String>,
     /// The id the kernel side counted the target under (cgroup v2 id, or a process-tree id).
     pub target_id: u64,
     /// Root processes: the command, the followed pid, or the cgroup's processes at the start.
+    #[serde(default)]
     pub pids: Vec<u32>,
+    #[serde(default)]
     pub exit: Option<ExitSummary>,
     /// Charged memory; null for process trees (they have no cgroup of their own).
+    #[serde(default)]
     pub memory: Option<ChargedMemory>,
     pub resident: ResidentMemory,
     pub reserved: ReservedMemory,
@@ -97,32 +102,44 @@ pub struct TargetReport {
     /// Startup and steady state of the resident series (for process trees, the main series).
     pub resident_phases: ResidentPhases,
     /// Spikes above steady state (of the charge; of resident memory for process trees).
+    #[serde(default)]
     pub spikes: Vec<Spike>,
     /// Who made the memory, heaviest first: code paths from sampled stacks, and the hidden
     /// consumers (thread stacks, allocator arenas, file mappings, shared memory).
+    #[serde(default)]
     pub sources: Vec<MemorySource>,
     /// How the stacks were sampled and what they cannot show; null without stack sampling.
+    #[serde(default)]
     pub stacks: Option<StackSummary>,
+    #[serde(default)]
     pub oom_kills: u64,
     /// The kernel cgroup's own OOM-kill count over the session, to cross-check `oom_kills`.
+    #[serde(default)]
     pub oom_kills_cgroup: Option<u64>,
+    #[serde(default)]
     pub oom_events: Vec<OomKill>,
     /// Kernel counters, as volumes (what was mapped, created, exited).
     pub activity: ActivitySummary,
     /// Per process, largest reservation first.
+    #[serde(default)]
     pub processes: Vec<ProcessRecord>,
     /// Processes not listed because the table reached its bound.
+    #[serde(default)]
     pub processes_not_listed: u64,
     /// Kernel map entries still held for the target at the end (0 when nothing leaks).
     pub kernel_entries_at_end: KernelEntries,
     pub timeline: TimelineExcerpt,
     /// Request and limit with their reasons (see the sizing module).
+    #[serde(default)]
     pub recommendation: Option<Recommendation>,
     /// The seed's checklist, answered from this capture.
+    #[serde(default)]
     pub checklist: Option<Checklist>,
     /// Who the memory belongs to (node-wide and pod captures).
+    #[serde(default)]
     pub attribution: Option<Attribution>,
     /// namespace, pod, container, pod_uid, container_id, qos, workload, spec request/limit.
+    #[serde(default)]
     pub kubernetes: Option<KubernetesMeta>,
 }
 
@@ -132,11 +149,15 @@ pub struct CaptureReport {
     /// Always [`REPORT_SCHEMA`]; readers refuse anything else.
     pub schema: String,
     pub mode: ReportMode,
+    #[serde(default)]
     pub duration_seconds: f64,
+    #[serde(default)]
     pub sample_interval_ms: u64,
+    #[serde(default)]
     pub targets: Vec<TargetReport>,
     pub drops: DropCounts,
     /// Ring buffer records that failed to decode (a build mismatch; should be 0).
+    #[serde(default)]
     pub undecodable_events: u64,
     /// Folded stacks (`root;...;leaf bytes`) for `--folded` and `--flamegraph`; not in the JSON.
     #[serde(skip, default)]

@@ -50,25 +50,34 @@ pub struct Flag {
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Recommendation {
+    #[serde(default)]
     pub request_bytes: u64,
+    #[serde(default)]
     pub limit_bytes: u64,
     pub request: String,
     pub limit: String,
+    #[serde(default)]
     pub headroom_fraction: f64,
+    #[serde(default)]
     pub worst_peak_bytes: u64,
     /// Which observation set the worst peak.
     pub worst_peak_source: PeakKind,
     pub basis: Basis,
     pub confidence: Confidence,
+    #[serde(default)]
     pub confidence_reasons: Vec<String>,
+    #[serde(default)]
     pub reasons: Vec<String>,
+    #[serde(default)]
     pub flags: Vec<Flag>,
+    #[serde(default)]
     pub warnings: Vec<String>,
 }
 
 /// One question of the seed's checklist, answered from data.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChecklistItem {
+    #[serde(default)]
     pub answer: bool,
     pub evidence: String,
 }

@@ -35,8 +35,10 @@ pub struct MemorySource {
     /// The function for code paths; the allocator for arenas; a description otherwise.
     pub name: String,
     pub measure: Measure,
+    #[serde(default)]
     pub bytes: u64,
     /// Address space reserved for it (large mmap/brk for code paths), where known.
+    #[serde(default)]
     pub reserved_bytes: Option<u64>,
     /// Innermost frame first (code paths).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -57,10 +59,14 @@ pub enum Unwinding {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct StackEntry {
     pub code_path: String,
+    #[serde(default)]
     pub resident_bytes: u64,
+    #[serde(default)]
     pub reserved_bytes: u64,
+    #[serde(default)]
     pub samples: u64,
     /// Innermost first.
+    #[serde(default)]
     pub frames: Vec<String>,
 }
 
@@ -68,22 +74,34 @@ pub struct StackEntry {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct StackSummary {
     pub unwinding: Unwinding,
+    #[serde(default)]
     pub fault_sample_bytes: u64,
+    #[serde(default)]
     pub reservation_threshold_bytes: u64,
+    #[serde(default)]
     pub samples: u64,
     /// Bytes faulted in, as the samples' weights add up (resident memory made).
+    #[serde(default)]
     pub sampled_fault_bytes: u64,
     /// Bytes reserved by sampled large mmap/brk calls.
+    #[serde(default)]
     pub sampled_reserved_bytes: u64,
+    #[serde(default)]
     pub distinct_stacks: u64,
+    #[serde(default)]
     pub samples_not_kept: u64,
+    #[serde(default)]
     pub samples_without_stack: u64,
     /// Samples whose stack ended within three frames (code without frame pointers).
+    #[serde(default)]
     pub shallow_samples: u64,
+    #[serde(default)]
     pub modules_opened: u64,
     /// What the stacks cannot show, and how to get it.
+    #[serde(default)]
     pub limits: Vec<String>,
     /// Heaviest stacks by resident bytes made.
+    #[serde(default)]
     pub top: Vec<StackEntry>,
 }
 
