@@ -366,3 +366,101 @@ fn the_agent_reports_thread_stacks_of_a_container() {
     cgroup.remove();
     assert!(agent.stop().success());
 }
+
+/// (request, limit) the agent exports for the container with this label, once it has them.
+fn exported_recommendation(metrics: &str, label: &str) -> Option<(u64, u64)> {
+    let request = series_value(
+        metrics,
+        "headroom_container_memory_recommended_request_bytes",
+        label,
+    )?;
+    let limit = series_value(
+        metrics,
+        "headroom_container_memory_recommended_limit_bytes",
+        label,
+    )?;
+    Some((request as u64, limit as u64))
+}
+
+#[test]
+fn the_exported_recommendation_is_what_headroom_recommend_makes_of_the_agents_report() {
+    let Some(_guard) = privileged("the_exported_recommendation_is_what_headroom_recommend_makes")
+    else {
+        return;
+    };
+    let mut agent = Agent::start();
+    // The demo service: a 300 MiB startup cache released to about 100 MiB, then steady for
+    // 10 minutes (its one burst comes half way, long after this test is done).
+    let mut cgroup = common::TestCgroup::new("agent-recommend");
+    let program = workload("demo_service", false);
+    let mut child = common::ChildGuard(cgroup.spawn(&program, &["600"]));
+    let label = format!("container=\"{}\"", cgroup.path());
+    // The agent exports a recommendation only once it found a steady state.
+    common::wait_until("the container's exported recommendation", 60, || {
+        exported_recommendation(&agent.metrics(), &label).is_some()
+    });
+
+    let file = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("agent-report-{}.json", std::process::id()));
+    let path = format!(
+        "/api/v1/report?cgroup=%2F{}",
+        cgroup.path().trim_start_matches('/')
+    );
+    // Metrics, report, metrics: the report is the state both metric reads saw only when they
+    // agree (a tick in between could change the recommendation); otherwise read again.
+    let mut compared = None;
+    for _attempt in 0..50 {
+        let before = exported_recommendation(&agent.metrics(), &label).expect("exported");
+        let (status, report) = agent.get(&path).expect("report");
+        assert_eq!(status, 200, "{report}");
+        let after = exported_recommendation(&agent.metrics(), &label).expect("exported");
+        if before == after {
+            compared = Some((before, report));
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(150));
+    }
+    let ((exported_request, exported_limit), report) =
+        compared.expect("two metric reads around a report never agreed in 50 tries");
+    let parsed: serde_json::Value = serde_json::from_str(&report).expect("JSON report");
+    assert_eq!(
+        parsed["targets"].as_array().map(Vec::len),
+        Some(1),
+        "{report}"
+    );
+    std::fs::write(&file, &report).expect("write the report");
+    let output = headroom()
+        .arg("recommend")
+        .arg(&file)
+        .args(["--format", "json"])
+        .output()
+        .expect("run headroom recommend");
+    let _ = std::fs::remove_file(&file);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    let recommended = &json["recommendation"];
+    let request = recommended["request_bytes"].as_u64().expect("request");
+    let limit = recommended["limit_bytes"].as_u64().expect("limit");
+    let in_report = &parsed["targets"][0]["recommendation"];
+    eprintln!(
+        "exported: request {exported_request} limit {exported_limit}; \
+         headroom recommend on /api/v1/report: request {request} limit {limit}; \
+         the report's own recommendation: request {} limit {}",
+        in_report["request_bytes"], in_report["limit_bytes"]
+    );
+
+    let _ = child.0.kill();
+    let _ = child.0.wait();
+    cgroup.remove();
+    assert!(agent.stop().success());
+    assert_eq!(
+        (request, limit),
+        (exported_request, exported_limit),
+        "(request, limit) of `headroom recommend` on the agent's report vs the agent's metrics;\n\
+         recommend said: {recommended}\nthe report's own recommendation: {in_report}"
+    );
+}
