@@ -64,11 +64,12 @@ pub enum TargetKind {
     Pod,
 }
 
-/// What a report covers.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// What a report covers (reports from before the field was added are target reports).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ReportMode {
     /// One command, cgroup, process tree or pod.
+    #[default]
     Target,
     /// Every cgroup of the node (`capture --all`).
     Node,
@@ -148,6 +149,7 @@ pub struct TargetReport {
 pub struct CaptureReport {
     /// Always [`REPORT_SCHEMA`]; readers refuse anything else.
     pub schema: String,
+    #[serde(default)]
     pub mode: ReportMode,
     #[serde(default)]
     pub duration_seconds: f64,

@@ -144,7 +144,23 @@ fn render_node(out: &mut String, report: &CaptureReport) {
     out.push('\n');
 }
 
+/// One target of a capture: a heading, then one section after another.
 fn render_target(out: &mut String, t: &TargetReport, duration: f64) {
+    render_heading(out, t, duration);
+    render_memory(out, t);
+    render_reserved(out, t);
+    render_threads_and_spikes(out, t);
+    render_sources_and_kills(out, t);
+    if let (Some(recommendation), Some(checklist)) = (&t.recommendation, &t.checklist) {
+        out.push('\n');
+        out.push_str(&render_recommendation(recommendation, checklist));
+    }
+    render_processes(out, t);
+    out.push('\n');
+}
+
+/// What was captured, how it ended, and who it belongs to.
+fn render_heading(out: &mut String, t: &TargetReport, duration: f64) {
     let what = match (&t.command, &t.cgroup) {
         (Some(command), _) => format!(
             "`{}`",
@@ -195,7 +211,10 @@ fn render_target(out: &mut String, t: &TargetReport, duration: f64) {
         );
     }
     out.push('\n');
+}
 
+/// Charged, resident and reserved peaks, startup and steady state.
+fn render_memory(out: &mut String, t: &TargetReport) {
     let _ = writeln!(
         out,
         "{:<28} {:>12} {:>12} {:>12} {:>12}",
@@ -241,7 +260,10 @@ fn render_target(out: &mut String, t: &TargetReport, duration: f64) {
         );
     }
     out.push('\n');
+}
 
+/// Reserved address space at its peak, by kind, and the mapping volume.
+fn render_reserved(out: &mut String, t: &TargetReport) {
     let _ = writeln!(out, "Reserved at its peak, by kind:");
     let k = &t.reserved.by_kind;
     for (label, bytes, note) in [
@@ -268,7 +290,11 @@ fn render_target(out: &mut String, t: &TargetReport, duration: f64) {
         format_bytes(a.brk_grown_bytes)
     );
     out.push('\n');
+}
 
+/// Threads, processes, and the spikes above steady state.
+fn render_threads_and_spikes(out: &mut String, t: &TargetReport) {
+    let a = &t.activity;
     let th = &t.threads;
     let peak = th
         .peak
@@ -310,6 +336,10 @@ fn render_target(out: &mut String, t: &TargetReport, duration: f64) {
             }
         }
     }
+}
+
+/// Who made the memory, what the stacks cannot show, and OOM kills.
+fn render_sources_and_kills(out: &mut String, t: &TargetReport) {
     if !t.sources.is_empty() {
         let _ = writeln!(out, "Sources (heaviest first):");
         for source in t.sources.iter().take(10) {
@@ -347,11 +377,10 @@ fn render_target(out: &mut String, t: &TargetReport, duration: f64) {
             );
         }
     }
+}
 
-    if let (Some(recommendation), Some(checklist)) = (&t.recommendation, &t.checklist) {
-        out.push('\n');
-        out.push_str(&render_recommendation(recommendation, checklist));
-    }
+/// The per-process table, heaviest first, the first 20 of them.
+fn render_processes(out: &mut String, t: &TargetReport) {
     if !t.processes.is_empty() {
         out.push('\n');
         let _ = writeln!(
@@ -385,7 +414,6 @@ fn render_target(out: &mut String, t: &TargetReport, duration: f64) {
             );
         }
     }
-    out.push('\n');
 }
 
 /// A `resources:` block, or with a container name a strategic-merge patch for the owning
