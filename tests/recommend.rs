@@ -109,7 +109,11 @@ fn bad_reports_get_clear_errors() {
         .output()
         .expect("run");
     assert_eq!(output.status.code(), Some(125));
-    assert!(String::from_utf8_lossy(&output.stderr).contains("is not JSON"));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("not-a-report.txt") && stderr.contains("not JSON"),
+        "{stderr}"
+    );
     let wrong = dir.join("wrong-schema.json");
     std::fs::write(&wrong, r#"{"schema": "other/v9"}"#).expect("write");
     let output = headroom()
