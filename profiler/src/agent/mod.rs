@@ -409,20 +409,7 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
     let hierarchies = Hierarchies::discover(Path::new("/"))?;
     let registry = Registry::new();
     let metrics = Metrics::new(&registry)?;
-    let max_targets = u32::try_from(config.max_containers * 2).unwrap_or(u32::MAX);
-    let mut probes = Probes::load(&ProbeConfig {
-        trace_all_cgroups: true,
-        track_regions: false,
-        // The agent keeps its own per-interval maxima; kernel windows would be wasted work.
-        track_windows: false,
-        // Syscall tracepoints slow every syscall on the node; the agent's figures come from
-        // rss_stat, task and OOM events.
-        trace_syscalls: false,
-        // eh-frame sessions where the kernel has BTF; elsewhere they are refused by name.
-        stack_snapshots: probes::preflight::has_btf(Path::new("/")),
-        max_targets,
-        ..ProbeConfig::default()
-    })?;
+    let mut probes = load_probes(&config)?;
     let seeded = seed_running_processes(&mut probes, &hierarchies, config.max_containers);
     tracing::info!(cgroups = seeded, "running processes seeded from /proc");
     let mut events = probes
@@ -445,24 +432,7 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
         drops: DropCounts::default(),
         headroom: config.headroom,
     }));
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| AgentError::Listen {
-            address: config.listen,
-            source,
-        })?;
-    tracing::info!(address = %config.listen, "serving /metrics, /healthz, /readyz, /api/v1/report");
-    let server = tokio::spawn(http::serve(listener, Arc::new(registry), shared.clone()));
-    let (session_sender, mut session_requests) = tokio::sync::mpsc::channel(8);
-    let socket_server = match &config.socket {
-        Some(path) => {
-            let listener = session::listen(path)?;
-            tracing::info!(socket = %path.display(), "accepting capture sessions");
-            Some(tokio::spawn(session::serve(listener, session_sender)))
-        }
-        None => None,
-    };
-
+    let servers = Servers::start(&config, registry, shared.clone()).await?;
     let mut agent = Agent {
         resolver: CgroupResolver::new(&hierarchies.unified, config.max_containers * 4),
         hierarchies,
@@ -477,63 +447,137 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
         ticks: 0,
         sessions: Vec::new(),
     };
-    let mut interrupts = signal(SignalKind::interrupt()).map_err(AgentError::Signals)?;
-    let mut terminations = signal(SignalKind::terminate()).map_err(AgentError::Signals)?;
-    let mut tick = tokio::time::interval(agent.config.interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let mut session_tick = tokio::time::interval(session::SAMPLE_INTERVAL);
-    session_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {
-                if let Err(err) = agent.tick() {
-                    tracing::warn!(error = %err, "agent tick failed");
-                }
-            }
-            // Process starts and exits, OOM kills and sessions' stack samples: drained always,
-            // so the ring never fills and drops mean real losses.
-            batch = events.next_batch() => match batch {
-                Ok(batch) => {
-                    for event in &batch {
-                        let kind = match event {
-                            Ok(probes::ProbeEvent::ProcessStart(_)) => "process_start",
-                            Ok(probes::ProbeEvent::ProcessExit(_)) => "process_exit",
-                            Ok(probes::ProbeEvent::OomVictim(_)) => "oom_victim",
-                            Ok(probes::ProbeEvent::StackSample(_)) => "stack_sample",
-                            Ok(probes::ProbeEvent::Mapping(_)) => "mapping",
-                            Err(_) => "undecodable",
-                        };
-                        agent.metrics.ring_events.with_label_values(&[kind]).inc();
-                        if let Ok(event) = event {
-                            for active in &mut agent.sessions {
-                                active.record(event);
-                            }
-                        }
-                    }
-                }
-                Err(err) => tracing::warn!(error = %err, "reading the event ring buffer failed"),
-            },
-            Some(start) = session_requests.recv() => agent.start_session(start),
-            _ = session_tick.tick(), if !agent.sessions.is_empty() => agent.step_sessions(false),
-            _ = interrupts.recv() => break,
-            _ = terminations.recv() => break,
-        }
-    }
+    let Servers {
+        http,
+        socket,
+        mut session_requests,
+    } = servers;
+    agent.serve(&mut events, &mut session_requests).await?;
     tracing::info!("shutting down: detaching probes");
     // Sessions end with their reports, so a client never waits on a dead agent.
     agent.step_sessions(true);
-    if let Some(task) = socket_server {
+    if let Some(task) = socket {
         task.abort();
     }
     if let Some(path) = &agent.config.socket {
         let _ = std::fs::remove_file(path);
     }
     tokio::task::yield_now().await;
-    server.abort();
+    http.abort();
     if let Some((_, task)) = agent.pods.take() {
         task.abort();
     }
     Ok(())
+}
+
+/// The probes as the agent runs them: every cgroup, no syscall tracing, no kernel windows.
+fn load_probes(config: &AgentConfig) -> Result<Probes, ProbeError> {
+    Probes::load(&ProbeConfig {
+        trace_all_cgroups: true,
+        track_regions: false,
+        // The agent keeps its own per-interval maxima; kernel windows would be wasted work.
+        track_windows: false,
+        // Syscall tracepoints slow every syscall on the node; the agent's figures come from
+        // rss_stat, task and OOM events.
+        trace_syscalls: false,
+        // eh-frame sessions where the kernel has BTF; elsewhere they are refused by name.
+        stack_snapshots: probes::preflight::has_btf(Path::new("/")),
+        max_targets: u32::try_from(config.max_containers * 2).unwrap_or(u32::MAX),
+        ..ProbeConfig::default()
+    })
+}
+
+/// The HTTP server and the session socket, running as tasks.
+struct Servers {
+    http: tokio::task::JoinHandle<()>,
+    socket: Option<tokio::task::JoinHandle<()>>,
+    session_requests: tokio::sync::mpsc::Receiver<session::SessionStart>,
+}
+
+impl Servers {
+    async fn start(
+        config: &AgentConfig,
+        registry: Registry,
+        shared: Arc<Mutex<Shared>>,
+    ) -> Result<Self, AgentError> {
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| AgentError::Listen {
+                address: config.listen,
+                source,
+            })?;
+        tracing::info!(address = %config.listen, "serving /metrics, /healthz, /readyz, /api/v1/report");
+        let http = tokio::spawn(http::serve(listener, Arc::new(registry), shared));
+        let (session_sender, session_requests) = tokio::sync::mpsc::channel(8);
+        let socket = match &config.socket {
+            Some(path) => {
+                let listener = session::listen(path)?;
+                tracing::info!(socket = %path.display(), "accepting capture sessions");
+                Some(tokio::spawn(session::serve(listener, session_sender)))
+            }
+            None => None,
+        };
+        Ok(Self {
+            http,
+            socket,
+            session_requests,
+        })
+    }
+}
+
+impl Agent {
+    /// The agent's loop: ticks, ring-buffer draining, sessions, until SIGINT or SIGTERM.
+    async fn serve(
+        &mut self,
+        events: &mut probes::EventStream,
+        session_requests: &mut tokio::sync::mpsc::Receiver<session::SessionStart>,
+    ) -> Result<(), AgentError> {
+        let mut interrupts = signal(SignalKind::interrupt()).map_err(AgentError::Signals)?;
+        let mut terminations = signal(SignalKind::terminate()).map_err(AgentError::Signals)?;
+        let mut tick = tokio::time::interval(self.config.interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let mut session_tick = tokio::time::interval(session::SAMPLE_INTERVAL);
+        session_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    if let Err(err) = self.tick() {
+                        tracing::warn!(error = %err, "agent tick failed");
+                    }
+                }
+                // Process starts and exits, OOM kills and sessions' stack samples: drained
+                // always, so the ring never fills and drops mean real losses.
+                batch = events.next_batch() => match batch {
+                    Ok(batch) => self.record_events(&batch),
+                    Err(err) => tracing::warn!(error = %err, "reading the event ring buffer failed"),
+                },
+                Some(start) = session_requests.recv() => self.start_session(start),
+                _ = session_tick.tick(), if !self.sessions.is_empty() => self.step_sessions(false),
+                _ = interrupts.recv() => return Ok(()),
+                _ = terminations.recv() => return Ok(()),
+            }
+        }
+    }
+
+    /// Counts ring-buffer events by kind and hands them to running sessions.
+    fn record_events(&mut self, batch: &[Result<probes::ProbeEvent, probes::DecodeError>]) {
+        for event in batch {
+            let kind = match event {
+                Ok(probes::ProbeEvent::ProcessStart(_)) => "process_start",
+                Ok(probes::ProbeEvent::ProcessExit(_)) => "process_exit",
+                Ok(probes::ProbeEvent::OomVictim(_)) => "oom_victim",
+                Ok(probes::ProbeEvent::StackSample(_)) => "stack_sample",
+                Ok(probes::ProbeEvent::Mapping(_)) => "mapping",
+                Err(_) => "undecodable",
+            };
+            self.metrics.ring_events.with_label_values(&[kind]).inc();
+            if let Ok(event) = event {
+                for active in &mut self.sessions {
+                    active.record(event);
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -201,38 +201,7 @@ pub async fn run(options: &CaptureOptions) -> Result<CaptureReport, CaptureError
         }
         _ => None,
     };
-    let mut probes = Probes::load(&ProbeConfig {
-        events_bytes: options.ring_buffer_bytes,
-        stack_snapshots: options
-            .stacks
-            .as_ref()
-            .is_some_and(|stacks| stacks.unwinding == crate::stacks::Unwinding::EhFrame),
-        ..ProbeConfig::default()
-    })?;
-    let mut watched = watch::watch(&target, &mut probes, options.memory_limit)?;
-    if kubernetes.is_some() {
-        watched.kind = TargetKind::Pod;
-    }
-    let mut events = probes
-        .take_event_stream()?
-        .ok_or_else(|| ProbeError::MissingMap(profiler_common::map::EVENTS))?;
-    let started_ns = monotonic_ns();
-    let stacks = match &options.stacks {
-        Some(settings) => {
-            probes.sample_stacks(watched.target_id, settings.for_kernel())?;
-            Some(StackCollector::new(
-                settings.clone(),
-                PathBuf::from("/"),
-                started_ns,
-            ))
-        }
-        None => None,
-    };
-    let roots = watched.root_pids.clone();
-    let mut session =
-        CaptureSession::new(watched, limits(options), Path::new("/"), started_ns, stacks);
-    session.seed_regions(&roots);
-
+    let (mut probes, mut events, mut session) = start(options, &target, kubernetes.is_some())?;
     let started = Instant::now();
     let exit = capture_loop(
         options,
@@ -280,6 +249,46 @@ pub async fn run(options: &CaptureOptions) -> Result<CaptureReport, CaptureError
     }
     drop(probes);
     Ok(report)
+}
+
+/// Loads the probes, sets the target up and starts the session's state.
+fn start(
+    options: &CaptureOptions,
+    target: &TargetSpec,
+    is_pod: bool,
+) -> Result<(Probes, EventStream, CaptureSession), CaptureError> {
+    let mut probes = Probes::load(&ProbeConfig {
+        events_bytes: options.ring_buffer_bytes,
+        stack_snapshots: options
+            .stacks
+            .as_ref()
+            .is_some_and(|stacks| stacks.unwinding == crate::stacks::Unwinding::EhFrame),
+        ..ProbeConfig::default()
+    })?;
+    let mut watched = watch::watch(target, &mut probes, options.memory_limit)?;
+    if is_pod {
+        watched.kind = TargetKind::Pod;
+    }
+    let events = probes
+        .take_event_stream()?
+        .ok_or_else(|| ProbeError::MissingMap(profiler_common::map::EVENTS))?;
+    let started_ns = monotonic_ns();
+    let stacks = match &options.stacks {
+        Some(settings) => {
+            probes.sample_stacks(watched.target_id, settings.for_kernel())?;
+            Some(StackCollector::new(
+                settings.clone(),
+                PathBuf::from("/"),
+                started_ns,
+            ))
+        }
+        None => None,
+    };
+    let roots = watched.root_pids.clone();
+    let mut session =
+        CaptureSession::new(watched, limits(options), Path::new("/"), started_ns, stacks);
+    session.seed_regions(&roots);
+    Ok((probes, events, session))
 }
 
 /// Checks everything that needs no privileges before anything is loaded; returns the

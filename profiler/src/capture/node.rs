@@ -35,38 +35,7 @@ pub(super) async fn run(
         track_windows: false,
         ..ProbeConfig::default()
     })?;
-    let mut events = probes
-        .take_event_stream()?
-        .ok_or_else(|| ProbeError::MissingMap(profiler_common::map::EVENTS))?;
-    let mut interrupts = signal(SignalKind::interrupt()).map_err(CaptureError::Signals)?;
-    let mut terminations = signal(SignalKind::terminate()).map_err(CaptureError::Signals)?;
-    let started = Instant::now();
-    let deadline = async {
-        match options.duration {
-            Some(duration) => tokio::time::sleep(duration).await,
-            None => std::future::pending().await,
-        }
-    };
-    tokio::pin!(deadline);
-    let mut undecodable = 0u64;
-    loop {
-        tokio::select! {
-            () = &mut deadline => break,
-            batch = events.next_batch() => {
-                // Process events are not needed per process here; only decoding is checked.
-                undecodable += batch?.iter().filter(|event| event.is_err()).count() as u64;
-            }
-            _ = interrupts.recv() => break,
-            _ = terminations.recv() => break,
-        }
-    }
-    let duration = started.elapsed();
-    undecodable += events
-        .drain_now()
-        .iter()
-        .filter(|event| event.is_err())
-        .count() as u64;
-
+    let (duration, undecodable) = drain_until_done(&mut probes, options).await?;
     let hierarchies = cgroups::Hierarchies::discover(Path::new("/"))?;
     let mut resolver = CgroupResolver::new(&hierarchies.unified, NODE_CGROUP_CAPACITY);
     let pods = metadata.as_ref().and_then(|(cache, _)| cache.lock().ok());
@@ -123,4 +92,38 @@ fn name_host_by_process(
         }
     }
     attribution
+}
+
+/// Drains the ring buffer (checking only that records decode) until the duration ends or a
+/// signal arrives; returns how long that was and how many records did not decode.
+async fn drain_until_done(
+    probes: &mut Probes,
+    options: &CaptureOptions,
+) -> Result<(std::time::Duration, u64), CaptureError> {
+    let mut events = probes
+        .take_event_stream()?
+        .ok_or_else(|| ProbeError::MissingMap(profiler_common::map::EVENTS))?;
+    let mut interrupts = signal(SignalKind::interrupt()).map_err(CaptureError::Signals)?;
+    let mut terminations = signal(SignalKind::terminate()).map_err(CaptureError::Signals)?;
+    let started = Instant::now();
+    let deadline = super::sleep_or_forever(options.duration);
+    tokio::pin!(deadline);
+    let mut undecodable = 0u64;
+    loop {
+        tokio::select! {
+            () = &mut deadline => break,
+            batch = events.next_batch() => {
+                undecodable += batch?.iter().filter(|event| event.is_err()).count() as u64;
+            }
+            _ = interrupts.recv() => break,
+            _ = terminations.recv() => break,
+        }
+    }
+    let duration = started.elapsed();
+    undecodable += events
+        .drain_now()
+        .iter()
+        .filter(|event| event.is_err())
+        .count() as u64;
+    Ok((duration, undecodable))
 }
