@@ -270,46 +270,77 @@ pub async fn observations(
             step,
         )
         .await?;
+    let fleet = FleetSeries {
+        startup,
+        limits,
+        ooms,
+        replicas,
+        series,
+        step,
+        window,
+    };
     Ok(peaks
         .into_iter()
         .map(|(key, peak)| {
-            let startup_peak = startup.get(&key).copied();
-            let charged: Vec<u64> = series
-                .get(&key)
-                .map(|values| values.iter().map(|v| *v as u64).collect())
-                .unwrap_or_default();
-            let oom_count = ooms.get(&key).copied().unwrap_or(0.0).round() as usize;
-            let observation = Observation {
-                name: key.name(),
-                basis: crate::report::Basis::Charged,
-                duration_seconds: window.as_secs_f64(),
-                saw_start: startup_peak.is_some(),
-                startup_seconds: startup_peak.map(|_| 0.0),
-                startup_peak_bytes: startup_peak.unwrap_or(0.0) as u64,
-                startup_peak_at_seconds: None,
-                steady_series: charged,
-                resolution_ms: step.as_millis() as u64,
-                peak_bytes: peak as u64,
-                spikes: Vec::new(),
-                // The charge at a kill is the limit it hit; the floor builds on it.
-                ooms: (0..oom_count)
-                    .map(|_| OomSeen {
-                        seconds: 0.0,
-                        charge_before_bytes: limits.get(&key).copied().unwrap_or(peak) as u64,
-                    })
-                    .collect(),
-                current_limit_bytes: limits.get(&key).map(|v| *v as u64),
-                current_request_bytes: None,
-                reserved_peak_bytes: 0,
-                no_access_peak_bytes: 0,
-                resident_peak_bytes: 0,
-                restarts: replicas
-                    .get(&key)
-                    .map_or(0, |r| (*r as u64).saturating_sub(1)),
-            };
+            let observation = fleet.observation(&key, peak);
             (key, observation)
         })
         .collect())
+}
+
+/// The agents' series of one window, by workload.
+struct FleetSeries {
+    startup: BTreeMap<WorkloadKey, f64>,
+    limits: BTreeMap<WorkloadKey, f64>,
+    ooms: BTreeMap<WorkloadKey, f64>,
+    replicas: BTreeMap<WorkloadKey, f64>,
+    series: BTreeMap<WorkloadKey, Vec<f64>>,
+    step: Duration,
+    window: Duration,
+}
+
+impl FleetSeries {
+    /// What sizing reads for one workload. Prometheus holds per-interval figures, not the
+    /// per-target report an agent or capture builds, so this is the one observation built
+    /// outside `Observation::from_target`.
+    fn observation(&self, key: &WorkloadKey, peak: f64) -> Observation {
+        let startup_peak = self.startup.get(key).copied();
+        let charged: Vec<u64> = self
+            .series
+            .get(key)
+            .map(|values| values.iter().map(|v| *v as u64).collect())
+            .unwrap_or_default();
+        let oom_count = self.ooms.get(key).copied().unwrap_or(0.0).round() as usize;
+        Observation {
+            name: key.name(),
+            basis: crate::report::Basis::Charged,
+            duration_seconds: self.window.as_secs_f64(),
+            saw_start: startup_peak.is_some(),
+            startup_seconds: startup_peak.map(|_| 0.0),
+            startup_peak_bytes: startup_peak.unwrap_or(0.0) as u64,
+            startup_peak_at_seconds: None,
+            steady_series: charged,
+            resolution_ms: self.step.as_millis() as u64,
+            peak_bytes: peak as u64,
+            spikes: Vec::new(),
+            // The charge at a kill is the limit it hit; the floor builds on it.
+            ooms: (0..oom_count)
+                .map(|_| OomSeen {
+                    seconds: 0.0,
+                    charge_before_bytes: self.limits.get(key).copied().unwrap_or(peak) as u64,
+                })
+                .collect(),
+            current_limit_bytes: self.limits.get(key).map(|v| *v as u64),
+            current_request_bytes: None,
+            reserved_peak_bytes: 0,
+            no_access_peak_bytes: 0,
+            resident_peak_bytes: 0,
+            restarts: self
+                .replicas
+                .get(key)
+                .map_or(0, |r| (*r as u64).saturating_sub(1)),
+        }
+    }
 }
 
 fn humanize(window: Duration) -> String {

@@ -118,6 +118,8 @@ fn to_i64(value: u64) -> i64 {
 }
 
 impl Metrics {
+    /// Registers every metric. Long on purpose: a declaration table, one entry a metric with
+    /// its name and help text, kept in one place so the exported names read as a list.
     pub fn new(registry: &Registry) -> Result<Self, MetricsError> {
         let containers_tracked = IntGauge::new(
             "headroom_agent_containers_tracked",

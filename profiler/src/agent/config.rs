@@ -101,6 +101,12 @@ impl AgentConfig {
 
     /// Applies set keys (from the file, then from flags, which therefore win).
     pub fn apply(&mut self, values: &ConfigFile) -> Result<(), ConfigError> {
+        self.apply_places(values)?;
+        self.apply_bounds(values)
+    }
+
+    /// Where the agent listens and what it names: listen, metadata, node, socket.
+    fn apply_places(&mut self, values: &ConfigFile) -> Result<(), ConfigError> {
         let invalid = |key: &'static str, value: &str, problem: String| ConfigError::Invalid {
             key,
             value: value.to_owned(),
@@ -135,6 +141,29 @@ impl AgentConfig {
             }
             self.node = Some(node.clone());
         }
+        if let Some(socket) = &values.socket {
+            self.socket = match socket.as_str() {
+                "" => None,
+                path if path.starts_with('/') && !path.ends_with('/') => Some(path.into()),
+                _ => {
+                    return Err(invalid(
+                        "socket",
+                        socket,
+                        "an absolute file path, e.g. /run/headroom/agent.sock, or \"\" to turn sessions off".into(),
+                    ))
+                }
+            };
+        }
+        Ok(())
+    }
+
+    /// How often and how much: interval, max_containers, timeline_buckets, headroom.
+    fn apply_bounds(&mut self, values: &ConfigFile) -> Result<(), ConfigError> {
+        let invalid = |key: &'static str, value: &str, problem: String| ConfigError::Invalid {
+            key,
+            value: value.to_owned(),
+            problem,
+        };
         if let Some(interval) = &values.interval {
             let parsed = parse_duration(interval)
                 .map_err(|problem| invalid("interval", interval, problem))?;
@@ -170,19 +199,6 @@ impl AgentConfig {
         if let Some(headroom) = &values.headroom {
             self.headroom = parse_headroom(headroom)
                 .map_err(|problem| invalid("headroom", headroom, problem))?;
-        }
-        if let Some(socket) = &values.socket {
-            self.socket = match socket.as_str() {
-                "" => None,
-                path if path.starts_with('/') && !path.ends_with('/') => Some(path.into()),
-                _ => {
-                    return Err(invalid(
-                        "socket",
-                        socket,
-                        "an absolute file path, e.g. /run/headroom/agent.sock, or \"\" to turn sessions off".into(),
-                    ))
-                }
-            };
         }
         Ok(())
     }
