@@ -1,4 +1,4 @@
-//! The /proc parsers: smaps, stat and status (`procfs`), and /proc/PID/cgroup and
+//! The /proc parsers: maps, smaps, stat and status (`procfs`), and /proc/PID/cgroup and
 //! /proc/PID/mountinfo (`cgroups`). Each input is fed to every parser: the formats share
 //! enough shape (colons, hex ranges, `kB` values) that mutations of one exercise the others.
 #![no_main]
@@ -21,6 +21,12 @@ fuzz_target!(|data: &[u8]| {
     ] {
         let _ = procfs::smaps_rss_in_ranges(&text, ranges);
     }
+    for line in text.lines() {
+        if let Err(err) = procfs::parse_maps_line(line) {
+            drop(err.to_string());
+        }
+    }
+    let _ = procfs::thread_stack_ranges(&text);
     let _ = procfs::parent_pid(&text);
     let _ = procfs::parse_status_resident(&text);
     match cgroups::parse_proc_cgroup(&text, Path::new("/proc/fuzz/cgroup")) {

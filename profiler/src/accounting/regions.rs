@@ -9,6 +9,7 @@ use profiler_common::{mapping_kind, mapping_op, mmap_bits, page_round_up, PAGE_S
 pub use crate::report::ReservedBytes;
 
 use crate::probes::MappingChange;
+use crate::procfs::{self, MapsLine};
 
 impl ReservedBytes {
     pub fn total(&self) -> u64 {
@@ -245,7 +246,10 @@ impl RegionTracker {
         let before = space.totals;
         let regions_before = space.region_count();
         for line in maps.lines() {
-            let Some(entry) = parse_maps_line(line) else {
+            let Some(entry) = procfs::parse_maps_line(line)
+                .ok()
+                .and_then(|line| maps_entry(&line))
+            else {
                 continue;
             };
             match entry.backing {
@@ -374,35 +378,25 @@ struct MapsEntry {
     backing: MapsBacking,
 }
 
-/// Parses one /proc/PID/maps line: `start-end perms offset dev inode [path]`.
-fn parse_maps_line(line: &str) -> Option<MapsEntry> {
-    let mut fields = line.split_whitespace();
-    let (start, end) = fields.next()?.split_once('-')?;
-    let start = u64::from_str_radix(start, 16).ok()?;
-    let end = u64::from_str_radix(end, 16).ok()?;
-    let perms = fields.next()?.as_bytes();
-    let _offset = fields.next()?;
-    let _device = fields.next()?;
-    let inode: u64 = fields.next()?.parse().ok()?;
-    let path = fields.next().unwrap_or("");
-    if perms.len() < 4 || end <= start || end - start < PAGE_SIZE {
+/// What a /proc/PID/maps line contributes to the reserved bytes: None for the kernel's own
+/// mappings (vdso and the like) and for lines too short to be a region.
+fn maps_entry(line: &MapsLine<'_>) -> Option<MapsEntry> {
+    let (start, end) = (line.start, line.end);
+    if line.perms.len() < 4 || end <= start || end - start < PAGE_SIZE {
         return None;
     }
-    let prot = u32::from(perms[0] == b'r')
-        | (u32::from(perms[1] == b'w') << 1)
-        | (u32::from(perms[2] == b'x') << 2);
-    let backing = match path {
+    let backing = match line.path.trim_end() {
         "[heap]" => MapsBacking::Heap,
         "[stack]" => MapsBacking::Region(Backing::Stack),
         "[vvar]" | "[vdso]" | "[vsyscall]" | "[vvar_vclock]" => return None,
-        _ if inode != 0 => MapsBacking::Region(Backing::File),
-        _ if perms[3] == b's' => MapsBacking::Region(Backing::Shared),
+        _ if line.inode != 0 => MapsBacking::Region(Backing::File),
+        _ if line.shared() => MapsBacking::Region(Backing::Shared),
         _ => MapsBacking::Region(Backing::Private { no_reserve: false }),
     };
     Some(MapsEntry {
         start,
         end,
-        prot,
+        prot: line.prot(),
         backing,
     })
 }

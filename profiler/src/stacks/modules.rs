@@ -16,6 +16,8 @@ use std::sync::Arc;
 use blazesym::symbolize::{source::Elf, source::Source, Input, Symbolized, Symbolizer};
 use object::{Object, ObjectSection, ObjectSegment};
 
+use crate::procfs::{self, MapsLine};
+
 /// Largest file headroom reads to symbolize or unwind (a size limit on container input).
 pub const MAX_MODULE_BYTES: u64 = 1 << 30;
 
@@ -35,42 +37,6 @@ pub struct ExecMapping {
     pub module: Option<usize>,
     /// Short name for display: the file's base name, `[vdso]`, `[anon]`.
     pub name: Arc<str>,
-}
-
-/// A mapping line's fields that matter here.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct MapsLine<'a> {
-    pub start: u64,
-    pub end: u64,
-    pub executable: bool,
-    pub offset: u64,
-    pub device: &'a str,
-    pub inode: u64,
-    pub path: &'a str,
-}
-
-/// Parses one /proc/PID/maps line; `None` when it does not have the kernel's shape.
-pub fn parse_maps_line(line: &str) -> Option<MapsLine<'_>> {
-    let mut fields = line.splitn(6, ' ');
-    let range = fields.next()?;
-    let perms = fields.next()?;
-    let offset = fields.next()?;
-    let device = fields.next()?;
-    let rest = fields.next()?;
-    let (inode, path) = match rest.split_once(' ') {
-        Some((inode, path)) => (inode, path.trim_start()),
-        None => (rest, fields.next().unwrap_or("").trim_start()),
-    };
-    let (start, end) = range.split_once('-')?;
-    Some(MapsLine {
-        start: u64::from_str_radix(start, 16).ok()?,
-        end: u64::from_str_radix(end, 16).ok()?,
-        executable: perms.as_bytes().get(2) == Some(&b'x'),
-        offset: u64::from_str_radix(offset, 16).ok()?,
-        device,
-        inode: inode.parse().ok()?,
-        path,
-    })
 }
 
 /// What headroom learned about one executable file.
@@ -149,12 +115,12 @@ impl ModuleCache {
 
     /// The executable mappings of a live process, opening files not seen before.
     pub fn snapshot_process(&mut self, proc_root: &Path, pid: u32) -> Vec<ExecMapping> {
-        let Ok(maps) = std::fs::read_to_string(proc_root.join(format!("proc/{pid}/maps"))) else {
+        let Some(maps) = procfs::read_maps(proc_root, pid) else {
             return Vec::new();
         };
         maps.lines()
-            .filter_map(parse_maps_line)
-            .filter(|line| line.executable)
+            .filter_map(|line| procfs::parse_maps_line(line).ok())
+            .filter(MapsLine::executable)
             .map(|line| {
                 let (module, name) = self.module_for(proc_root, pid, &line);
                 ExecMapping {
@@ -389,23 +355,6 @@ fn read_unwind_sections(file: &File) -> Option<UnwindSections> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parses_maps_lines() {
-        let line = parse_maps_line(
-            "7f2c1a228000-7f2c1a3a1000 r-xp 00026000 fe:01 1837606                    /usr/lib/x86_64-linux-gnu/libc.so.6",
-        )
-        .expect("parsed");
-        assert_eq!(line.start, 0x7f2c1a228000);
-        assert!(line.executable);
-        assert_eq!(line.offset, 0x26000);
-        assert_eq!(line.inode, 1837606);
-        assert_eq!(line.path, "/usr/lib/x86_64-linux-gnu/libc.so.6");
-        let anon = parse_maps_line("7ffd5a1f0000-7ffd5a1f2000 r-xp 00000000 00:00 0").expect("ok");
-        assert_eq!((anon.inode, anon.path), (0, ""));
-        assert!(parse_maps_line("garbage").is_none());
-        assert!(parse_maps_line("zz-10 r-xp 0 00:00 0").is_none());
-    }
 
     #[test]
     fn a_host_path_in_maps_is_opened_below_the_process_root_only() {

@@ -1,0 +1,255 @@
+//! A cgroup's memory charge, peak, limit and OOM kills, read from the v2 files or the v1
+//! memory controller's, and the parsers of those files.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+};
+
+use super::CgroupError;
+
+/// Reads a cgroup's memory charge: cgroup v2 files when the unified cgroup has the memory
+/// controller, otherwise the v1 memory cgroup's. Files are kept open and re-read from offset 0,
+/// so a 10 ms sampling loop costs one pread per sample.
+#[derive(Debug)]
+pub struct ChargeReader {
+    version: ChargeVersion,
+    dir: PathBuf,
+    current: fs::File,
+    /// v2 memory.peak opened once; on kernels that support it, writing to it resets the peak
+    /// seen through this descriptor only (never other readers').
+    window_peak: Option<fs::File>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChargeVersion {
+    V1,
+    V2,
+}
+
+/// v1 reports "no limit" as a huge page-aligned number.
+const V1_UNLIMITED: u64 = 1 << 62;
+
+fn read_number(file: &fs::File) -> Option<u64> {
+    use std::os::unix::fs::FileExt as _;
+    let mut buffer = [0u8; 32];
+    let length = file.read_at(&mut buffer, 0).ok()?;
+    parse_number(buffer.get(..length)?)
+}
+
+/// A single-number cgroup file (memory.current, memory.peak, memory.usage_in_bytes, ...).
+/// Public for the fuzz targets.
+pub fn parse_number(bytes: &[u8]) -> Option<u64> {
+    std::str::from_utf8(bytes).ok()?.trim().parse().ok()
+}
+
+fn read_key(path: &Path, key: &str) -> Option<u64> {
+    parse_key(&fs::read_to_string(path).ok()?, key)
+}
+
+/// The value of `key` in a flat-keyed cgroup file (`name value` lines: memory.stat,
+/// memory.events, memory.oom_control). Public for the fuzz targets.
+pub fn parse_key(text: &str, key: &str) -> Option<u64> {
+    text.lines().find_map(|line| {
+        let (name, value) = line.split_once(' ')?;
+        (name == key).then(|| value.trim().parse().ok()).flatten()
+    })
+}
+
+impl ChargeReader {
+    /// A reader for the cgroup at `unified_dir` (and its v1 memory twin, if any).
+    pub fn open(unified_dir: &Path, memory_v1_dir: Option<&Path>) -> Option<Self> {
+        if let Ok(current) = fs::File::open(unified_dir.join("memory.current")) {
+            let window_peak = fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(unified_dir.join("memory.peak"))
+                .ok();
+            return Some(Self {
+                version: ChargeVersion::V2,
+                dir: unified_dir.to_path_buf(),
+                current,
+                window_peak,
+            });
+        }
+        let dir = memory_v1_dir?;
+        let current = fs::File::open(dir.join("memory.usage_in_bytes")).ok()?;
+        Some(Self {
+            version: ChargeVersion::V1,
+            dir: dir.to_path_buf(),
+            current,
+            window_peak: None,
+        })
+    }
+
+    pub fn version(&self) -> ChargeVersion {
+        self.version
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The charge now.
+    pub fn current(&self) -> Option<u64> {
+        read_number(&self.current)
+    }
+
+    /// v2 only: the kernel's peak since the last call, reset per descriptor (Linux 6.12+).
+    /// None where unsupported; callers then rely on sampling.
+    pub fn take_window_peak(&mut self) -> Option<u64> {
+        use std::io::Write as _;
+        let file = self.window_peak.as_mut()?;
+        let peak = read_number(file)?;
+        if file.write_all(b"reset\n").is_err() {
+            // No per-fd reset on this kernel: the value is a lifetime peak, useless per window.
+            self.window_peak = None;
+            return None;
+        }
+        Some(peak)
+    }
+
+    /// The kernel's high-water mark over the cgroup's life, and where it came from. v1's
+    /// `max_usage_in_bytes` is read, never reset: other readers rely on it.
+    pub fn lifetime_peak(&self) -> Option<(u64, &'static str)> {
+        let read = |name: &str| {
+            fs::File::open(self.dir.join(name))
+                .ok()
+                .and_then(|f| read_number(&f))
+        };
+        match self.version {
+            ChargeVersion::V2 => read("memory.peak").map(|peak| (peak, "memory.peak")),
+            ChargeVersion::V1 => {
+                read("memory.max_usage_in_bytes").map(|peak| (peak, "memory.max_usage_in_bytes"))
+            }
+        }
+    }
+
+    /// Inactive file pages, which the kubelet subtracts to get the working set.
+    pub fn inactive_file(&self) -> Option<u64> {
+        let key = match self.version {
+            ChargeVersion::V2 => "inactive_file",
+            ChargeVersion::V1 => "total_inactive_file",
+        };
+        read_key(&self.dir.join("memory.stat"), key)
+    }
+
+    /// The effective limit: the lowest of this cgroup's and its ancestors'. None: unlimited.
+    pub fn limit(&self) -> Option<u64> {
+        match self.version {
+            ChargeVersion::V1 => {
+                read_key(&self.dir.join("memory.stat"), "hierarchical_memory_limit")
+                    .filter(|&limit| limit < V1_UNLIMITED)
+            }
+            ChargeVersion::V2 => {
+                let mut lowest: Option<u64> = None;
+                let mut dir = Some(self.dir.as_path());
+                while let Some(current) = dir {
+                    match fs::read_to_string(current.join("memory.max")) {
+                        Ok(text) => {
+                            if let Ok(limit) = text.trim().parse::<u64>() {
+                                lowest = Some(lowest.map_or(limit, |l| l.min(limit)));
+                            }
+                        }
+                        Err(_) => break,
+                    }
+                    dir = current.parent();
+                }
+                lowest
+            }
+        }
+    }
+
+    /// OOM kills the kernel counted in this cgroup (v2 memory.events, v1 memory.oom_control).
+    pub fn oom_kills(&self) -> Option<u64> {
+        match self.version {
+            ChargeVersion::V2 => read_key(&self.dir.join("memory.events"), "oom_kill"),
+            ChargeVersion::V1 => read_key(&self.dir.join("memory.oom_control"), "oom_kill"),
+        }
+    }
+
+    /// Sets the cgroup's own limit (capture `--memory-limit`).
+    pub fn set_limit(&self, bytes: u64) -> Result<(), CgroupError> {
+        let file = match self.version {
+            ChargeVersion::V2 => self.dir.join("memory.max"),
+            ChargeVersion::V1 => self.dir.join("memory.limit_in_bytes"),
+        };
+        fs::write(&file, bytes.to_string())
+            .map_err(|source| CgroupError::Create { path: file, source })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_files_parse_or_give_none() {
+        let stat = "anon 104857600\ninactive_file 1024000\noom_kill x\noom_kill 3\n";
+        assert_eq!(parse_key(stat, "inactive_file"), Some(1_024_000));
+        assert_eq!(parse_key(stat, "oom_kill"), Some(3));
+        assert_eq!(parse_key(stat, "file"), None);
+        assert_eq!(parse_key("", "anon"), None);
+        assert_eq!(parse_number(b"268435456\n"), Some(268_435_456));
+        assert_eq!(parse_number(b"max\n"), None);
+        assert_eq!(parse_number(&[0xff, b'1']), None);
+    }
+
+    #[test]
+    fn charge_reader_reads_v1_files() {
+        let dir = std::env::temp_dir().join(format!("headroom-charge-v1-{}", std::process::id()));
+        fs::create_dir_all(&dir).expect("fixture");
+        fs::write(dir.join("memory.usage_in_bytes"), "1048576\n").expect("fixture");
+        fs::write(dir.join("memory.max_usage_in_bytes"), "4194304\n").expect("fixture");
+        fs::write(
+            dir.join("memory.stat"),
+            "cache 0\nhierarchical_memory_limit 9223372036854771712\ntotal_inactive_file 4096\n",
+        )
+        .expect("fixture");
+        fs::write(
+            dir.join("memory.oom_control"),
+            "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n",
+        )
+        .expect("fixture");
+        let missing_v2 = dir.join("no-such-unified");
+        let reader = ChargeReader::open(&missing_v2, Some(&dir)).expect("v1 reader");
+        assert_eq!(reader.version(), ChargeVersion::V1);
+        assert_eq!(reader.current(), Some(1 << 20));
+        assert_eq!(
+            reader.lifetime_peak(),
+            Some((4 << 20, "memory.max_usage_in_bytes"))
+        );
+        assert_eq!(reader.inactive_file(), Some(4096));
+        assert_eq!(reader.limit(), None);
+        assert_eq!(reader.oom_kills(), Some(2));
+        fs::write(
+            dir.join("memory.stat"),
+            "hierarchical_memory_limit 67108864\n",
+        )
+        .expect("fixture");
+        assert_eq!(reader.limit(), Some(64 << 20));
+        fs::remove_dir_all(&dir).expect("cleanup");
+    }
+
+    #[test]
+    fn charge_reader_reads_v2_files_and_the_lowest_ancestor_limit() {
+        let base = std::env::temp_dir().join(format!("headroom-charge-v2-{}", std::process::id()));
+        let dir = base.join("pod/container");
+        fs::create_dir_all(&dir).expect("fixture");
+        fs::write(base.join("memory.max"), "max\n").expect("fixture");
+        fs::write(base.join("pod/memory.max"), "268435456\n").expect("fixture");
+        fs::write(dir.join("memory.max"), "536870912\n").expect("fixture");
+        fs::write(dir.join("memory.current"), "123\n").expect("fixture");
+        fs::write(
+            dir.join("memory.events"),
+            "low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n",
+        )
+        .expect("fixture");
+        let reader = ChargeReader::open(&dir, None).expect("v2 reader");
+        assert_eq!(reader.version(), ChargeVersion::V2);
+        assert_eq!(reader.current(), Some(123));
+        assert_eq!(reader.limit(), Some(256 << 20));
+        assert_eq!(reader.oom_kills(), Some(1));
+        fs::remove_dir_all(&base).expect("cleanup");
+    }
+}

@@ -1,0 +1,98 @@
+//! /proc/PID/status: thread count, resident memory by member, reserved address space.
+
+use std::path::Path;
+
+use super::read_proc_file;
+
+/// The `Threads:` count of /proc/PID/status.
+pub fn thread_count(root: &Path, pid: u32) -> Option<u64> {
+    let status = read_proc_file(root, Some(pid), "status").ok()?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("Threads:"))
+        .and_then(|count| count.trim().parse().ok())
+}
+
+/// Resident memory of a process by `profiler_common::rss_member` (file, anon, swap, shmem),
+/// in bytes, from /proc/PID/status (the same per-mm counters rss_stat reports).
+pub fn resident_by_member(root: &Path, pid: u32) -> Option<[i64; 4]> {
+    let status = read_proc_file(root, Some(pid), "status").ok()?;
+    Some(parse_status_resident(&status))
+}
+
+/// [`resident_by_member`] of a /proc/PID/status text; unreadable values count as 0.
+pub fn parse_status_resident(status: &str) -> [i64; 4] {
+    let read = |key: &str| -> i64 {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(key))
+            .and_then(|rest| {
+                rest.trim()
+                    .trim_end_matches("kB")
+                    .trim()
+                    .parse::<i64>()
+                    .ok()
+            })
+            .and_then(|kib| kib.checked_mul(1024))
+            .unwrap_or(0)
+    };
+    [
+        read("RssFile:"),
+        read("RssAnon:"),
+        read("VmSwap:"),
+        read("RssShmem:"),
+    ]
+}
+
+/// Address space reserved by a process (VmSize of /proc/PID/status), in bytes.
+pub fn reserved_bytes(root: &Path, pid: u32) -> Option<u64> {
+    let status = read_proc_file(root, Some(pid), "status").ok()?;
+    parse_status_vm_size(&status)
+}
+
+/// VmSize of a /proc/PID/status text, in bytes.
+pub fn parse_status_vm_size(status: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmSize:"))
+        .and_then(|rest| {
+            rest.trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
+        .and_then(|kib| kib.checked_mul(1024))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_resident_members_from_status() {
+        let status = "Name:\tx\nVmSwap:\t       8 kB\nRssAnon:\t   49152 kB\nRssFile:\t    1024 kB\nRssShmem:\t       0 kB\n";
+        assert_eq!(
+            parse_status_resident(status),
+            [1024 * 1024, 48 << 20, 8192, 0]
+        );
+        assert_eq!(parse_status_resident("garbage"), [0; 4]);
+        // A value too large to be bytes is skipped, not overflowed.
+        let status = "RssAnon:\t99999999999999999 kB\nRssFile:\t4 kB\n";
+        assert_eq!(parse_status_resident(status), [4096, 0, 0, 0]);
+    }
+
+    #[test]
+    fn vm_size_is_read_in_bytes_and_garbage_is_none() {
+        assert_eq!(
+            parse_status_vm_size("Name:\tx\nVmSize:\t  2048 kB\n"),
+            Some(2 << 20)
+        );
+        assert_eq!(
+            parse_status_vm_size("VmSize:\t99999999999999999999 kB\n"),
+            None
+        );
+        assert_eq!(parse_status_vm_size("VmSize: lots\n"), None);
+        assert_eq!(parse_status_vm_size(""), None);
+    }
+}
