@@ -5,7 +5,7 @@
 use libfuzzer_sys::fuzz_target;
 use profiler::{
     agent::config::AgentConfig,
-    cli::{parse_bytes, parse_duration, parse_headroom},
+    units::{parse_bytes, parse_duration, parse_headroom},
 };
 
 fuzz_target!(|data: &[u8]| {
