@@ -20,12 +20,15 @@ pub use crate::report::{Attribution, KubernetesMeta, Qos, Runtime};
 pub use kubernetes::{ContainerInfo, PodCache, PodInfo};
 pub use paths::{parse_cgroup_path, CgroupDriver, PathError, PathIdentity};
 
-/// Where pod names come from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Where pod names come from. Also the value of `headroom capture --metadata`: the variants'
+/// doc comments are its `--help` text.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum MetadataSource {
-    /// The Kubernetes API when a configuration is found, else none.
+    /// The Kubernetes API if a configuration is found, else none.
     Auto,
+    /// The Kubernetes API; fail without a configuration.
     Kubernetes,
+    /// No names: containers are identified by pod UID and container id only.
     None,
 }
 
