@@ -19,7 +19,9 @@ use crate::{
     exporters::{ContainerFigures, ContainerLabels, Metrics},
     probes::{KernelView, ProbeError},
     procfs,
-    recording::{ChargeFacts, KernelBucket, PeakPolicy, Recorder, TargetReportBuilder},
+    recording::{
+        ChargeBucket, ChargeFacts, KernelBucket, PeakPolicy, Recorder, TargetReportBuilder,
+    },
     report::{Attribution, KubernetesMeta, Recommendation, TargetKind, TargetReport},
     sizing::{self, Observation},
 };
@@ -350,7 +352,8 @@ impl Container {
                 .as_deref()
                 .and_then(|path| node.hierarchies.charge_reader(path));
         }
-        self.charged_now = self.charge.as_ref().and_then(ChargeReader::current);
+        let charge = self.charge.as_mut().and_then(ChargeBucket::read_charge);
+        self.charged_now = charge.map(|bucket| bucket.current);
         if self.charged_now.is_none() {
             // Gone, or not readable: reopened later; the expiry check decides.
             self.charge = None;
@@ -359,13 +362,12 @@ impl Container {
             self.read_slow(node);
         }
         self.counters = counters;
-        if let Some(charged) = self.charged_now {
-            self.recorder.sample_charge(elapsed_ms, charged);
-        }
+        // The interval's kernel peak (v2 6.12+), or a new lifetime record: a spike between two
+        // ticks still reaches the timeline and the exported peak.
         self.recorder.close_bucket(
             elapsed_ms,
             KernelBucket::from_kernel(&counters, None, 0),
-            None,
+            charge,
         );
     }
 
@@ -410,7 +412,7 @@ impl Container {
         let previous = &self.figures;
         ContainerFigures {
             charged_bytes: self.charged_now.filter(|_| self.path.is_some()),
-            charged_peak_bytes: Some(self.recorder.sampled_charge_peak()).filter(|&p| p > 0),
+            charged_peak_bytes: Some(self.recorder.charge_peak()).filter(|&p| p > 0),
             startup_peak_bytes: match (report, memory) {
                 (Some(_), Some(m)) => m.startup_seconds.map(|_| m.startup_peak_bytes),
                 (Some(_), None) => None,
@@ -606,6 +608,57 @@ mod tests {
         assert_eq!(metric(&registry, "headroom_container_threads"), Some(3.0));
         assert_eq!(target.spikes.len(), 1);
         assert_eq!(target.spikes[0].peak_bytes, 250 * MIB);
+    }
+
+    /// A 400 MiB spike that rises and falls between two ticks reaches the exported peak and
+    /// the timeline through the kernel's per-interval peak (v2 memory.peak, reset per
+    /// descriptor): sampling the charge at each tick alone would report 100 MiB.
+    #[test]
+    fn a_spike_between_two_ticks_is_exported_from_the_kernels_interval_peak() {
+        let node = FakeNode::new("spike");
+        node.write("memory.peak", &format!("{}\n", 100 * MIB));
+        let mut resolver = CgroupResolver::new(&node.root, 16);
+        let registry = Registry::new();
+        let metrics = Metrics::new(&registry).expect("metrics");
+        let mut table = table();
+        let mut kernel = FakeKernel::default();
+        let id = node.id();
+        for number in 1..=30u64 {
+            node.set_charge(100 * MIB);
+            let peak = if number == 20 { 400 * MIB } else { 100 * MIB };
+            node.write("memory.peak", &format!("{peak}\n"));
+            kernel.set_resident(id, 90 * MIB, 0, 1);
+            tick(
+                &mut table,
+                &mut kernel,
+                &node,
+                &mut resolver,
+                &metrics,
+                number,
+            );
+        }
+        assert_eq!(
+            metric(&registry, "headroom_container_memory_charged_peak_bytes"),
+            Some((400 * MIB) as f64)
+        );
+        assert_eq!(
+            metric(&registry, "headroom_container_memory_charged_bytes"),
+            Some((100 * MIB) as f64)
+        );
+        let report = table.get(id).expect("tracked").report(id, table.interval());
+        let charged: Vec<u64> = report.timeline.buckets.iter().map(|b| b.charged).collect();
+        assert_eq!(
+            charged.iter().filter(|&&c| c == 400 * MIB).count(),
+            1,
+            "{charged:?}"
+        );
+        let memory = report.memory.expect("charge");
+        assert_eq!(memory.peak_bytes, 400 * MIB);
+        assert!(
+            memory.peak_source.contains("reset per interval"),
+            "{}",
+            memory.peak_source
+        );
     }
 
     #[test]

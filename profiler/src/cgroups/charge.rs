@@ -17,8 +17,30 @@ pub struct ChargeReader {
     dir: PathBuf,
     current: fs::File,
     /// v2 memory.peak opened once; on kernels that support it, writing to it resets the peak
-    /// seen through this descriptor only (never other readers').
+    /// seen through this descriptor only (never other readers'). None where that does not work.
     window_peak: Option<fs::File>,
+    /// The lifetime high-water mark (v2 memory.peak, v1 memory.max_usage_in_bytes), kept open
+    /// for where per-descriptor resets do not work, and its value at the last reading.
+    lifetime_peak: Option<fs::File>,
+    last_lifetime_peak: u64,
+}
+
+/// The highest charge of an interval, and how it is known.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IntervalPeak {
+    /// The kernel's peak over exactly this interval (v2, reset per descriptor, Linux 6.12+).
+    Window(u64),
+    /// The cgroup's lifetime high-water mark rose during the interval to this value: exact for
+    /// a new record, blind to a lower spike between two readings (v1, v2 before 6.12).
+    NewRecord(u64),
+}
+
+impl IntervalPeak {
+    pub fn bytes(self) -> u64 {
+        match self {
+            Self::Window(bytes) | Self::NewRecord(bytes) => bytes,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -56,29 +78,48 @@ pub fn parse_key(text: &str, key: &str) -> Option<u64> {
     })
 }
 
+/// Opens v2 memory.peak for per-descriptor windows and starts the first window now, so the
+/// first interval does not report the cgroup's lifetime peak. None where the kernel does not
+/// reset per descriptor (before 6.12 the file is read-only).
+fn open_window_peak(path: &Path) -> Option<fs::File> {
+    let mut file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .ok()?;
+    reset_peak(&mut file).then_some(file)
+}
+
+/// Resets the peak seen through this descriptor; false where the kernel refuses.
+fn reset_peak(file: &mut fs::File) -> bool {
+    use std::io::Write as _;
+    file.write_all(b"reset\n").is_ok()
+}
+
 impl ChargeReader {
     /// A reader for the cgroup at `unified_dir` (and its v1 memory twin, if any).
     pub fn open(unified_dir: &Path, memory_v1_dir: Option<&Path>) -> Option<Self> {
         if let Ok(current) = fs::File::open(unified_dir.join("memory.current")) {
-            let window_peak = fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(unified_dir.join("memory.peak"))
-                .ok();
+            let lifetime_peak = fs::File::open(unified_dir.join("memory.peak")).ok();
             return Some(Self {
                 version: ChargeVersion::V2,
                 dir: unified_dir.to_path_buf(),
                 current,
-                window_peak,
+                window_peak: open_window_peak(&unified_dir.join("memory.peak")),
+                last_lifetime_peak: lifetime_peak.as_ref().and_then(read_number).unwrap_or(0),
+                lifetime_peak,
             });
         }
         let dir = memory_v1_dir?;
         let current = fs::File::open(dir.join("memory.usage_in_bytes")).ok()?;
+        let lifetime_peak = fs::File::open(dir.join("memory.max_usage_in_bytes")).ok();
         Some(Self {
             version: ChargeVersion::V1,
             dir: dir.to_path_buf(),
             current,
             window_peak: None,
+            last_lifetime_peak: lifetime_peak.as_ref().and_then(read_number).unwrap_or(0),
+            lifetime_peak,
         })
     }
 
@@ -95,18 +136,29 @@ impl ChargeReader {
         read_number(&self.current)
     }
 
-    /// v2 only: the kernel's peak since the last call, reset per descriptor (Linux 6.12+).
-    /// None where unsupported; callers then rely on sampling.
-    pub fn take_window_peak(&mut self) -> Option<u64> {
-        use std::io::Write as _;
-        let file = self.window_peak.as_mut()?;
-        let peak = read_number(file)?;
-        if file.write_all(b"reset\n").is_err() {
-            // No per-fd reset on this kernel: the value is a lifetime peak, useless per window.
+    /// The highest charge since the last call (or since the reader was opened): the
+    /// kernel's own per-descriptor window where it has one, else the lifetime high-water mark
+    /// when it rose. None when neither says anything (callers then rely on sampling).
+    pub fn interval_peak(&mut self) -> Option<IntervalPeak> {
+        if let Some(file) = self.window_peak.as_mut() {
+            let peak = read_number(file);
+            if reset_peak(file) {
+                return peak.map(IntervalPeak::Window);
+            }
+            // The reset stopped working (it never should): fall back to records.
             self.window_peak = None;
-            return None;
         }
-        Some(peak)
+        let lifetime = read_number(self.lifetime_peak.as_ref()?)?;
+        if lifetime > self.last_lifetime_peak {
+            self.last_lifetime_peak = lifetime;
+            return Some(IntervalPeak::NewRecord(lifetime));
+        }
+        None
+    }
+
+    /// Whether [`Self::interval_peak`] gives exact windows (v2 with per-descriptor resets).
+    pub fn has_windows(&self) -> bool {
+        self.window_peak.is_some()
     }
 
     /// The kernel's high-water mark over the cgroup's life, and where it came from. v1's

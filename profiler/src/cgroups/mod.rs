@@ -19,7 +19,7 @@ mod mounts;
 mod paths;
 mod session;
 
-pub use charge::{parse_key, parse_number, ChargeReader, ChargeVersion};
+pub use charge::{parse_key, parse_number, ChargeReader, ChargeVersion, IntervalPeak};
 pub use mounts::{parse_mountinfo, Hierarchies};
 pub use paths::{
     cgroup_id, parse_proc_cgroup, process_cgroups, resolve_cgroup_path, ProcessCgroups,

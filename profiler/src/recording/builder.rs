@@ -59,26 +59,40 @@ impl ChargeFacts {
     /// The charge peak, how it is known, and that in words.
     fn peak(&self, recorder: &Recorder, sample_interval_ms: u64) -> (u64, PeakSource, String) {
         let sampled = recorder.sampled_charge_peak();
+        let recorded = recorder.charge_peak();
         let (peak, source, words) = match (self.policy, self.lifetime_peak) {
             (PeakPolicy::AgentIntervals { interval_ms }, _) => (
-                sampled,
+                recorded,
                 PeakSource::AgentIntervals,
                 format!(
-                    "the cgroup's kernel high-water mark when the agent first saw it, then the maximum of every {interval_ms} ms interval"
+                    "the cgroup's kernel high-water mark when the agent first saw it, then every {interval_ms} ms interval's {}",
+                    if recorder.window_charge_peak().is_some() {
+                        "kernel peak (memory.peak, reset per interval through the agent's own descriptor)"
+                    } else {
+                        "charge and each new kernel high-water mark"
+                    }
                 ),
             ),
             (PeakPolicy::OwnCgroup, Some((peak, file))) => (
-                peak.max(sampled),
+                peak.max(recorded),
                 PeakSource::SessionHighWaterMark,
                 format!("{file} (kernel high-water mark of the session's own cgroup)"),
             ),
-            _ => match recorder.window_charge_peak() {
-                Some(peak) => (
-                    peak.max(sampled),
+            _ => match (recorder.window_charge_peak(), recorder.record_charge_peak()) {
+                (Some(_), _) => (
+                    recorded,
                     PeakSource::WindowedHighWaterMark,
                     "memory.peak, reset per window through headroom's own descriptor".to_owned(),
                 ),
-                None => (
+                (None, Some(record)) if record >= sampled => (
+                    recorded,
+                    PeakSource::NewRecordHighWaterMark,
+                    format!(
+                        "the cgroup's high-water mark ({}), which rose to a new record during the capture",
+                        self.lifetime_peak.map_or("memory.peak", |(_, file)| file)
+                    ),
+                ),
+                _ => (
                     sampled,
                     PeakSource::Samples,
                     format!(

@@ -5,7 +5,7 @@ use profiler_common::{rss_member, MemoryCounters, WindowPeaks};
 
 use crate::{
     accounting::timeline::Timeline,
-    cgroups::ChargeReader,
+    cgroups::{ChargeReader, IntervalPeak},
     report::{BucketPeaks, ResidentMemory},
 };
 
@@ -49,21 +49,32 @@ impl KernelBucket {
 /// The charge's figures for one bucket.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ChargeBucket {
-    /// The kernel's own peak over the bucket, where the cgroup keeps one per descriptor.
-    pub window_peak: Option<u64>,
+    /// The kernel's own peak over the bucket, where it says (see [`IntervalPeak`]).
+    pub interval_peak: Option<IntervalPeak>,
     pub current: u64,
+    /// Charge minus inactive file pages; 0 when not read.
     pub working_set: u64,
 }
 
 impl ChargeBucket {
-    /// Reads the charge at a bucket's end; None when the cgroup is gone or unreadable.
+    /// Reads the charge at a bucket's end, with the working set (one more file read);
+    /// None when the cgroup is gone or unreadable.
     pub fn read(charge: &mut ChargeReader) -> Option<Self> {
-        let window_peak = charge.take_window_peak();
+        let mut bucket = Self::read_charge(charge)?;
+        bucket.working_set = bucket
+            .current
+            .saturating_sub(charge.inactive_file().unwrap_or(0));
+        Some(bucket)
+    }
+
+    /// The charge and its interval peak only (the agent's per-container tick).
+    pub fn read_charge(charge: &mut ChargeReader) -> Option<Self> {
+        let interval_peak = charge.interval_peak();
         let current = charge.current()?;
         Some(Self {
-            window_peak,
+            interval_peak,
             current,
-            working_set: current.saturating_sub(charge.inactive_file().unwrap_or(0)),
+            working_set: 0,
         })
     }
 }
@@ -74,6 +85,7 @@ pub struct Recorder {
     timeline: Timeline,
     sampled_charge_peak: u64,
     window_charge_peak: Option<u64>,
+    record_charge_peak: Option<u64>,
     resident_peak: u64,
     anon_peak: u64,
 }
@@ -85,6 +97,7 @@ impl Recorder {
             timeline: Timeline::new(bucket_ms, buckets),
             sampled_charge_peak: 0,
             window_charge_peak: None,
+            record_charge_peak: None,
             resident_peak: 0,
             anon_peak: 0,
         }
@@ -124,11 +137,17 @@ impl Recorder {
             ..BucketPeaks::default()
         };
         if let Some(charge) = charge {
-            if let Some(window_peak) = charge.window_peak {
-                self.window_charge_peak =
-                    Some(self.window_charge_peak.unwrap_or(0).max(window_peak));
+            if let Some(peak) = charge.interval_peak {
+                let kept = match peak {
+                    IntervalPeak::Window(_) => &mut self.window_charge_peak,
+                    IntervalPeak::NewRecord(_) => &mut self.record_charge_peak,
+                };
+                *kept = Some(kept.unwrap_or(0).max(peak.bytes()));
             }
-            peaks.charged = charge.window_peak.unwrap_or(0).max(charge.current);
+            peaks.charged = charge
+                .interval_peak
+                .map_or(0, IntervalPeak::bytes)
+                .max(charge.current);
             peaks.working_set = charge.working_set;
             self.sampled_charge_peak = self.sampled_charge_peak.max(charge.current);
         }
@@ -149,9 +168,21 @@ impl Recorder {
         self.window_charge_peak
     }
 
+    /// Highest new record of the cgroup's lifetime high-water mark seen while recording.
+    pub fn record_charge_peak(&self) -> Option<u64> {
+        self.record_charge_peak
+    }
+
+    /// The charge peak recorded: samples, windows and records together.
+    pub fn charge_peak(&self) -> u64 {
+        self.sampled_charge_peak
+            .max(self.window_charge_peak.unwrap_or(0))
+            .max(self.record_charge_peak.unwrap_or(0))
+    }
+
     /// The highest figure so far, for progress displays.
     pub fn live_peak(&self) -> u64 {
-        self.sampled_charge_peak.max(self.resident_peak)
+        self.charge_peak().max(self.resident_peak)
     }
 
     /// Resident memory as this recorder saw it: peaks of its own buckets, not of the
@@ -192,7 +223,7 @@ mod tests {
             49,
             KernelBucket::default(),
             Some(ChargeBucket {
-                window_peak: None,
+                interval_peak: None,
                 current: 100 * MIB,
                 working_set: 90 * MIB,
             }),
@@ -211,7 +242,7 @@ mod tests {
             20,
             KernelBucket::default(),
             Some(ChargeBucket {
-                window_peak: Some(500 * MIB),
+                interval_peak: Some(IntervalPeak::Window(500 * MIB)),
                 current: 100 * MIB,
                 working_set: 100 * MIB,
             }),

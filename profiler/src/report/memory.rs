@@ -12,6 +12,9 @@ pub enum PeakSource {
     /// The kernel's high-water mark reset per window through headroom's own descriptor
     /// (exact within the session; v2 `memory.peak` on kernels that reset it per descriptor).
     WindowedHighWaterMark,
+    /// The cgroup's lifetime high-water mark rose to a new record during the capture (v1, and
+    /// v2 before per-descriptor resets): exact, since the record is the session's own.
+    NewRecordHighWaterMark,
     /// The cgroup's lifetime high-water mark, which predates the capture.
     LifetimeHighWaterMark,
     /// The high-water mark when the agent first saw the cgroup, then per-interval maxima.
