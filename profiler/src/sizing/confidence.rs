@@ -1,0 +1,49 @@
+//! Confidence: how much was observed, never more certainty than that.
+
+use super::{wording::plural, Observation};
+use crate::report::Confidence;
+
+/// Starts at 3 (high) and loses a point for under a minute observed, a point for a startup not
+/// seen through, and two for a leak; each reason says what was (or was not) seen.
+pub(super) fn confidence(o: &Observation, leak: bool) -> (Confidence, Vec<String>) {
+    let mut score = 3;
+    let mut reasons = Vec::new();
+    if o.duration_seconds < 60.0 {
+        score -= 1;
+        reasons.push(format!(
+            "observed {:.0} s: less than a minute of steady state",
+            o.duration_seconds
+        ));
+    } else {
+        reasons.push(format!("observed {:.0} s", o.duration_seconds));
+    }
+    if o.saw_start && o.startup_seconds.is_some() {
+        reasons.push("startup seen from the first process to steady state".to_owned());
+    } else if !o.saw_start {
+        score -= 1;
+        reasons.push(
+            "the capture began after the target started: its startup peak was not seen".to_owned(),
+        );
+    } else {
+        score -= 1;
+        reasons.push("startup did not end during the capture".to_owned());
+    }
+    let (spikes, ooms) = (o.spikes.len() as u64, o.ooms.len() as u64);
+    reasons.push(format!(
+        "{spikes} spike{}, {ooms} OOM kill{}, {} restart{}",
+        plural(spikes),
+        plural(ooms),
+        o.restarts,
+        plural(o.restarts),
+    ));
+    if leak {
+        score -= 2;
+        reasons.push("a sustained upward trend (possible leak)".to_owned());
+    }
+    let confidence = match score {
+        3.. => Confidence::High,
+        2 => Confidence::Medium,
+        _ => Confidence::Low,
+    };
+    (confidence, reasons)
+}
