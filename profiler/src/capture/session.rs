@@ -433,7 +433,7 @@ mod tests {
         assert_eq!(target.spikes[0].peak_bytes, 400 * MIB);
         assert!((target.spikes[0].start_seconds - 7.0).abs() < 0.11);
         let recommendation = target.recommendation.as_ref().expect("recommended");
-        assert_eq!(recommendation.worst_peak_bytes, 400 * MIB);
+        assert_eq!(recommendation.worst_peak_source, PeakKind::Spike);
         assert_eq!(recommendation.limit_bytes, 500 * MIB);
         assert_eq!(recommendation.request_bytes, 100 * MIB);
         assert_eq!(target.threads.peak, Some(3));

@@ -40,8 +40,10 @@ fn oom_floor(o: &Observation) -> u64 {
 }
 
 /// The highest of the OOM floor, the largest spike, the peak after startup and the startup
-/// peak (a tie goes to the later of those), never below the highest charge seen. When startup
-/// did not end, the highest charge seen stands for both the startup peak and the peak after it.
+/// peak, never below the highest charge seen. A tie goes to the most specific cause: an OOM
+/// floor, then a spike (a spike's buckets are part of the steady series too, so its peak always
+/// ties with the steady maximum), then startup, then steady state. When startup did not end,
+/// the highest charge seen stands for both the startup peak and the peak after it.
 pub(super) fn worst_peak(o: &Observation, steady_peak: u64) -> WorstPeak {
     let spike_peak = o.spikes.iter().map(|s| s.peak_bytes).max().unwrap_or(0);
     let (startup_peak, seen_after_startup) = if o.startup_seconds.is_some() {
@@ -49,11 +51,12 @@ pub(super) fn worst_peak(o: &Observation, steady_peak: u64) -> WorstPeak {
     } else {
         (o.peak_bytes, o.peak_bytes)
     };
+    // max_by_key keeps the last of equal maxima: least specific first.
     let candidates = [
-        (PeakKind::Oom, oom_floor(o)),
-        (PeakKind::Spike, spike_peak),
         (PeakKind::Steady, steady_peak.max(seen_after_startup)),
         (PeakKind::Startup, startup_peak),
+        (PeakKind::Spike, spike_peak),
+        (PeakKind::Oom, oom_floor(o)),
     ];
     let (source, bytes) = candidates
         .iter()

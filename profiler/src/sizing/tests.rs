@@ -230,4 +230,26 @@ mod properties {
             prop_assert!(recommend(&o, low + more).0.limit_bytes >= recommend(&o, low).0.limit_bytes);
         }
     }
+
+    #[test]
+    fn a_spike_that_ties_with_the_steady_maximum_is_named_as_the_spike() {
+        // The spike's own bucket is in the steady series, so the two maxima are equal.
+        let mut series = vec![100 * MIB; 600];
+        series[300] = 300 * MIB;
+        let mut o = observation(series);
+        o.startup_peak_bytes = 120 * MIB;
+        o.spikes = vec![SpikeSeen {
+            start_seconds: 32.0,
+            duration_ms: 100,
+            peak_bytes: 300 * MIB,
+        }];
+        o.peak_bytes = 300 * MIB;
+        let (r, _) = recommend(&o, 0.25);
+        assert_eq!(r.worst_peak_source, PeakKind::Spike);
+        assert!(
+            r.reasons[0].contains("spike peak 300.0 MiB"),
+            "{}",
+            r.reasons[0]
+        );
+    }
 }
