@@ -67,6 +67,42 @@ fn procs_files(relative: &str) -> Vec<PathBuf> {
         .collect()
 }
 
+/// Starts a fake Kubernetes API on loopback (in a thread of its own, for as long as the test
+/// runs) that knows pod shop/web-1 with this UID and container, and writes a kubeconfig for it.
+fn fake_api_kubeconfig(pod_uid: &str, container_id: &str, tag: &str) -> PathBuf {
+    let pid = std::process::id();
+    // The API server, on loopback, in a thread of its own for as long as the test runs.
+    let api = common::fake_api::FakeApi::new(vec![common::fake_api::pod(
+        "web-1",
+        pod_uid,
+        Some(container_id),
+    )]);
+    let (url_tx, url_rx) = std::sync::mpsc::channel();
+    thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async move {
+            let _ = url_tx.send(api.start().await);
+            std::future::pending::<()>().await;
+        });
+    });
+    let url = url_rx.recv().expect("API server URL");
+    let kubeconfig = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("kubeconfig-{tag}-{pid}"));
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: {url}\n\
+             contexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\n\
+             current-context: fake\nusers:\n- name: fake\n  user: {{}}\n"
+        ),
+    )
+    .expect("kubeconfig");
+
+    kubeconfig
+}
+
 /// Runs a workload inside `relative` in every hierarchy and waits for it.
 fn run_inside(relative: &str, program: &Path, args: &[&str]) {
     let status = common::spawn_in_cgroups(procs_files(relative), program, args)
@@ -174,35 +210,7 @@ fn a_pod_is_captured_by_name_through_the_kubernetes_api() {
         tree.make(&root.join(container.trim_start_matches('/')));
     }
 
-    // The API server, on loopback, in a thread of its own for as long as the test runs.
-    let api = common::fake_api::FakeApi::new(vec![common::fake_api::pod(
-        "web-1",
-        &pod_uid,
-        Some(&container_id),
-    )]);
-    let (url_tx, url_rx) = std::sync::mpsc::channel();
-    thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        runtime.block_on(async move {
-            let _ = url_tx.send(api.start().await);
-            std::future::pending::<()>().await;
-        });
-    });
-    let url = url_rx.recv().expect("API server URL");
-    let kubeconfig = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("kubeconfig-{pid}"));
-    std::fs::write(
-        &kubeconfig,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: {url}\n\
-             contexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\n\
-             current-context: fake\nusers:\n- name: fake\n  user: {{}}\n"
-        ),
-    )
-    .expect("kubeconfig");
-
+    let kubeconfig = fake_api_kubeconfig(&pod_uid, &container_id, "pod");
     // The container's process: 48 MiB held for 2.5 s (and a 4 MiB blip).
     let program = workload("spike", false);
     let mut workload_process = common::spawn_in_cgroups(
@@ -270,4 +278,64 @@ fn a_pod_is_captured_by_name_through_the_kubernetes_api() {
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
+}
+
+/// `capture --cgroup PATH` of a container's cgroup carries the attribution `capture --all`
+/// gives it: pod UID, container id, QoS from the path, and the pod's names from the API.
+#[test]
+fn a_container_captured_by_cgroup_path_is_named_like_a_node_capture_names_it() {
+    let Some(_guard) = privileged("a_container_captured_by_cgroup_path_is_named") else {
+        return;
+    };
+    let pid = std::process::id();
+    let pod_uid = format!("3d4e5f60-7182-4a7b-8c9d-{pid:012x}");
+    let container_id = format!("{:064x}", u128::from(pid) * 0x3c6e_f372_fe94_f82b);
+    let container = format!("/kubepods/burstable/pod{pod_uid}/{container_id}");
+    let mut tree = Tree { made: Vec::new() };
+    for root in hierarchies() {
+        tree.make(&root.join(container.trim_start_matches('/')));
+    }
+    let kubeconfig = fake_api_kubeconfig(&pod_uid, &container_id, "cgroup");
+    let program = workload("spike", false);
+    let mut workload_process = common::spawn_in_cgroups(
+        procs_files(&container),
+        &program,
+        &["32", "4", "10", "3000", "0"],
+    );
+    let report = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("cgroup-{pid}.json"));
+    let output = headroom()
+        .env("KUBECONFIG", &kubeconfig)
+        .args([
+            "capture",
+            "--standalone",
+            "--cgroup",
+            &container,
+            "--duration",
+            "2s",
+        ])
+        .args(["--format", "json", "--output"])
+        .arg(&report)
+        .output()
+        .expect("run headroom");
+    assert!(workload_process.wait().expect("workload").success());
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).expect("report")).expect("JSON");
+    let target = &report["targets"][0];
+    assert_eq!(target["kind"], "cgroup");
+    assert_eq!(target["attribution"]["kind"], "kubernetes", "{target}");
+    assert_eq!(target["attribution"]["names_known"], true, "{target}");
+    let k = &target["kubernetes"];
+    assert_eq!(k["pod_uid"], pod_uid.as_str());
+    assert_eq!(k["container_id"], container_id.as_str());
+    assert_eq!(k["qos"], "burstable");
+    assert_eq!(k["namespace"], "shop");
+    assert_eq!(k["pod"], "web-1");
+    assert_eq!(k["container"], "app");
+    assert_eq!(k["workload_kind"], "Deployment");
+    let _ = std::fs::remove_file(&kubeconfig);
 }
