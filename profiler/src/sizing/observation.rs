@@ -78,10 +78,6 @@ impl Observation {
         } else {
             Basis::Resident
         };
-        let pick = move |bucket: &BucketPeaks| match basis {
-            Basis::Charged => bucket.charged,
-            Basis::Resident => bucket.resident,
-        };
         let (startup_seconds, startup_peak_bytes, peak_bytes) = match &t.memory {
             Some(memory) => (
                 memory.startup_seconds,
@@ -94,76 +90,28 @@ impl Observation {
                 t.resident.peak_bytes,
             ),
         };
-        let resolution_ms = t.timeline.resolution_ms.max(1);
-        let buckets = &t.timeline.buckets;
-        let series: Vec<u64> = buckets.iter().map(pick).collect();
-        let startup_end = startup_seconds
-            .map_or(series.len(), |s| {
-                ((s * 1000.0) as u64 / resolution_ms) as usize
-            })
-            .min(series.len());
-        let alive_end = buckets
-            .iter()
-            .rposition(|b| b.tasks > 0)
-            .map_or(series.len(), |i| i + 1);
-        let steady_series = series
-            .get(startup_end.min(alive_end)..alive_end)
-            .unwrap_or_default()
-            .to_vec();
-        let startup_peak_at_seconds = series[..startup_end]
-            .iter()
-            .enumerate()
-            .max_by_key(|(_, v)| **v)
-            .map(|(i, _)| (i as u64 * resolution_ms) as f64 / 1000.0);
-        let first_alive = buckets.iter().position(|b| b.tasks > 0);
-        // A target seen from its first process on has its startup in the capture.
-        let saw_start = t.kind == TargetKind::Command
-            || first_alive.is_some_and(|i| {
-                series.get(i).copied().unwrap_or(0) * 4 < startup_peak_bytes.max(1)
-            });
-        let spikes = t
-            .spikes
-            .iter()
-            .map(|s| SpikeSeen {
-                start_seconds: s.start_seconds,
-                duration_ms: s.duration_ms,
-                peak_bytes: s.peak_bytes,
-            })
-            .collect();
-        let ooms = t
-            .oom_events
-            .iter()
-            .map(|kill| OomSeen {
-                seconds: kill.seconds,
-                charge_before_bytes: kill
-                    .timeline_before
-                    .buckets
-                    .iter()
-                    .map(pick)
-                    .max()
-                    .unwrap_or(0)
-                    .max(kill.anon_rss_bytes + kill.file_rss_bytes + kill.shmem_rss_bytes),
-            })
-            .collect();
-        let restarts = t
-            .processes
-            .iter()
-            .filter(|p| p.parent_pid.is_none())
-            .count()
-            .saturating_sub(1) as u64;
+        let phases = SeriesPhases::read(t, basis, startup_seconds, startup_peak_bytes);
         Self {
             name: CaptureReport::target_name(t),
             basis,
             duration_seconds,
-            saw_start,
+            saw_start: phases.saw_start,
             startup_seconds,
             startup_peak_bytes,
-            startup_peak_at_seconds,
-            steady_series,
-            resolution_ms,
+            startup_peak_at_seconds: phases.startup_peak_at_seconds,
+            steady_series: phases.steady_series,
+            resolution_ms: phases.resolution_ms,
             peak_bytes,
-            spikes,
-            ooms,
+            spikes: t
+                .spikes
+                .iter()
+                .map(|s| SpikeSeen {
+                    start_seconds: s.start_seconds,
+                    duration_ms: s.duration_ms,
+                    peak_bytes: s.peak_bytes,
+                })
+                .collect(),
+            ooms: ooms_seen(t, basis),
             // The pod spec's limit when known (what kubelet enforces), else the cgroup's.
             current_limit_bytes: t
                 .kubernetes
@@ -174,7 +122,13 @@ impl Observation {
             reserved_peak_bytes: t.reserved.peak_bytes,
             no_access_peak_bytes: t.reserved.peak_by_kind.no_access,
             resident_peak_bytes: t.resident.peak_bytes,
-            restarts,
+            // Processes that arrived without a parent in the target, beyond the first.
+            restarts: t
+                .processes
+                .iter()
+                .filter(|p| p.parent_pid.is_none())
+                .count()
+                .saturating_sub(1) as u64,
         }
     }
 
@@ -213,4 +167,83 @@ impl Observation {
         }
         Some(merged)
     }
+}
+
+/// The series sizing reads (the charge, or resident memory without a cgroup).
+fn pick(basis: Basis, bucket: &BucketPeaks) -> u64 {
+    match basis {
+        Basis::Charged => bucket.charged,
+        Basis::Resident => bucket.resident,
+    }
+}
+
+/// What the timeline says about phases: the steady series while the target had tasks, when
+/// the startup peak was, and whether the capture saw the target start.
+struct SeriesPhases {
+    steady_series: Vec<u64>,
+    startup_peak_at_seconds: Option<f64>,
+    saw_start: bool,
+    resolution_ms: u64,
+}
+
+impl SeriesPhases {
+    fn read(
+        t: &TargetReport,
+        basis: Basis,
+        startup_seconds: Option<f64>,
+        startup_peak_bytes: u64,
+    ) -> Self {
+        let resolution_ms = t.timeline.resolution_ms.max(1);
+        let buckets = &t.timeline.buckets;
+        let series: Vec<u64> = buckets.iter().map(|b| pick(basis, b)).collect();
+        let startup_end = startup_seconds
+            .map_or(series.len(), |s| {
+                ((s * 1000.0) as u64 / resolution_ms) as usize
+            })
+            .min(series.len());
+        let alive_end = buckets
+            .iter()
+            .rposition(|b| b.tasks > 0)
+            .map_or(series.len(), |i| i + 1);
+        let steady_series = series
+            .get(startup_end.min(alive_end)..alive_end)
+            .unwrap_or_default()
+            .to_vec();
+        let startup_peak_at_seconds = series[..startup_end]
+            .iter()
+            .enumerate()
+            .max_by_key(|(_, v)| **v)
+            .map(|(i, _)| (i as u64 * resolution_ms) as f64 / 1000.0);
+        let first_alive = buckets.iter().position(|b| b.tasks > 0);
+        // A target seen from its first process on has its startup in the capture.
+        let saw_start = t.kind == TargetKind::Command
+            || first_alive.is_some_and(|i| {
+                series.get(i).copied().unwrap_or(0) * 4 < startup_peak_bytes.max(1)
+            });
+        Self {
+            steady_series,
+            startup_peak_at_seconds,
+            saw_start,
+            resolution_ms,
+        }
+    }
+}
+
+/// OOM kills with the charge they were stopped at: the highest bucket before each, or the
+/// victim's own resident memory when that is higher.
+fn ooms_seen(t: &TargetReport, basis: Basis) -> Vec<OomSeen> {
+    t.oom_events
+        .iter()
+        .map(|kill| OomSeen {
+            seconds: kill.seconds,
+            charge_before_bytes: kill
+                .timeline_before
+                .buckets
+                .iter()
+                .map(|b| pick(basis, b))
+                .max()
+                .unwrap_or(0)
+                .max(kill.anon_rss_bytes + kill.file_rss_bytes + kill.shmem_rss_bytes),
+        })
+        .collect()
 }
