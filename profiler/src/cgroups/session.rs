@@ -1,6 +1,8 @@
 //! The transient cgroup a capture session runs its command in: created under the caller's own
-//! cgroups, joined through `cgroup.procs`, killed and removed at the end; leftovers of a
-//! headroom that was killed are removed on the next start.
+//! cgroups where the memory controller reaches them, else (pure cgroup v2 under systemd, where
+//! a service's cgroup delegates no controllers) under `/headroom.slice` at the root with
+//! `+memory` enabled on the way; joined through `cgroup.procs`, killed and removed at the end;
+//! leftovers of a headroom that was killed are removed on the next start.
 
 use std::{
     fs, io,
@@ -14,6 +16,9 @@ use super::{cgroup_id, process_cgroups, CgroupError, Hierarchies};
 use crate::procfs;
 
 const SESSION_PREFIX: &str = "headroom-capture-";
+/// Where sessions go on pure cgroup v2 when the caller's own cgroup cannot give them the
+/// memory controller: a slice of its own under the root, which can always enable it.
+pub const SESSION_SLICE: &str = "headroom.slice";
 
 /// A cgroup made for one capture session, in the unified hierarchy and, on hybrid hosts, in the
 /// v1 memory hierarchy under the same name. Each is nested under the caller's own cgroup of that
@@ -47,13 +52,11 @@ impl SessionCgroup {
             SESSION_SEQUENCE.fetch_add(1, Ordering::Relaxed)
         );
 
-        let unified_parent = hierarchies
-            .unified
-            .join(own.unified.trim_start_matches('/'));
+        let (unified_parent, parent_path) = session_parent(&hierarchies, &own.unified)?;
         remove_stale_sessions(root, &unified_parent);
         let unified_dir = unified_parent.join(&name);
         make_dir(&unified_dir)?;
-        let relative_path = format!("{}/{name}", own.unified.trim_end_matches('/'));
+        let relative_path = format!("{}/{name}", parent_path.trim_end_matches('/'));
         let mut session = Self {
             id: 0,
             unified_dir,
@@ -137,6 +140,15 @@ impl SessionCgroup {
         for dir in dirs {
             remove_dir_waiting(&dir)?;
         }
+        // The slice headroom made for sessions goes with the last of them (another running
+        // session keeps it busy, and then the removal is simply refused).
+        if let Some(slice) = self
+            .unified_dir
+            .parent()
+            .filter(|parent| parent.file_name().is_some_and(|name| name == SESSION_SLICE))
+        {
+            let _ = fs::remove_dir(slice);
+        }
         self.removed = true;
         Ok(())
     }
@@ -148,6 +160,45 @@ impl Drop for SessionCgroup {
             tracing::warn!(error = %err, "could not remove the session cgroup");
         }
     }
+}
+
+/// Where a session's unified cgroup goes, and that path as /proc/PID/cgroup shows it. Under
+/// the caller's own cgroup when it passes the memory controller down (or on hybrid hosts,
+/// where v1 measures memory); otherwise under [`SESSION_SLICE`] at the root with `+memory`
+/// enabled in the root's and the slice's `cgroup.subtree_control` (the root and an empty
+/// slice are exempt from the rule that a cgroup with processes cannot delegate).
+fn session_parent(hierarchies: &Hierarchies, own: &str) -> Result<(PathBuf, String), CgroupError> {
+    let own_dir = hierarchies.unified.join(own.trim_start_matches('/'));
+    let memory_here = |dir: &Path| {
+        fs::read_to_string(dir.join("cgroup.subtree_control"))
+            .is_ok_and(|text| text.split_whitespace().any(|c| c == "memory"))
+    };
+    let root_has_memory = fs::read_to_string(hierarchies.unified.join("cgroup.controllers"))
+        .is_ok_and(|text| text.split_whitespace().any(|c| c == "memory"));
+    if hierarchies.memory_v1.is_some() || memory_here(&own_dir) || !root_has_memory {
+        return Ok((own_dir, own.to_owned()));
+    }
+    enable_memory(&hierarchies.unified)?;
+    let slice = hierarchies.unified.join(SESSION_SLICE);
+    if !slice.exists() {
+        make_dir(&slice)?;
+    }
+    enable_memory(&slice)?;
+    Ok((slice, format!("/{SESSION_SLICE}")))
+}
+
+/// Writes `+memory` to a cgroup's `cgroup.subtree_control` unless it is there already.
+fn enable_memory(dir: &Path) -> Result<(), CgroupError> {
+    let control = dir.join("cgroup.subtree_control");
+    let enabled = fs::read_to_string(&control)
+        .is_ok_and(|text| text.split_whitespace().any(|c| c == "memory"));
+    if enabled {
+        return Ok(());
+    }
+    fs::write(&control, "+memory").map_err(|source| CgroupError::Create {
+        path: control,
+        source,
+    })
 }
 
 fn make_dir(dir: &Path) -> Result<(), CgroupError> {
@@ -206,5 +257,72 @@ fn remove_stale_sessions(root: &Path, parent: &Path) {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod placement_tests {
+    use super::*;
+
+    /// A cgroup2 root made of plain files, with a systemd-style service cgroup.
+    fn fixture(tag: &str, own_delegates: bool, root_has_memory: bool) -> (PathBuf, Hierarchies) {
+        let root =
+            std::env::temp_dir().join(format!("headroom-placement-{tag}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        let service = root.join("system.slice/ssh.service");
+        fs::create_dir_all(&service).expect("fixture");
+        let controllers = if root_has_memory {
+            "cpu io memory pids\n"
+        } else {
+            "cpu io pids\n"
+        };
+        fs::write(root.join("cgroup.controllers"), controllers).expect("fixture");
+        fs::write(root.join("cgroup.subtree_control"), "cpu\n").expect("fixture");
+        let delegated = if own_delegates { "memory\n" } else { "\n" };
+        fs::write(service.join("cgroup.subtree_control"), delegated).expect("fixture");
+        let hierarchies = Hierarchies {
+            unified: root.clone(),
+            memory_v1: None,
+        };
+        (root, hierarchies)
+    }
+
+    #[test]
+    fn a_caller_whose_cgroup_delegates_memory_keeps_its_sessions() {
+        let (root, hierarchies) = fixture("delegates", true, true);
+        let (dir, path) =
+            session_parent(&hierarchies, "/system.slice/ssh.service").expect("parent");
+        assert_eq!(dir, root.join("system.slice/ssh.service"));
+        assert_eq!(path, "/system.slice/ssh.service");
+        assert!(!root.join(SESSION_SLICE).exists());
+        fs::remove_dir_all(&root).expect("cleanup");
+    }
+
+    #[test]
+    fn a_systemd_service_without_memory_gets_a_slice_at_the_root_with_memory_enabled() {
+        let (root, hierarchies) = fixture("slice", false, true);
+        let (dir, path) =
+            session_parent(&hierarchies, "/system.slice/ssh.service").expect("parent");
+        assert_eq!(dir, root.join(SESSION_SLICE));
+        assert_eq!(path, "/headroom.slice");
+        let written = |dir: &Path| {
+            fs::read_to_string(dir.join("cgroup.subtree_control")).expect("subtree_control")
+        };
+        assert_eq!(written(&root), "+memory");
+        assert_eq!(written(&root.join(SESSION_SLICE)), "+memory");
+        fs::remove_dir_all(&root).expect("cleanup");
+    }
+
+    #[test]
+    fn hybrid_hosts_and_roots_without_the_controller_keep_the_callers_cgroup() {
+        let (root, mut hierarchies) = fixture("hybrid", false, true);
+        hierarchies.memory_v1 = Some(root.join("memory"));
+        let (_, path) = session_parent(&hierarchies, "/system.slice/ssh.service").expect("parent");
+        assert_eq!(path, "/system.slice/ssh.service");
+        fs::remove_dir_all(&root).expect("cleanup");
+        let (root, hierarchies) = fixture("nomemory", false, false);
+        let (_, path) = session_parent(&hierarchies, "/system.slice/ssh.service").expect("parent");
+        assert_eq!(path, "/system.slice/ssh.service");
+        fs::remove_dir_all(&root).expect("cleanup");
     }
 }
