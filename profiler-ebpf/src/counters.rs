@@ -1,8 +1,15 @@
 //! Per-target and per-process counters: finding or creating their map entries, applying an
 //! update to both, live task counts, resident memory and its lifetime and per-window
 //! high-water marks.
+//!
+//! Map value pointers are passed around as `NonNull` (`Option<NonNull<T>>` is one register, null
+//! for none). An `Option<*mut T>` is a tag and a pointer; spilled to the stack with no pointer
+//! written, older verifiers (6.1) refuse the program for reading the unwritten slot.
 
-use core::intrinsics::{atomic_xchg, AtomicOrdering};
+use core::{
+    intrinsics::{atomic_xchg, AtomicOrdering},
+    ptr::NonNull,
+};
 
 use aya_ebpf::bindings::BPF_NOEXIST;
 use profiler_common::{
@@ -26,8 +33,11 @@ fn positive(value: i64) -> u64 {
 
 /// The counters of a target, created zeroed on first sight.
 #[inline(always)]
-pub(crate) fn target_counters(target_id: u64) -> Option<*mut MemoryCounters> {
-    if let Some(counters) = TARGET_COUNTERS.get_ptr_mut(target_id) {
+pub(crate) fn target_counters(target_id: u64) -> Option<NonNull<MemoryCounters>> {
+    if let Some(counters) = TARGET_COUNTERS
+        .get_ptr_mut(target_id)
+        .and_then(NonNull::new)
+    {
         return Some(counters);
     }
     let zero = MemoryCounters::default();
@@ -40,12 +50,14 @@ pub(crate) fn target_counters(target_id: u64) -> Option<*mut MemoryCounters> {
         count_drop(drop_reason::TARGET_MAP_FULL);
         return None;
     }
-    TARGET_COUNTERS.get_ptr_mut(target_id)
+    TARGET_COUNTERS
+        .get_ptr_mut(target_id)
+        .and_then(NonNull::new)
 }
 
 /// This window's high-water marks of a target (see `WindowKey`).
 #[inline(always)]
-pub(crate) fn window_peaks(target_id: u64) -> Option<*mut WindowPeaks> {
+pub(crate) fn window_peaks(target_id: u64) -> Option<NonNull<WindowPeaks>> {
     if !flag_set(&TRACK_WINDOWS) {
         return None;
     }
@@ -55,22 +67,29 @@ pub(crate) fn window_peaks(target_id: u64) -> Option<*mut WindowPeaks> {
         target_id,
         slot: epoch & 1,
     };
-    if let Some(peaks) = WINDOW_PEAKS.get_ptr_mut(key) {
+    if let Some(peaks) = WINDOW_PEAKS.get_ptr_mut(key).and_then(NonNull::new) {
         return Some(peaks);
     }
     let _ = WINDOW_PEAKS.insert(key, WindowPeaks::default(), BPF_NOEXIST as u64);
-    WINDOW_PEAKS.get_ptr_mut(key)
+    WINDOW_PEAKS.get_ptr_mut(key).and_then(NonNull::new)
+}
+
+/// The counters of a process if it has an entry (never creates one).
+#[inline(always)]
+pub(crate) fn existing_process(tgid: u32) -> Option<NonNull<ProcessCounters>> {
+    PROCESS_COUNTERS.get_ptr_mut(tgid).and_then(NonNull::new)
 }
 
 /// The counters of a process, created on first sight (`tasks_known` 0: it was already running).
 #[inline(always)]
-pub(crate) fn process_counters(tgid: u32, target_id: u64) -> Option<*mut ProcessCounters> {
-    if let Some(process) = PROCESS_COUNTERS.get_ptr_mut(tgid) {
+pub(crate) fn process_counters(tgid: u32, target_id: u64) -> Option<NonNull<ProcessCounters>> {
+    if let Some(process) = existing_process(tgid) {
+        let process_ptr = process.as_ptr();
         // SAFETY: map value pointer from a successful lookup. Written only on a change (a
         // migration), so the hot paths do not dirty the entry's cache line for nothing.
         unsafe {
-            if (*process).target_id != target_id {
-                (*process).target_id = target_id;
+            if (*process_ptr).target_id != target_id {
+                (*process_ptr).target_id = target_id;
             }
         }
         return Some(process);
@@ -85,7 +104,7 @@ pub(crate) fn new_process_counters(
     target_id: u64,
     tasks_known: u32,
     flags: u64,
-) -> Option<*mut ProcessCounters> {
+) -> Option<NonNull<ProcessCounters>> {
     let fresh = SCRATCH.get_ptr_mut(0)?;
     // SAFETY: a per-CPU scratch slot, used by this program alone until it returns.
     unsafe {
@@ -103,20 +122,20 @@ pub(crate) fn new_process_counters(
         count_drop(drop_reason::PROCESS_MAP_FULL);
         return None;
     }
-    PROCESS_COUNTERS.get_ptr_mut(tgid)
+    existing_process(tgid)
 }
 
 /// Applies one update to the target's counters and, when present, the process's.
 #[inline(always)]
 pub(crate) fn update_both(
-    target: *mut MemoryCounters,
-    process: Option<*mut ProcessCounters>,
+    target: NonNull<MemoryCounters>,
+    process: Option<NonNull<ProcessCounters>>,
     update: impl Fn(*mut MemoryCounters),
 ) {
-    update(target);
+    update(target.as_ptr());
     if let Some(process) = process {
         // SAFETY: map value pointer from a successful lookup; taking a field's address only.
-        update(unsafe { &raw mut (*process).counters });
+        update(unsafe { &raw mut (*process.as_ptr()).counters });
     }
 }
 
@@ -124,8 +143,8 @@ pub(crate) fn update_both(
 #[inline(always)]
 pub(crate) fn change_live_tasks(
     target_id: u64,
-    target: *mut MemoryCounters,
-    process: Option<*mut ProcessCounters>,
+    target: NonNull<MemoryCounters>,
+    process: Option<NonNull<ProcessCounters>>,
     delta: i64,
 ) {
     update_both(target, process, |c| {
@@ -142,8 +161,8 @@ pub(crate) fn change_live_tasks(
             // SAFETY: field addresses within valid map values.
             unsafe {
                 raise_signed(
-                    &raw mut (*window).live_tasks_peak,
-                    core::ptr::read_volatile(&raw const (*target).live_tasks),
+                    &raw mut (*window.as_ptr()).live_tasks_peak,
+                    core::ptr::read_volatile(&raw const (*target.as_ptr()).live_tasks),
                 );
             }
         }
@@ -152,7 +171,8 @@ pub(crate) fn change_live_tasks(
 
 /// Moves a process's resident counters to zero and takes them out of its target's sums.
 #[inline(always)]
-pub(crate) fn release_resident(target: *mut MemoryCounters, process: *mut ProcessCounters) {
+pub(crate) fn release_resident(target: NonNull<MemoryCounters>, process: NonNull<ProcessCounters>) {
+    let (target, process) = (target.as_ptr(), process.as_ptr());
     for member in 0..rss_member::COUNT {
         // SAFETY: field addresses within valid map values; `member` < COUNT.
         unsafe {
@@ -174,7 +194,7 @@ pub(crate) fn release_resident(target: *mut MemoryCounters, process: *mut Proces
 #[inline(always)]
 pub(crate) fn raise_resident_peaks(
     counters: *mut MemoryCounters,
-    window: Option<*mut WindowPeaks>,
+    window: Option<NonNull<WindowPeaks>>,
 ) {
     // SAFETY: `counters` and `window` are valid map value pointers.
     unsafe {
@@ -186,6 +206,7 @@ pub(crate) fn raise_resident_peaks(
         raise(&raw mut (*counters).anon_peak_bytes, anon);
         raise(&raw mut (*counters).file_peak_bytes, file);
         if let Some(window) = window {
+            let window = window.as_ptr();
             raise(&raw mut (*window).resident_peak_bytes, anon + file);
             raise(&raw mut (*window).anon_peak_bytes, anon);
             raise(&raw mut (*window).file_peak_bytes, file);

@@ -1,5 +1,7 @@
 //! Ring buffer events about processes and mappings (stack samples are in `sampling`).
 
+use core::ptr::NonNull;
+
 use aya_ebpf::helpers::bpf_get_current_comm;
 use profiler_common::{
     drop_reason, event_kind, EventHeader, MappingEvent, ProcessCounters, ProcessExitEvent,
@@ -33,14 +35,18 @@ pub(crate) fn emit_process_start(tgid: u32, parent_tgid: u32, target_id: u64) {
     entry.submit(0);
 }
 
-pub(crate) fn emit_process_exit(tgid: u32, target_id: u64, process: *const ProcessCounters) {
-    let Some(mut entry) = EVENTS.reserve::<ProcessExitEvent>(0) else {
-        count_drop(drop_reason::RINGBUF_FULL);
-        return;
-    };
-    let event = entry.as_mut_ptr();
-    // SAFETY: `event` points at a reserved ring buffer slot of the right size; `process` is a
-    // map value pointer from a successful lookup.
+/// Fills a process exit event in place (it is too large for the BPF stack) with the final
+/// counters of `process`, counting its own exit in them.
+#[inline(always)]
+pub(crate) fn fill_process_exit(
+    event: *mut ProcessExitEvent,
+    tgid: u32,
+    target_id: u64,
+    process: NonNull<ProcessCounters>,
+) {
+    // SAFETY: `event` points at a reserved, 8-byte aligned ring buffer slot of the right size;
+    // `process` is a map value pointer from a successful lookup. Every byte of the slot is
+    // written (the counters copied whole, the comm by the helper or zeroed).
     unsafe {
         (*event).header = EventHeader {
             kind: event_kind::PROCESS_EXIT,
@@ -48,10 +54,10 @@ pub(crate) fn emit_process_exit(tgid: u32, target_id: u64, process: *const Proce
             target_id,
             timestamp_ns: now_ns(),
         };
-        (*event).process = *process;
+        core::ptr::copy_nonoverlapping(process.as_ptr(), &raw mut (*event).process, 1);
+        (*event).process.counters.processes_exited += 1;
         (*event).comm = bpf_get_current_comm().unwrap_or_default();
     }
-    entry.submit(0);
 }
 
 /// Sends one mapping change to user space (capture sessions only).

@@ -49,6 +49,12 @@ pub(crate) static WINDOW_EPOCH: Array<u64> = Array::with_max_entries(1, 0);
 #[map]
 pub(crate) static SCRATCH: PerCpuArray<ProcessCounters> = PerCpuArray::with_max_entries(1, 0);
 
+/// tgid to the time its exit was reported (see `programs::process`). Entries are never
+/// removed: a claim older than a second is stale (the pid was reused), and LRU ages them out.
+#[map]
+pub(crate) static EXIT_CLAIMS: LruHashMap<u32, u64> =
+    LruHashMap::with_max_entries(capacity::EXIT_CLAIMS, 0);
+
 #[map]
 pub(crate) static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(drop_reason::COUNT, 0);
 

@@ -47,6 +47,7 @@ pub mod map {
     pub const SAMPLED_TARGETS: &str = "SAMPLED_TARGETS";
     pub const SAMPLING_ACTIVE: &str = "SAMPLING_ACTIVE";
     pub const SNAPSHOT_SCRATCH: &str = "SNAPSHOT_SCRATCH";
+    pub const EXIT_CLAIMS: &str = "EXIT_CLAIMS";
 }
 
 /// Names of load-time globals (overridden by user space before load).
@@ -61,7 +62,200 @@ pub mod global {
     /// `u8`: 1 allows stack snapshots (needs kernel BTF). 0 makes the snapshot code dead for
     /// the verifier, so kernels without BTF load the rest.
     pub const STACK_SNAPSHOTS: &str = "STACK_SNAPSHOTS";
+    /// `u8`, one of [`super::exit_mode`]: how the kernel side tells a process's last exiting
+    /// thread from the others.
+    pub const EXIT_MODE: &str = "EXIT_MODE";
+    /// `u32`: offset of `group_dead` in sched_process_exit's record (`exit_mode::GROUP_DEAD_FIELD`).
+    pub const EXIT_GROUP_DEAD_OFFSET: &str = "EXIT_GROUP_DEAD_OFFSET";
+    /// `u32`: byte offset of `signal` in the kernel's `struct task_struct`, from its BTF
+    /// (`exit_mode::SIGNAL_LIVE`).
+    pub const TASK_SIGNAL_OFFSET: &str = "TASK_SIGNAL_OFFSET";
+    /// `u32`: byte offset of `live` (an `atomic_t`) in `struct signal_struct`, from BTF.
+    pub const SIGNAL_LIVE_OFFSET: &str = "SIGNAL_LIVE_OFFSET";
+    /// `u32` each: offsets of oom:mark_victim's size fields (in kB), 0 where the kernel's
+    /// record has no such field (upstream kernels before 6.9 carry only `pid`).
+    pub const OOM_TOTAL_VM_OFFSET: &str = "OOM_TOTAL_VM_OFFSET";
+    pub const OOM_ANON_RSS_OFFSET: &str = "OOM_ANON_RSS_OFFSET";
+    pub const OOM_FILE_RSS_OFFSET: &str = "OOM_FILE_RSS_OFFSET";
+    pub const OOM_SHMEM_RSS_OFFSET: &str = "OOM_SHMEM_RSS_OFFSET";
 }
+
+/// How sched_process_exit's program decides that the exiting task is its process's last
+/// (values of the `EXIT_MODE` global). The loader picks the first this kernel supports.
+pub mod exit_mode {
+    /// Neither of the two below: the kernel map's live-thread count of the process where it
+    /// saw all of its threads born (`ProcessCounters::tasks_known`), else the exit of the
+    /// thread-group leader. Approximate: a leader that exits before its threads ends the
+    /// process early.
+    pub const LIVE_COUNT: u8 = 0;
+    /// The record's own `group_dead` field (Linux 6.16+).
+    pub const GROUP_DEAD_FIELD: u8 = 1;
+    /// `current->signal->live`, read with `bpf_probe_read_kernel` at offsets user space took
+    /// from the kernel's BTF. `do_exit` decrements it before the tracepoint, so the last
+    /// thread reads 0 (threads exiting at the same moment may read 0 too: the kernel side
+    /// lets only the one that removes the process's entry report the exit).
+    pub const SIGNAL_LIVE: u8 = 2;
+}
+
+/// Offsets of the tracepoint record fields the programs read at fixed positions. User space
+/// checks each one against the kernel's tracefs `format` file before loading (see
+/// [`FIXED_FIELDS`]), so a kernel with another layout is refused with the field named, never
+/// misread. Fields whose presence or position changed across kernels are load-time globals
+/// instead (see [`global`]).
+pub mod record {
+    pub const SYSCALL_ARGS: [usize; 4] = [16, 24, 32, 40];
+    pub const SYSCALL_RET: usize = 16;
+    pub const NEWTASK_PID: usize = 8;
+    pub const NEWTASK_CLONE_FLAGS: usize = 32;
+    pub const EXEC_PID: usize = 12;
+    pub const ATTACH_DST_ROOT: usize = 8;
+    pub const ATTACH_DST_ID: usize = 16;
+    pub const ATTACH_PID: usize = 24;
+    pub const RSS_MM_ID: usize = 8;
+    pub const RSS_CURR: usize = 12;
+    pub const RSS_MEMBER: usize = 16;
+    pub const RSS_SIZE: usize = 24;
+    pub const VICTIM_PID: usize = 8;
+}
+
+/// A tracepoint record field read at a fixed offset: (category, event, field, offset, size).
+pub type FixedField = (&'static str, &'static str, &'static str, usize, usize);
+
+/// Every field the programs read at a fixed offset, for the loader to check against tracefs.
+/// (The syscall records' argument names differ per syscall; their positions are the ABI.)
+pub const FIXED_FIELDS: [FixedField; 29] = [
+    ("task", "task_newtask", "pid", record::NEWTASK_PID, 4),
+    (
+        "task",
+        "task_newtask",
+        "clone_flags",
+        record::NEWTASK_CLONE_FLAGS,
+        8,
+    ),
+    ("sched", "sched_process_exec", "pid", record::EXEC_PID, 4),
+    (
+        "cgroup",
+        "cgroup_attach_task",
+        "dst_root",
+        record::ATTACH_DST_ROOT,
+        4,
+    ),
+    (
+        "cgroup",
+        "cgroup_attach_task",
+        "dst_id",
+        record::ATTACH_DST_ID,
+        8,
+    ),
+    ("cgroup", "cgroup_attach_task", "pid", record::ATTACH_PID, 4),
+    ("kmem", "rss_stat", "mm_id", record::RSS_MM_ID, 4),
+    ("kmem", "rss_stat", "curr", record::RSS_CURR, 4),
+    ("kmem", "rss_stat", "member", record::RSS_MEMBER, 4),
+    ("kmem", "rss_stat", "size", record::RSS_SIZE, 8),
+    ("oom", "mark_victim", "pid", record::VICTIM_PID, 4),
+    (
+        "syscalls",
+        "sys_enter_mmap",
+        "addr",
+        record::SYSCALL_ARGS[0],
+        8,
+    ),
+    (
+        "syscalls",
+        "sys_enter_mmap",
+        "len",
+        record::SYSCALL_ARGS[1],
+        8,
+    ),
+    (
+        "syscalls",
+        "sys_enter_mmap",
+        "prot",
+        record::SYSCALL_ARGS[2],
+        8,
+    ),
+    (
+        "syscalls",
+        "sys_enter_mmap",
+        "flags",
+        record::SYSCALL_ARGS[3],
+        8,
+    ),
+    ("syscalls", "sys_exit_mmap", "ret", record::SYSCALL_RET, 8),
+    (
+        "syscalls",
+        "sys_enter_munmap",
+        "addr",
+        record::SYSCALL_ARGS[0],
+        8,
+    ),
+    (
+        "syscalls",
+        "sys_enter_munmap",
+        "len",
+        record::SYSCALL_ARGS[1],
+        8,
+    ),
+    ("syscalls", "sys_exit_munmap", "ret", record::SYSCALL_RET, 8),
+    (
+        "syscalls",
+        "sys_enter_mremap",
+        "addr",
+        record::SYSCALL_ARGS[0],
+        8,
+    ),
+    (
+        "syscalls",
+        "sys_enter_mremap",
+        "old_len",
+        record::SYSCALL_ARGS[1],
+        8,
+    ),
+    (
+        "syscalls",
+        "sys_enter_mremap",
+        "new_len",
+        record::SYSCALL_ARGS[2],
+        8,
+    ),
+    (
+        "syscalls",
+        "sys_enter_mremap",
+        "flags",
+        record::SYSCALL_ARGS[3],
+        8,
+    ),
+    ("syscalls", "sys_exit_mremap", "ret", record::SYSCALL_RET, 8),
+    (
+        "syscalls",
+        "sys_enter_mprotect",
+        "start",
+        record::SYSCALL_ARGS[0],
+        8,
+    ),
+    (
+        "syscalls",
+        "sys_enter_mprotect",
+        "len",
+        record::SYSCALL_ARGS[1],
+        8,
+    ),
+    (
+        "syscalls",
+        "sys_enter_mprotect",
+        "prot",
+        record::SYSCALL_ARGS[2],
+        8,
+    ),
+    (
+        "syscalls",
+        "sys_exit_mprotect",
+        "ret",
+        record::SYSCALL_RET,
+        8,
+    ),
+    ("syscalls", "sys_exit_brk", "ret", record::SYSCALL_RET, 8),
+];
 
 /// Default map sizes. User space may override them at load time; each one bounds kernel memory.
 pub mod capacity {
@@ -82,6 +276,9 @@ pub mod capacity {
     pub const EVENTS_BYTES: u32 = 4 * 1024 * 1024;
     /// Targets with stack sampling switched on at once (capture sessions, agent sessions).
     pub const SAMPLED_TARGETS: u32 = 64;
+    /// Processes whose exit was reported in the last second (to report each once where
+    /// several of its threads can look like the last: see `exit_mode::SIGNAL_LIVE`). LRU.
+    pub const EXIT_CLAIMS: u32 = 1024;
 }
 
 /// Why an event or an update was lost. Indexes the per-CPU `DROPS` array.
@@ -420,19 +617,30 @@ pub struct MappingEvent {
 
 const _: () = assert!(core::mem::size_of::<MappingEvent>() == 72);
 
+/// Bits of [`OomVictimEvent::details`].
+pub mod oom_details {
+    /// The size fields were in the kernel's record (`total_vm_bytes` .. `shmem_rss_bytes`).
+    /// Without it they are 0 and mean "unknown".
+    pub const SIZES: u32 = 1;
+}
+
 /// `event_kind::OOM_VICTIM`: from oom:mark_victim.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct OomVictimEvent {
     pub header: EventHeader,
-    /// Address space size and resident memory of the victim at the kill, in bytes.
+    /// Address space size and resident memory of the victim at the kill, in bytes (0 unless
+    /// `details` has [`oom_details::SIZES`]).
     pub total_vm_bytes: u64,
     pub anon_rss_bytes: u64,
     pub file_rss_bytes: u64,
     pub shmem_rss_bytes: u64,
+    /// Which of the fields above the kernel's record had ([`oom_details`] bits).
+    pub details: u32,
+    pub _pad: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<OomVictimEvent>() == 56);
+const _: () = assert!(core::mem::size_of::<OomVictimEvent>() == 64);
 
 /// Deepest user stack a sample carries (the kernel's `PERF_MAX_STACK_DEPTH`).
 pub const MAX_STACK_FRAMES: usize = 127;

@@ -5,8 +5,9 @@ use aya_ebpf::{
     helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext,
 };
 use profiler_common::{
-    call_kind, classify_mmap, drop_reason, mapping_kind, mapping_op, page_round_up, stack_source,
-    PendingCall,
+    call_kind, classify_mmap, drop_reason, mapping_kind, mapping_op, page_round_up,
+    record::{SYSCALL_ARGS, SYSCALL_RET},
+    stack_source, PendingCall,
 };
 
 use crate::{
@@ -18,11 +19,6 @@ use crate::{
     sampling::sample_reservation,
     targets::current_target,
 };
-
-// Tracepoint field offsets, read off /sys/kernel/tracing/events/*/*/format. These records are
-// stable ABI for syscalls:* and have been stable for years for the others.
-const SYSCALL_ARG: [usize; 4] = [16, 24, 32, 40];
-const SYSCALL_RET: usize = 16;
 
 /// Largest errno a syscall returns as a negative value.
 const MAX_ERRNO: i64 = 4095;
@@ -37,7 +33,7 @@ fn remember_call(ctx: &TracePointContext, kind: u32, arg_count: usize) -> Result
     for (index, arg) in args.iter_mut().enumerate() {
         if index < arg_count {
             // SAFETY: syscall records hold their arguments as u64 at 16, 24, 32, 40.
-            *arg = unsafe { ctx.read_at::<u64>(SYSCALL_ARG[index])? };
+            *arg = unsafe { ctx.read_at::<u64>(SYSCALL_ARGS[index])? };
         }
     }
     let call = PendingCall {
@@ -263,6 +259,7 @@ fn try_sys_exit_brk(ctx: &TracePointContext) -> Result<u32, i64> {
         // SAFETY: map value pointer from a successful lookup. brk calls of one process are
         // serialised by its mmap lock, so plain writes to these fields do not race.
         Some(process) => unsafe {
+            let process = process.as_ptr();
             if (*process).brk_start == 0 {
                 // First brk since exec (glibc starts with brk(0)): the baseline.
                 (*process).brk_start = new_brk;

@@ -4,24 +4,21 @@
 use core::intrinsics::{atomic_xchg, AtomicOrdering};
 
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
-use profiler_common::{rss_member, MmOwner};
+use profiler_common::{
+    record::{RSS_CURR, RSS_MEMBER, RSS_MM_ID, RSS_SIZE},
+    rss_member, MmOwner,
+};
 
 use crate::{
     atomics::add_signed,
     counters::{
-        process_counters, raise_resident_peaks, release_resident, target_counters, window_peaks,
+        existing_process, process_counters, raise_resident_peaks, release_resident,
+        target_counters, window_peaks,
     },
-    maps::{MM_OWNERS, PROCESS_COUNTERS},
+    maps::MM_OWNERS,
     sampling::sample_fault,
     targets::current_target,
 };
-
-// Tracepoint field offsets, read off /sys/kernel/tracing/events/*/*/format. These records are
-// stable ABI for syscalls:* and have been stable for years for the others.
-const RSS_MM_ID: usize = 8;
-const RSS_CURR: usize = 12;
-const RSS_MEMBER: usize = 16;
-const RSS_SIZE: usize = 24;
 
 /// kmem:rss_stat: one of an mm's RSS counters changed (about once per page fault). Aggregated
 /// here: the process's counter is replaced (atomic exchange), the difference added to its
@@ -47,6 +44,7 @@ fn try_rss_stat(ctx: &TracePointContext) -> Result<u32, i64> {
     }
     // The mask repeats the bound in a form the verifier tracks through the index arithmetic.
     let member = (member as u32 & 3) as usize;
+    // `faulting_tgid` is 0 for events raised outside the process (tgid 0 is never traced).
     let (target_id, process, target, faulting_tgid) = if curr != 0 {
         let Some((tgid, target_id)) = current_target() else {
             return Ok(0);
@@ -54,7 +52,7 @@ fn try_rss_stat(ctx: &TracePointContext) -> Result<u32, i64> {
         let process = process_counters(tgid, target_id).ok_or(0)?;
         let target = target_counters(target_id).ok_or(0)?;
         // SAFETY: map value pointer from a successful lookup.
-        let known_mm = unsafe { (*process).mm_id };
+        let known_mm = unsafe { (*process.as_ptr()).mm_id };
         if known_mm != mm_id {
             // A new address space after exec: the old one's memory leaves the sums. (mm_id 0 is
             // a first sight: a fresh entry holds nothing, and one seeded by user space from
@@ -65,7 +63,7 @@ fn try_rss_stat(ctx: &TracePointContext) -> Result<u32, i64> {
                 let _ = MM_OWNERS.remove(known_mm);
             }
             // SAFETY: as above.
-            unsafe { (*process).mm_id = mm_id };
+            unsafe { (*process.as_ptr()).mm_id = mm_id };
             let owner = MmOwner {
                 tgid,
                 _pad: 0,
@@ -73,7 +71,7 @@ fn try_rss_stat(ctx: &TracePointContext) -> Result<u32, i64> {
             };
             let _ = MM_OWNERS.insert(mm_id, owner, 0);
         }
-        (target_id, process, target, Some(tgid))
+        (target_id, process, target, tgid)
     } else {
         // Raised by another task: reclaim, or the teardown of an address space.
         let Some(owner) = MM_OWNERS.get_ptr(mm_id) else {
@@ -81,16 +79,17 @@ fn try_rss_stat(ctx: &TracePointContext) -> Result<u32, i64> {
         };
         // SAFETY: map value pointer from a successful lookup.
         let owner = unsafe { *owner };
-        let Some(process) = PROCESS_COUNTERS.get_ptr_mut(owner.tgid) else {
+        let Some(process) = existing_process(owner.tgid) else {
             return Ok(0);
         };
         // SAFETY: as above.
-        if unsafe { (*process).mm_id } != mm_id {
+        if unsafe { (*process.as_ptr()).mm_id } != mm_id {
             return Ok(0);
         }
         let target = target_counters(owner.target_id).ok_or(0)?;
-        (owner.target_id, process, target, None)
+        (owner.target_id, process, target, 0)
     };
+    let (process, target) = (process.as_ptr(), target.as_ptr());
 
     // SAFETY: field addresses within valid map values; `member` < COUNT.
     unsafe {
@@ -110,10 +109,15 @@ fn try_rss_stat(ctx: &TracePointContext) -> Result<u32, i64> {
             raise_resident_peaks(target, window_peaks(target_id));
             // Growth seen by the faulting task itself: its user stack is the code that made
             // the memory. (Swap growth is memory leaving, not arriving.)
-            if let Some(tgid) = faulting_tgid {
-                if member != rss_member::SWAP {
-                    sample_fault(ctx, tgid, target_id, process, delta as u64, member as u32);
-                }
+            if faulting_tgid != 0 && member != rss_member::SWAP {
+                sample_fault(
+                    ctx,
+                    faulting_tgid,
+                    target_id,
+                    process,
+                    delta as u64,
+                    member as u32,
+                );
             }
         }
     }

@@ -1,22 +1,20 @@
 //! OOM kills: oom:mark_victim, counted for the victim's target and reported to user space.
 
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
-use profiler_common::{drop_reason, event_kind, EventHeader, OomVictimEvent};
+use profiler_common::{
+    drop_reason, event_kind, oom_details, record::VICTIM_PID, EventHeader, OomVictimEvent,
+};
 
 use crate::{
     atomics::add,
-    counters::{target_counters, update_both},
+    config::{
+        global_u32, OOM_ANON_RSS_OFFSET, OOM_FILE_RSS_OFFSET, OOM_SHMEM_RSS_OFFSET,
+        OOM_TOTAL_VM_OFFSET,
+    },
+    counters::{existing_process, target_counters, update_both},
     helpers::{count_drop, now_ns},
-    maps::{EVENTS, PROCESS_COUNTERS},
+    maps::EVENTS,
 };
-
-// Tracepoint field offsets, read off /sys/kernel/tracing/events/*/*/format. These records are
-// stable ABI for syscalls:* and have been stable for years for the others.
-const VICTIM_PID: usize = 8;
-const VICTIM_TOTAL_VM_KB: usize = 16;
-const VICTIM_ANON_RSS_KB: usize = 24;
-const VICTIM_FILE_RSS_KB: usize = 32;
-const VICTIM_SHMEM_RSS_KB: usize = 40;
 
 /// oom:mark_victim: the OOM killer chose a process. Counted for its target and reported.
 #[tracepoint]
@@ -24,35 +22,47 @@ pub fn mark_victim(ctx: TracePointContext) -> u32 {
     try_mark_victim(&ctx).unwrap_or(0)
 }
 
+/// One of the record's sizes in kB, as bytes; 0 when this kernel's record has no such field
+/// (the loader found its offset in tracefs, or 0 when absent: upstream kernels before 6.9
+/// carry only `pid`, and reading past it would return stale bytes).
+#[inline(always)]
+fn size_field(ctx: &TracePointContext, offset: &'static u32) -> u64 {
+    let offset = global_u32(offset);
+    if offset == 0 {
+        return 0;
+    }
+    // SAFETY: an `unsigned long` field of mark_victim's record at the offset tracefs gave.
+    unsafe { ctx.read_at::<u64>(offset as usize) }
+        .unwrap_or(0)
+        .saturating_mul(1024)
+}
+
 fn try_mark_victim(ctx: &TracePointContext) -> Result<u32, i64> {
-    // SAFETY: offsets of mark_victim's record (int pid @8, unsigned long total_vm @16,
-    // anon_rss @24, file_rss @32, shmem_rss @40, all in kB).
-    let (pid, total_vm, anon, file, shmem) = unsafe {
-        (
-            ctx.read_at::<i32>(VICTIM_PID)?,
-            ctx.read_at::<u64>(VICTIM_TOTAL_VM_KB)?,
-            ctx.read_at::<u64>(VICTIM_ANON_RSS_KB)?,
-            ctx.read_at::<u64>(VICTIM_FILE_RSS_KB)?,
-            ctx.read_at::<u64>(VICTIM_SHMEM_RSS_KB)?,
-        )
-    };
+    // SAFETY: offset of mark_victim's record (int pid @8, checked against tracefs at load).
+    let pid = unsafe { ctx.read_at::<i32>(VICTIM_PID)? };
     let victim = pid as u32;
     // The killer runs in whichever task hit the limit; the victim is found by its pid.
-    let Some(process) = PROCESS_COUNTERS.get_ptr_mut(victim) else {
+    let Some(process) = existing_process(victim) else {
         return Ok(0);
     };
     // SAFETY: map value pointer from a successful lookup.
-    let target_id = unsafe { (*process).target_id };
+    let target_id = unsafe { (*process.as_ptr()).target_id };
     if let Some(target) = target_counters(target_id) {
         update_both(target, Some(process), |c| {
             // SAFETY: field address within a valid map value.
             add(unsafe { &raw mut (*c).oom_kills }, 1);
         });
     }
+    let details = if global_u32(&OOM_TOTAL_VM_OFFSET) != 0 {
+        oom_details::SIZES
+    } else {
+        0
+    };
     let Some(mut entry) = EVENTS.reserve::<OomVictimEvent>(0) else {
         count_drop(drop_reason::RINGBUF_FULL);
         return Ok(0);
     };
+    // Every field written, padding included: older verifiers refuse to copy unwritten stack.
     entry.write(OomVictimEvent {
         header: EventHeader {
             kind: event_kind::OOM_VICTIM,
@@ -60,10 +70,12 @@ fn try_mark_victim(ctx: &TracePointContext) -> Result<u32, i64> {
             target_id,
             timestamp_ns: now_ns(),
         },
-        total_vm_bytes: total_vm.saturating_mul(1024),
-        anon_rss_bytes: anon.saturating_mul(1024),
-        file_rss_bytes: file.saturating_mul(1024),
-        shmem_rss_bytes: shmem.saturating_mul(1024),
+        total_vm_bytes: size_field(ctx, &OOM_TOTAL_VM_OFFSET),
+        anon_rss_bytes: size_field(ctx, &OOM_ANON_RSS_OFFSET),
+        file_rss_bytes: size_field(ctx, &OOM_FILE_RSS_OFFSET),
+        shmem_rss_bytes: size_field(ctx, &OOM_SHMEM_RSS_OFFSET),
+        details,
+        _pad: 0,
     });
     entry.submit(0);
     Ok(0)

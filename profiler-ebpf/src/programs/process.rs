@@ -1,32 +1,43 @@
 //! Process lifecycle: task creation (threads and processes), arrival in a cgroup, exit and
 //! exec.
 
-use aya_ebpf::{
-    helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext,
+use core::{
+    intrinsics::{atomic_xchg, AtomicOrdering},
+    ptr::NonNull,
 };
-use profiler_common::{drop_reason, mapping_op, CLONE_THREAD};
+
+use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel, generated::bpf_get_current_task},
+    macros::tracepoint,
+    programs::TracePointContext,
+};
+use profiler_common::{
+    drop_reason, exit_mode, mapping_op,
+    record::{
+        ATTACH_DST_ID, ATTACH_DST_ROOT, ATTACH_PID, EXEC_PID, NEWTASK_CLONE_FLAGS, NEWTASK_PID,
+    },
+    ProcessCounters, ProcessExitEvent, CLONE_THREAD,
+};
 
 use crate::{
     atomics::{add, add_signed, raise_signed},
-    counters::{
-        change_live_tasks, new_process_counters, process_counters, release_resident,
-        target_counters, update_both,
+    config::{
+        global_u32, global_u8, EXIT_GROUP_DEAD_OFFSET, EXIT_MODE, SIGNAL_LIVE_OFFSET,
+        TASK_SIGNAL_OFFSET,
     },
-    events::{emit_mapping, emit_process_exit, emit_process_start},
-    helpers::count_drop,
-    maps::{MM_OWNERS, PROCESS_COUNTERS, TRACKED_TGIDS},
+    counters::{
+        change_live_tasks, existing_process, new_process_counters, process_counters,
+        release_resident, target_counters, update_both,
+    },
+    events::{emit_mapping, emit_process_start, fill_process_exit},
+    helpers::{count_drop, now_ns},
+    maps::{EVENTS, EXIT_CLAIMS, MM_OWNERS, PROCESS_COUNTERS, TRACKED_TGIDS},
     targets::{current_target, target_of},
 };
 
-// Tracepoint field offsets, read off /sys/kernel/tracing/events/*/*/format. These records are
-// stable ABI for syscalls:* and have been stable for years for the others.
-const NEWTASK_PID: usize = 8;
-const NEWTASK_CLONE_FLAGS: usize = 32;
-const PROCESS_EXIT_GROUP_DEAD: usize = 32;
-const PROCESS_EXEC_PID: usize = 12;
-const ATTACH_DST_ROOT: usize = 8;
-const ATTACH_DST_ID: usize = 16;
-const ATTACH_PID: usize = 24;
+/// How long a process's exit claim stands (see `claim_exit`).
+const EXIT_CLAIM_NS: u64 = 1_000_000_000;
 
 /// cgroup v2's hierarchy id. cgroup_attach_task also fires for v1 hierarchies, whose ids live
 /// in another namespace and would collide.
@@ -75,6 +86,7 @@ fn try_task_newtask(ctx: &TracePointContext) -> Result<u32, i64> {
     let child = new_process_counters(child_tgid, target_id, 1, 0);
     change_live_tasks(target_id, target, None, 1);
     if let Some(child) = child {
+        let child = child.as_ptr();
         // SAFETY: field addresses within a valid map value.
         unsafe {
             let live = add_signed(&raw mut (*child).counters.live_tasks, 1);
@@ -115,7 +127,7 @@ fn try_cgroup_attach_task(ctx: &TracePointContext) -> Result<u32, i64> {
     };
     let target = target_counters(target_id).ok_or(0)?;
     // SAFETY: field address within a valid map value.
-    add(unsafe { &raw mut (*target).tasks_attached }, 1);
+    add(unsafe { &raw mut (*target.as_ptr()).tasks_attached }, 1);
     let process = if moving_itself_whole {
         new_process_counters(tgid, target_id, 1, 0)
     } else {
@@ -123,7 +135,8 @@ fn try_cgroup_attach_task(ctx: &TracePointContext) -> Result<u32, i64> {
     };
     if let Some(process) = process {
         // SAFETY: field address within a valid map value.
-        add(unsafe { &raw mut (*process).counters.tasks_attached }, 1);
+        let attached = unsafe { &raw mut (*process.as_ptr()).counters.tasks_attached };
+        add(attached, 1);
     }
     change_live_tasks(target_id, target, process, 1);
     if moving_itself_whole {
@@ -132,8 +145,9 @@ fn try_cgroup_attach_task(ctx: &TracePointContext) -> Result<u32, i64> {
     Ok(0)
 }
 
-/// sched:sched_process_exit fires once per exiting task; `group_dead` marks the process's last.
-/// On 6.16+ it fires before the address space is torn down.
+/// sched:sched_process_exit fires once per exiting task (pre-6.16 after the task dropped its
+/// address space, from 6.16 before). Every task's exit is counted; the process's own exit
+/// (its last thread's) is reported once, with its final counters, and frees its entries.
 #[tracepoint]
 pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
     try_sched_process_exit(&ctx).unwrap_or(0)
@@ -143,36 +157,113 @@ fn try_sched_process_exit(ctx: &TracePointContext) -> Result<u32, i64> {
     let Some((tgid, target_id)) = current_target() else {
         return Ok(0);
     };
-    // SAFETY: offset of sched_process_exit's record (bool group_dead @32).
-    let group_dead = unsafe { ctx.read_at::<u8>(PROCESS_EXIT_GROUP_DEAD)? } != 0;
     let target = target_counters(target_id).ok_or(0)?;
-    let process = process_counters(tgid, target_id);
+    // Never created here: once the process's exit is reported its entry is gone, and a
+    // thread exiting after that must not bring it back.
+    let process = existing_process(tgid);
     update_both(target, process, |c| {
-        // SAFETY: field addresses within a valid map value.
-        unsafe {
-            add(&raw mut (*c).tasks_exited, 1);
-            if group_dead {
-                add(&raw mut (*c).processes_exited, 1);
-            }
-        }
+        // SAFETY: field address within a valid map value.
+        add(unsafe { &raw mut (*c).tasks_exited }, 1);
     });
     change_live_tasks(target_id, target, process, -1);
-    if !group_dead {
+    if !process_is_dead(ctx, process) || !claim_exit(tgid) {
         return Ok(0);
     }
-    if let Some(process) = process {
-        emit_process_exit(tgid, target_id, process);
-        // The address space is about to go: take the process's resident memory out of the
-        // target now, and forget its mm so teardown events are not counted again.
-        release_resident(target, process);
-        // SAFETY: map value pointer from a successful lookup.
-        let mm_id = unsafe { (*process).mm_id };
-        let _ = MM_OWNERS.remove(mm_id);
-    }
-    // The process is gone: free its slots now rather than waiting for LRU eviction.
-    let _ = PROCESS_COUNTERS.remove(tgid);
     let _ = TRACKED_TGIDS.remove(tgid);
+    // SAFETY: field address within a valid map value.
+    add(unsafe { &raw mut (*target.as_ptr()).processes_exited }, 1);
+    let Some(process) = process else {
+        // No entry (evicted, or the map was full): counted, nothing to report.
+        return Ok(0);
+    };
+    match EVENTS.reserve::<ProcessExitEvent>(0) {
+        Some(mut entry) => {
+            fill_process_exit(entry.as_mut_ptr(), tgid, target_id, process);
+            entry.submit(0);
+        }
+        None => count_drop(drop_reason::RINGBUF_FULL),
+    }
+    // The address space is going (6.16+) or gone (before, its teardown already counted
+    // through `MM_OWNERS`): take what is left of the process's resident memory out of the
+    // target, forget its mm so teardown events are not counted again, and free its slot.
+    release_resident(target, process);
+    // SAFETY: map value pointer from a successful lookup, read before the entry is removed.
+    let mm_id = unsafe { (*process.as_ptr()).mm_id };
+    let _ = MM_OWNERS.remove(mm_id);
+    let _ = PROCESS_COUNTERS.remove(tgid);
     Ok(0)
+}
+
+/// Whether the exiting task is the last of its process, by the means the loader chose for
+/// this kernel (`EXIT_MODE` is a verifier-known constant: only one branch is loaded).
+#[inline(always)]
+fn process_is_dead(ctx: &TracePointContext, process: Option<NonNull<ProcessCounters>>) -> bool {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let is_leader = pid_tgid as u32 == (pid_tgid >> 32) as u32;
+    match global_u8(&EXIT_MODE) {
+        exit_mode::GROUP_DEAD_FIELD => {
+            let offset = global_u32(&EXIT_GROUP_DEAD_OFFSET) as usize;
+            // SAFETY: `bool group_dead` of sched_process_exit's record, at the offset tracefs
+            // gave the loader.
+            unsafe { ctx.read_at::<u8>(offset) }.is_ok_and(|dead| dead != 0)
+        }
+        exit_mode::SIGNAL_LIVE => match live_threads() {
+            // do_exit decrements `live` before the tracepoint: 0 means no thread is left.
+            Some(live) => live <= 0,
+            None => is_leader,
+        },
+        _ => match process {
+            // SAFETY: map value pointer from a successful lookup.
+            Some(process) if unsafe { (*process.as_ptr()).tasks_known } != 0 => {
+                // SAFETY: as above.
+                let live = unsafe {
+                    core::ptr::read_volatile(&raw const (*process.as_ptr()).counters.live_tasks)
+                };
+                live <= 0
+            }
+            _ => is_leader,
+        },
+    }
+}
+
+/// `current->signal->live`: the threads of the current process that have not passed the
+/// start of do_exit. Offsets come from the kernel's BTF, through the loader.
+#[inline(always)]
+fn live_threads() -> Option<i32> {
+    let signal_offset = global_u32(&TASK_SIGNAL_OFFSET) as usize;
+    let live_offset = global_u32(&SIGNAL_LIVE_OFFSET) as usize;
+    // SAFETY: bpf_get_current_task has no preconditions; both reads go through
+    // bpf_probe_read_kernel, which fails cleanly on a bad address.
+    unsafe {
+        let task = bpf_get_current_task() as *const u8;
+        let signal = bpf_probe_read_kernel(task.add(signal_offset).cast::<*const u8>()).ok()?;
+        if signal.is_null() {
+            return None;
+        }
+        bpf_probe_read_kernel(signal.add(live_offset).cast::<i32>()).ok()
+    }
+}
+
+/// Claims the report of a dead process's exit: true for exactly one of its threads. With
+/// the record's `group_dead` that is the thread that has it; with the other means, every
+/// thread that exits after the last one left `signal->live` (or the map's count) at zero
+/// looks dead too, so the first to swap its time into `EXIT_CLAIMS` wins. A claim older
+/// than a second belongs to an earlier process with the same pid (every thread of a
+/// process passes this tracepoint before its pid can be freed, within microseconds).
+#[inline(always)]
+fn claim_exit(tgid: u32) -> bool {
+    if global_u8(&EXIT_MODE) == exit_mode::GROUP_DEAD_FIELD {
+        return true;
+    }
+    let now = now_ns();
+    let _ = EXIT_CLAIMS.insert(tgid, 0u64, BPF_NOEXIST as u64);
+    let Some(claim) = EXIT_CLAIMS.get_ptr_mut(tgid) else {
+        // The map could not hold it: report, rather than lose the exit.
+        return true;
+    };
+    // SAFETY: map value pointer from a successful lookup, aligned to 8.
+    let previous = unsafe { atomic_xchg::<u64, { AtomicOrdering::Relaxed }>(claim, now) };
+    now.saturating_sub(previous) > EXIT_CLAIM_NS
 }
 
 /// sched:sched_process_exec: a new program image, so a new heap: restart the brk baseline.
@@ -186,7 +277,7 @@ fn try_sched_process_exec(ctx: &TracePointContext) -> Result<u32, i64> {
         return Ok(0);
     };
     // SAFETY: offset of sched_process_exec's record (pid_t pid @12).
-    let tgid = unsafe { ctx.read_at::<i32>(PROCESS_EXEC_PID)? } as u32;
+    let tgid = unsafe { ctx.read_at::<i32>(EXEC_PID)? } as u32;
     let target = target_counters(target_id).ok_or(0)?;
     let process = process_counters(tgid, target_id);
     update_both(target, process, |c| {
@@ -194,6 +285,7 @@ fn try_sched_process_exec(ctx: &TracePointContext) -> Result<u32, i64> {
         add(unsafe { &raw mut (*c).execs }, 1);
     });
     if let Some(process) = process {
+        let process = process.as_ptr();
         // SAFETY: map value pointer from a successful lookup.
         unsafe {
             (*process).brk_start = 0;

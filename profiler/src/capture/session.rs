@@ -460,6 +460,7 @@ mod tests {
             anon_rss_bytes: 240 * MIB,
             file_rss_bytes: 0,
             shmem_rss_bytes: 0,
+            sizes_known: true,
         }))]);
         let (mut report, _) = session.finish(&kernel, end()).expect("report");
         crate::sizing::recommend_report(&mut report, 0.25);

@@ -2,8 +2,8 @@
 //! before it is read, so a mismatched or corrupt record is an error, never a misread.
 
 use profiler_common::{
-    event_kind, EventHeader, MappingEvent, OomVictimEvent, ProcessCounters, ProcessExitEvent,
-    ProcessStartEvent, StackSampleEvent, StackSnapshotEvent, MAX_STACK_FRAMES,
+    event_kind, oom_details, EventHeader, MappingEvent, OomVictimEvent, ProcessCounters,
+    ProcessExitEvent, ProcessStartEvent, StackSampleEvent, StackSnapshotEvent, MAX_STACK_FRAMES,
 };
 use thiserror::Error;
 
@@ -51,10 +51,13 @@ pub struct OomVictim {
     pub tgid: u32,
     pub target_id: u64,
     pub timestamp_ns: u64,
+    /// The victim's sizes at the kill, when `sizes_known` (else 0: upstream kernels before
+    /// 6.9 record only the victim's pid).
     pub total_vm_bytes: u64,
     pub anon_rss_bytes: u64,
     pub file_rss_bytes: u64,
     pub shmem_rss_bytes: u64,
+    pub sizes_known: bool,
 }
 
 /// Registers and raw stack bytes copied at a sample, for `.eh_frame` unwinding.
@@ -190,6 +193,7 @@ pub fn decode_event(bytes: &[u8]) -> Result<ProbeEvent, DecodeError> {
                 anon_rss_bytes: event.anon_rss_bytes,
                 file_rss_bytes: event.file_rss_bytes,
                 shmem_rss_bytes: event.shmem_rss_bytes,
+                sizes_known: event.details & oom_details::SIZES != 0,
             }))
         }
         // Two sizes: with or without the raw stack snapshot.
@@ -315,6 +319,24 @@ mod tests {
             panic!("not a stack sample");
         };
         assert_eq!(sample.frames.len(), MAX_STACK_FRAMES);
+    }
+
+    #[test]
+    fn decodes_oom_victims_with_and_without_sizes() {
+        let mut event = OomVictimEvent::default();
+        event.header.kind = event_kind::OOM_VICTIM;
+        event.header.tgid = 12;
+        let Ok(ProbeEvent::OomVictim(victim)) = decode_event(&as_bytes(&event)) else {
+            panic!("not an OOM event");
+        };
+        assert!(!victim.sizes_known);
+        event.details = oom_details::SIZES;
+        event.anon_rss_bytes = 64 << 20;
+        let Ok(ProbeEvent::OomVictim(victim)) = decode_event(&as_bytes(&event)) else {
+            panic!("not an OOM event");
+        };
+        assert!(victim.sizes_known);
+        assert_eq!((victim.tgid, victim.anon_rss_bytes), (12, 64 << 20));
     }
 
     #[test]

@@ -3,7 +3,9 @@
 //! [`Probes`] owns the loaded object. Dropping it detaches every program (aya links are not
 //! pinned), so an early return, an error or an unwinding panic all leave the kernel clean.
 
+pub mod btf;
 pub mod events;
+pub mod layout;
 pub mod preflight;
 mod view;
 
@@ -18,8 +20,8 @@ pub use events::{
     decode_event, DecodeError, MappingChange, OomVictim, ProbeEvent, ProcessExit, ProcessStart,
 };
 use profiler_common::{
-    capacity, drop_reason, global, map, program, rss_member, MemoryCounters, MmOwner, PendingCall,
-    ProcessCounters, StackSampling, WindowKey, WindowPeaks,
+    capacity, drop_reason, exit_mode, global, map, program, rss_member, MemoryCounters, MmOwner,
+    PendingCall, ProcessCounters, StackSampling, WindowKey, WindowPeaks,
 };
 use thiserror::Error;
 use tokio::io::{unix::AsyncFd, Interest};
@@ -61,12 +63,15 @@ pub enum ProbeError {
     #[error("the eBPF object has no map `{0}` (build mismatch: rebuild headroom)")]
     MissingMap(&'static str),
     #[error(
-        "the kernel's verifier refused program `{name}` ({io_error}); the end of its log:\n{log_tail}"
+        "the kernel's verifier refused program `{name}` ({io_error}){others}; the end of its \
+         log:\n{log_tail}"
     )]
     Verifier {
         name: &'static str,
         io_error: std::io::Error,
         log_tail: String,
+        /// The other programs it refused too (every program is tried), as text.
+        others: String,
     },
     #[error("the kernel refused to load program `{name}`")]
     ProgramLoad {
@@ -130,6 +135,20 @@ pub struct ProbeConfig {
     /// never sees the snapshot code (a load-time constant prunes it), so kernels without BTF
     /// still load everything else.
     pub stack_snapshots: bool,
+    /// How process exits are told apart from thread exits. `Auto` takes the best this kernel
+    /// offers; the others force a fallback, so tests can check it on any kernel.
+    pub exit_tracking: ExitTrackingChoice,
+}
+
+/// See [`ProbeConfig::exit_tracking`] and [`preflight::ExitTracking`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ExitTrackingChoice {
+    #[default]
+    Auto,
+    /// `task->signal->live` through BTF offsets, even where the record has `group_dead`.
+    SignalLive,
+    /// The kernel map's thread counts and leader exits (the no-BTF fallback).
+    LiveCount,
 }
 
 impl Default for ProbeConfig {
@@ -143,6 +162,7 @@ impl Default for ProbeConfig {
             max_processes: capacity::PROCESSES,
             events_bytes: capacity::EVENTS_BYTES,
             stack_snapshots: false,
+            exit_tracking: ExitTrackingChoice::Auto,
         }
     }
 }
@@ -167,28 +187,93 @@ pub struct Probes {
     sampled_targets: HashMap<MapData, u64, StackSampling>,
     sampling_active: Array<MapData, u32>,
     events: Option<RingBuf<MapData>>,
+    features: preflight::KernelFeatures,
     ebpf: Ebpf,
+}
+
+/// Load-time globals that tell the programs how this kernel does things.
+struct KernelGlobals {
+    exit_mode: u8,
+    exit_group_dead_offset: u32,
+    task_signal_offset: u32,
+    signal_live_offset: u32,
+    oom_sizes: [u32; 4],
+}
+
+impl KernelGlobals {
+    fn of(features: &preflight::KernelFeatures) -> Self {
+        let mut globals = Self {
+            exit_mode: exit_mode::LIVE_COUNT,
+            exit_group_dead_offset: 0,
+            task_signal_offset: 0,
+            signal_live_offset: 0,
+            oom_sizes: [0; 4],
+        };
+        match features.exit_tracking {
+            preflight::ExitTracking::GroupDeadField { offset } => {
+                globals.exit_mode = exit_mode::GROUP_DEAD_FIELD;
+                globals.exit_group_dead_offset = offset as u32;
+            }
+            preflight::ExitTracking::SignalLive {
+                task_signal,
+                signal_live,
+            } => {
+                globals.exit_mode = exit_mode::SIGNAL_LIVE;
+                globals.task_signal_offset = task_signal;
+                globals.signal_live_offset = signal_live;
+            }
+            preflight::ExitTracking::LiveCount { .. } => {}
+        }
+        if let Some(offsets) = features.layouts.oom_victim_sizes {
+            globals.oom_sizes = offsets.map(|offset| offset as u32);
+        }
+        globals
+    }
 }
 
 impl Probes {
     /// Checks privileges and kernel features, loads the object and attaches every program.
     pub fn load(config: &ProbeConfig) -> Result<Self, ProbeError> {
         let started = std::time::Instant::now();
-        preflight::check(
+        let mut features = preflight::check(
             Path::new("/"),
             preflight::Needs {
                 btf: config.stack_snapshots,
             },
         )?;
+        features.force_exit_tracking(config.exit_tracking)?;
+        for (feature, status) in features.describe() {
+            tracing::info!("kernel: {feature}: {status}");
+        }
+        if let preflight::ExitTracking::LiveCount { why } = &features.exit_tracking {
+            tracing::warn!(
+                "process exits are approximate on this kernel: no group_dead field and no \
+                 usable BTF ({why})"
+            );
+        }
+        let kernel = KernelGlobals::of(&features);
         let trace_all = u8::from(config.trace_all_cgroups);
         let track_regions = u8::from(config.track_regions);
         let track_windows = u8::from(config.track_windows);
         let stack_snapshots = u8::from(config.stack_snapshots);
+        let [oom_total_vm, oom_anon, oom_file, oom_shmem] = kernel.oom_sizes;
         let mut ebpf = EbpfLoader::new()
             .override_global(global::TRACE_ALL_CGROUPS, &trace_all, true)
             .override_global(global::TRACK_REGIONS, &track_regions, true)
             .override_global(global::TRACK_WINDOWS, &track_windows, true)
             .override_global(global::STACK_SNAPSHOTS, &stack_snapshots, true)
+            .override_global(global::EXIT_MODE, &kernel.exit_mode, true)
+            .override_global(
+                global::EXIT_GROUP_DEAD_OFFSET,
+                &kernel.exit_group_dead_offset,
+                true,
+            )
+            .override_global(global::TASK_SIGNAL_OFFSET, &kernel.task_signal_offset, true)
+            .override_global(global::SIGNAL_LIVE_OFFSET, &kernel.signal_live_offset, true)
+            .override_global(global::OOM_TOTAL_VM_OFFSET, &oom_total_vm, true)
+            .override_global(global::OOM_ANON_RSS_OFFSET, &oom_anon, true)
+            .override_global(global::OOM_FILE_RSS_OFFSET, &oom_file, true)
+            .override_global(global::OOM_SHMEM_RSS_OFFSET, &oom_shmem, true)
             .map_max_entries(map::TARGET_COUNTERS, config.max_targets)
             .map_max_entries(map::PROCESS_COUNTERS, config.max_processes)
             .map_max_entries(map::EVENTS, config.events_bytes)
@@ -198,33 +283,66 @@ impl Probes {
                 None => ProbeError::Load(Box::new(err)),
             })?;
 
-        for (name, category, event) in TRACEPOINTS {
-            if category == "syscalls" && !config.trace_syscalls {
-                continue;
-            }
-            let program: &mut TracePoint = ebpf
-                .program_mut(name)
-                .ok_or(ProbeError::MissingProgram(name))?
-                .try_into()
-                .map_err(|source| ProbeError::ProgramLoad {
-                    name,
-                    source: Box::new(source),
-                })?;
-            program.load().map_err(|source| match source {
-                ProgramError::LoadError {
+        // Every program is loaded before any is attached, and a refusal does not stop the
+        // others: the error names all the programs this kernel's verifier refused.
+        let wanted = || {
+            TRACEPOINTS
+                .into_iter()
+                .filter(|(_, category, _)| *category != "syscalls" || config.trace_syscalls)
+        };
+        let mut refused: Vec<ProbeError> = Vec::new();
+        for (name, _, _) in wanted() {
+            let program = tracepoint_mut(&mut ebpf, name)?;
+            match program.load() {
+                Ok(()) => {
+                    if let Ok(info) = program.info() {
+                        tracing::debug!(
+                            program = name,
+                            verified_insns = info.verified_instruction_count(),
+                            xlated_insns = info.size_translated().map(|bytes| bytes / 8),
+                            "program loaded"
+                        );
+                    }
+                }
+                Err(ProgramError::LoadError {
                     io_error,
                     verifier_log,
-                } => ProbeError::Verifier {
-                    name,
-                    io_error,
-                    log_tail: last_lines(&verifier_log.to_string(), 25),
-                },
-                source => ProbeError::ProgramLoad {
-                    name,
-                    source: Box::new(source),
-                },
-            })?;
-            program
+                }) => {
+                    let log = verifier_log.to_string();
+                    tracing::debug!(program = name, "the verifier's whole log:\n{log}");
+                    refused.push(ProbeError::Verifier {
+                        name,
+                        io_error,
+                        log_tail: last_lines(&log, 25),
+                        others: String::new(),
+                    });
+                }
+                Err(source) => {
+                    return Err(ProbeError::ProgramLoad {
+                        name,
+                        source: Box::new(source),
+                    })
+                }
+            }
+        }
+        let names: Vec<&'static str> = refused
+            .iter()
+            .filter_map(|err| match err {
+                ProbeError::Verifier { name, .. } => Some(*name),
+                _ => None,
+            })
+            .collect();
+        if let Some(mut first) = refused.into_iter().next() {
+            if let (ProbeError::Verifier { others, .. }, [_, rest @ ..]) = (&mut first, &names[..])
+            {
+                if !rest.is_empty() {
+                    *others = format!(" (and {})", rest.join(", "));
+                }
+            }
+            return Err(first);
+        }
+        for (name, category, event) in wanted() {
+            tracepoint_mut(&mut ebpf, name)?
                 .attach(category, event)
                 .map_err(|source| ProbeError::Attach {
                     name,
@@ -253,8 +371,14 @@ impl Probes {
             sampled_targets: take_map(&mut ebpf, map::SAMPLED_TARGETS)?,
             sampling_active: take_map(&mut ebpf, map::SAMPLING_ACTIVE)?,
             events: Some(take_map(&mut ebpf, map::EVENTS)?),
+            features,
             ebpf,
         })
+    }
+
+    /// What the kernel offered at load, and what falls back (see [`preflight::KernelFeatures`]).
+    pub fn kernel_features(&self) -> &preflight::KernelFeatures {
+        &self.features
     }
 
     /// Starts counting the cgroup with this cgroup v2 id (capture sessions).
@@ -309,13 +433,29 @@ impl Probes {
 
     /// Follows a process and, from now on, every process it forks, counting them all under
     /// `target_id` (capture `--pid`).
+    ///
+    /// A process that is already dead (gone, or a zombie) when it is followed is forgotten at
+    /// once: its exit passed before the kernel side could see it, so nothing else would.
     pub fn follow_process(&mut self, tgid: u32, target_id: u64) -> Result<(), ProbeError> {
         self.tracked_tgids
             .insert(tgid, target_id, 0)
             .map_err(|source| ProbeError::MapWrite {
                 name: map::TRACKED_TGIDS,
                 source: Box::new(source),
-            })
+            })?;
+        // Checked after the insert: a process alive then will have its exit seen.
+        if process_is_dead(tgid) {
+            match self.tracked_tgids.remove(&tgid) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(source) => {
+                    return Err(ProbeError::MapWrite {
+                        name: map::TRACKED_TGIDS,
+                        source: Box::new(source),
+                    })
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The kernel's counters for one target, or `None` if nothing happened in it yet.
@@ -552,6 +692,18 @@ pub fn enable_run_time_stats() -> Result<std::os::fd::OwnedFd, ProbeError> {
     aya::sys::enable_stats(aya::sys::Stats::RunTime).map_err(|err| ProbeError::Stats(err.io_error))
 }
 
+/// Whether a process has exited: no /proc entry, or a zombie (state Z or X in its stat line).
+fn process_is_dead(tgid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{tgid}/stat")) else {
+        return true;
+    };
+    // The state follows the command name, which is in parentheses and may hold anything.
+    let state = stat
+        .rfind(')')
+        .and_then(|end| stat[end + 1..].split_whitespace().next());
+    matches!(state, Some("Z" | "X"))
+}
+
 /// Whether a map insert failed because BPF_NOEXIST found the key.
 fn already_exists(err: &MapError) -> bool {
     matches!(err, MapError::SyscallError(e) if e.io_error.raw_os_error() == Some(libc::EEXIST))
@@ -576,6 +728,19 @@ fn raise_resident_peaks(counters: &mut MemoryCounters) {
 fn last_lines(text: &str, count: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(count)..].join("\n")
+}
+
+fn tracepoint_mut<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<&'a mut TracePoint, ProbeError> {
+    ebpf.program_mut(name)
+        .ok_or(ProbeError::MissingProgram(name))?
+        .try_into()
+        .map_err(|source| ProbeError::ProgramLoad {
+            name,
+            source: Box::new(source),
+        })
 }
 
 fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, ProbeError>

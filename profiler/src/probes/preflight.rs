@@ -1,5 +1,7 @@
 //! Checks made before loading the probes, so that a missing privilege or kernel feature gets a
-//! message that names it and the fix, instead of a bare EPERM from the kernel.
+//! message that names it and the fix, instead of a bare EPERM from the kernel; and what this
+//! kernel offers beyond the basics ([`KernelFeatures`]): which means each feature uses here,
+//! and what falls back where the kernel lacks something. Nothing that works is refused.
 
 use std::{
     fs, io,
@@ -8,7 +10,11 @@ use std::{
 
 use thiserror::Error;
 
-use super::TRACEPOINTS;
+use super::{
+    btf::{Btf, BtfError},
+    layout::{self, LayoutError, RecordLayouts},
+    ExitTrackingChoice, TRACEPOINTS,
+};
 
 /// Linux capability numbers (linux/capability.h).
 pub const CAP_SYS_ADMIN: u32 = 21;
@@ -69,6 +75,16 @@ pub enum PreflightError {
          CONFIG_DEBUG_INFO_BTF=y have it). Capture with --unwind frame-pointers instead"
     )]
     BtfMissing { path: PathBuf },
+    #[error(transparent)]
+    Layout(#[from] LayoutError),
+    #[error(
+        "exit tracking through task->signal->live was asked for, but the kernel's BTF does not \
+         give its offsets; leave exit tracking on automatic"
+    )]
+    ExitTrackingUnavailable {
+        #[source]
+        source: BtfError,
+    },
 }
 
 /// What the probes about to be loaded need from the kernel beyond the basics.
@@ -78,8 +94,9 @@ pub struct Needs {
     pub btf: bool,
 }
 
-/// Runs every check against the filesystem under `root` (`/` outside tests).
-pub fn check(root: &Path, needs: Needs) -> Result<(), PreflightError> {
+/// Runs every check against the filesystem under `root` (`/` outside tests), and finds what
+/// this kernel offers.
+pub fn check(root: &Path, needs: Needs) -> Result<KernelFeatures, PreflightError> {
     check_capabilities(&root.join("proc/self/status"))?;
     check_kernel_version(root)?;
     if needs.btf && !has_btf(root) {
@@ -88,7 +105,159 @@ pub fn check(root: &Path, needs: Needs) -> Result<(), PreflightError> {
         });
     }
     let tracefs = ensure_tracefs(root)?;
-    check_tracepoints(&tracefs)
+    check_tracepoints(&tracefs)?;
+    KernelFeatures::detect(root, &tracefs)
+}
+
+/// How the exit program tells a process's last thread from the others on this kernel.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ExitTracking {
+    /// sched_process_exit's own `group_dead` field (Linux 6.16+), at this record offset.
+    GroupDeadField { offset: usize },
+    /// `current->signal->live`, read at these byte offsets (from the kernel's BTF).
+    SignalLive { task_signal: u32, signal_live: u32 },
+    /// Neither: the kernel map's thread count, else the leader's exit (approximate).
+    LiveCount { why: String },
+}
+
+/// What this kernel offers the probes beyond the basics, and what falls back.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KernelFeatures {
+    /// `major.minor`, when /proc/sys/kernel/osrelease was readable.
+    pub version: Option<(u32, u32)>,
+    pub btf: bool,
+    pub exit_tracking: ExitTracking,
+    pub layouts: RecordLayouts,
+}
+
+impl KernelFeatures {
+    /// Reads the record layouts from tracefs and, where sched_process_exit has no
+    /// `group_dead`, the offsets of `task_struct.signal` and `signal_struct.live` from BTF.
+    pub fn detect(root: &Path, tracefs: &Path) -> Result<Self, PreflightError> {
+        let layouts = layout::read_layouts(tracefs)?;
+        let btf = has_btf(root);
+        let exit_tracking = match layouts.exit_group_dead {
+            Some(offset) => ExitTracking::GroupDeadField { offset },
+            None => match signal_live_offsets(root) {
+                Ok((task_signal, signal_live)) => ExitTracking::SignalLive {
+                    task_signal,
+                    signal_live,
+                },
+                Err(err) => ExitTracking::LiveCount {
+                    why: error_chain(&err),
+                },
+            },
+        };
+        Ok(Self {
+            version: fs::read_to_string(root.join("proc/sys/kernel/osrelease"))
+                .ok()
+                .and_then(|release| parse_kernel_release(&release)),
+            btf,
+            exit_tracking,
+            layouts,
+        })
+    }
+
+    /// Replaces the automatic choice of exit tracking by a forced fallback (tests).
+    pub fn force_exit_tracking(
+        &mut self,
+        choice: ExitTrackingChoice,
+    ) -> Result<(), PreflightError> {
+        match choice {
+            ExitTrackingChoice::Auto => {}
+            ExitTrackingChoice::SignalLive => {
+                let (task_signal, signal_live) = signal_live_offsets(Path::new("/"))
+                    .map_err(|source| PreflightError::ExitTrackingUnavailable { source })?;
+                self.exit_tracking = ExitTracking::SignalLive {
+                    task_signal,
+                    signal_live,
+                };
+            }
+            ExitTrackingChoice::LiveCount => {
+                self.exit_tracking = ExitTracking::LiveCount {
+                    why: "forced by the probe configuration".to_owned(),
+                };
+            }
+        }
+        Ok(())
+    }
+
+    /// One line per feature: its name and what this kernel uses or lacks for it.
+    pub fn describe(&self) -> Vec<(&'static str, String)> {
+        let at_least = |wanted: (u32, u32)| self.version.map(|version| version >= wanted);
+        let exit = match &self.exit_tracking {
+            ExitTracking::GroupDeadField { offset } => format!(
+                "sched_process_exit's group_dead field (Linux 6.16+; record offset {offset})"
+            ),
+            ExitTracking::SignalLive {
+                task_signal,
+                signal_live,
+            } => format!(
+                "task->signal->live read through BTF offsets (task_struct.signal +{task_signal}, \
+                 signal_struct.live +{signal_live}); sched_process_exit has no group_dead \
+                 field before 6.16"
+            ),
+            ExitTracking::LiveCount { why } => format!(
+                "APPROXIMATE: no group_dead field (6.16+) and no usable kernel BTF ({why}); a \
+                 process is seen to end when every thread seen born has exited, or else when \
+                 its main thread exits. Use a kernel built with CONFIG_DEBUG_INFO_BTF=y for \
+                 exact exits"
+            ),
+        };
+        let oom = match self.layouts.oom_victim_sizes {
+            Some(_) => "oom:mark_victim carries the victim's total_vm and anon/file/shmem \
+                        resident sizes"
+                .to_owned(),
+            None => "absent: oom:mark_victim carries only the pid before 6.9; OOM kills are \
+                     reported with their sizes unknown"
+                .to_owned(),
+        };
+        let peak_reset = match at_least((6, 12)) {
+            Some(true) => "yes (6.12+): exact per-window cgroup v2 peaks".to_owned(),
+            Some(false) => "no (before 6.12): a window's cgroup peak is known only when the \
+                            lifetime peak sets a record; sampling of memory.current fills in"
+                .to_owned(),
+            None => "unknown kernel version: tried on the cgroup's memory.peak".to_owned(),
+        };
+        let rss = match at_least((6, 2)) {
+            Some(false) => "per-thread caches synced about every 64 faults (before 6.2): \
+                            resident figures from rss_stat lag and can dip below zero briefly"
+                .to_owned(),
+            _ => "per-CPU counters summed at each event (6.2+)".to_owned(),
+        };
+        let snapshots = if self.btf {
+            "available (kernel BTF)".to_owned()
+        } else {
+            "unavailable (no kernel BTF): --unwind frame-pointers only".to_owned()
+        };
+        vec![
+            ("exit tracking", exit),
+            ("OOM victim details", oom),
+            ("memory.peak per-fd reset", peak_reset),
+            ("rss_stat counters", rss),
+            ("stack snapshots for --unwind eh-frame", snapshots),
+        ]
+    }
+}
+
+/// Byte offsets of `task_struct.signal` and `signal_struct.live` in the kernel's BTF.
+fn signal_live_offsets(root: &Path) -> Result<(u32, u32), BtfError> {
+    let btf = Btf::from_kernel(root)?;
+    Ok((
+        btf.member_offset("task_struct", "signal")?,
+        btf.member_offset("signal_struct", "live")?,
+    ))
+}
+
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 /// Whether the kernel exposes its own BTF (needed for stack snapshots).
