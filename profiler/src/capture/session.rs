@@ -159,6 +159,7 @@ impl CaptureSession {
                     anon_rss_bytes: victim.anon_rss_bytes,
                     file_rss_bytes: victim.file_rss_bytes,
                     shmem_rss_bytes: victim.shmem_rss_bytes,
+                    sizes_unknown: !victim.sizes_known,
                     timeline_before: TimelineExcerpt::default(),
                 });
             }

@@ -145,6 +145,10 @@ pub struct OomKill {
     pub file_rss_bytes: u64,
     #[serde(default)]
     pub shmem_rss_bytes: u64,
+    /// True when the kernel's OOM record carried no sizes (upstream kernels before 6.9 give
+    /// only the victim's pid): the four sizes above are then 0, meaning unknown.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub sizes_unknown: bool,
     pub timeline_before: TimelineExcerpt,
 }
 

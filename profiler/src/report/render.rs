@@ -367,13 +367,17 @@ fn render_sources_and_kills(out: &mut String, t: &TargetReport) {
                 .map_or_else(|| "n/a".to_owned(), |kills| kills.to_string())
         );
         for kill in &t.oom_events {
+            let resident = if kill.sizes_unknown {
+                "its size not in this kernel's OOM record".to_owned()
+            } else {
+                format!("{} anon resident", format_bytes(kill.anon_rss_bytes))
+            };
             let _ = writeln!(
                 out,
-                "  at {:.2} s: pid {} ({}) with {} anon resident",
+                "  at {:.2} s: pid {} ({}) with {resident}",
                 kill.seconds,
                 kill.pid,
                 kill.command.as_deref().unwrap_or("?"),
-                format_bytes(kill.anon_rss_bytes)
             );
         }
     }
