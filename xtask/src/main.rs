@@ -8,8 +8,12 @@
 //!   cost, agent footprint, the agent under each stressor with per-program BPF cost, aggregator
 //!   throughput (BENCHMARKS.md; `--only PART` for some of them).
 //! - `cargo xtask fuzz`:  every cargo-fuzz target in fuzz/ for a bounded time, with counts.
+//! - `cargo xtask matrix`: the privileged suites on the host and on Debian's kernels 6.1 and
+//!   6.12 (pure cgroup v2, systemd and bare init) under QEMU; a cell × suite table.
 mod bench;
 mod fuzz;
+mod matrix;
+mod matrix_report;
 mod setup;
 
 use std::{
@@ -50,6 +54,10 @@ enum Task {
         #[arg(long, default_value_t = 60)]
         seconds: u64,
     },
+    /// The privileged suites in each kernel × cgroup-layout cell: the host, and Debian's
+    /// kernels 6.1 and 6.12 with pure cgroup v2 under systemd and bare init (QEMU guests,
+    /// built once in /var/cache/headroom-matrix); prints a cell × suite table.
+    Matrix(matrix::Options),
 }
 
 fn main() {
@@ -60,6 +68,7 @@ fn main() {
         Task::Test => test(),
         Task::Bench { only } => bench::bench(&only),
         Task::Fuzz { seconds } => fuzz::fuzz(seconds),
+        Task::Matrix(options) => matrix::run(&options),
     };
     if let Err(err) = result {
         eprintln!("xtask: error: {err}");
@@ -90,7 +99,7 @@ pub(crate) fn run(mut command: Command) -> Result<()> {
     Ok(())
 }
 
-fn describe(command: &Command) -> String {
+pub(crate) fn describe(command: &Command) -> String {
     std::iter::once(command.get_program())
         .chain(command.get_args())
         .map(|part| part.to_string_lossy().into_owned())
