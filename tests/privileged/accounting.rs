@@ -9,7 +9,7 @@
 mod common;
 
 use std::{
-    io::Read as _,
+    io::{Read as _, Write as _},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     thread,
@@ -17,8 +17,7 @@ use std::{
 };
 
 use common::{
-    capture, headroom, leftover_session_cgroups, loaded_programs_named, privileged, workload,
-    Captured, TestCgroup,
+    capture, headroom, leftover_session_cgroups, privileged, workload, Captured, TestCgroup,
 };
 
 const MIB: u64 = 1 << 20;
@@ -28,13 +27,21 @@ fn within(actual: u64, expected: u64, fraction: f64, floor: u64) -> bool {
     actual.abs_diff(expected) <= tolerance
 }
 
-/// Starts `headroom capture` with these flags (report to a JSON file) in the background.
-fn start_capture(flags: &[&str], tag: &str) -> (Child, PathBuf) {
+/// A `headroom capture` running in the background, its stderr read by a thread.
+struct Running {
+    child: Child,
+    report: PathBuf,
+    stderr: thread::JoinHandle<Vec<u8>>,
+}
+
+/// Starts `headroom capture` with these flags (report to a JSON file) in the background and
+/// returns once it says it is capturing (the target is tracked from that line on), however
+/// long loading the probes takes on this machine.
+fn start_capture(flags: &[&str], tag: &str) -> Running {
     let report =
         Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{tag}-{}.json", std::process::id()));
     let _ = std::fs::remove_file(&report);
-    let before = loaded_programs_named("rss_stat");
-    let child = headroom()
+    let mut child = headroom()
         .arg("capture")
         .args(["--format", "json", "--output"])
         .arg(&report)
@@ -43,23 +50,64 @@ fn start_capture(flags: &[&str], tag: &str) -> (Child, PathBuf) {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn headroom");
-    // The probes are attached once the program shows up in the kernel's list.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while loaded_programs_named("rss_stat") <= before {
-        assert!(
-            Instant::now() < deadline,
-            "headroom never attached its probes"
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let stderr = read_stderr(&mut child, Some(ready_tx));
+    if ready_rx.recv_timeout(Duration::from_secs(120)).is_err() {
+        let _ = child.kill();
+        let _ = child.wait();
+        let seen = stderr.join().unwrap_or_default();
+        panic!(
+            "headroom never said it was capturing; stderr:\n{}",
+            String::from_utf8_lossy(&seen)
         );
-        thread::sleep(Duration::from_millis(10));
     }
-    // Attached is not yet tracking: give it the moment it takes to register the target.
-    thread::sleep(Duration::from_millis(300));
-    (child, report)
+    Running {
+        child,
+        report,
+        stderr,
+    }
 }
 
-fn finish_capture(child: Child, report: &Path) -> Captured {
-    let output = child.wait_with_output().expect("wait for headroom");
-    let text = std::fs::read_to_string(report).unwrap_or_else(|err| {
+/// Reads the child's stderr to the end in a thread; `ready` hears once when headroom says it
+/// is capturing.
+fn read_stderr(
+    child: &mut Child,
+    ready: Option<std::sync::mpsc::Sender<()>>,
+) -> thread::JoinHandle<Vec<u8>> {
+    let mut pipe = child.stderr.take().expect("stderr is piped");
+    thread::spawn(move || {
+        let mut seen = Vec::new();
+        let mut chunk = [0u8; 4096];
+        let mut ready = ready;
+        while let Ok(read) = pipe.read(&mut chunk) {
+            if read == 0 {
+                break;
+            }
+            seen.extend_from_slice(&chunk[..read]);
+            if ready.is_some() && String::from_utf8_lossy(&seen).contains("headroom: capturing ") {
+                if let Some(ready) = ready.take() {
+                    let _ = ready.send(());
+                }
+            }
+        }
+        seen
+    })
+}
+
+fn finish_capture(running: Running) -> Captured {
+    let Running {
+        mut child,
+        report,
+        stderr,
+    } = running;
+    let status = child.wait().expect("wait for headroom");
+    let stderr = stderr.join().expect("stderr reader");
+    let output = std::process::Output {
+        status,
+        stdout: Vec::new(),
+        stderr,
+    };
+    let text = std::fs::read_to_string(&report).unwrap_or_else(|err| {
         panic!(
             "no report ({err}); stderr:\n{}",
             String::from_utf8_lossy(&output.stderr)
@@ -86,8 +134,7 @@ fn a_60_ms_spike_is_caught_and_matches_the_kernel_high_water_mark() {
     };
     let program = workload("spike", false);
     let cgroup = TestCgroup::new("spike");
-    let (headroom, report) =
-        start_capture(&["--cgroup", &cgroup.path(), "--duration", "7s"], "spike");
+    let headroom = start_capture(&["--cgroup", &cgroup.path(), "--duration", "7s"], "spike");
     // 40 MiB base for 2.5 s, a 200 MiB spike held 60 ms, then 1.5 s of base again.
     let workload = cgroup.spawn(&program, &["40", "200", "60", "2500", "1500"]);
     let workload = workload.wait_with_output().expect("workload");
@@ -96,7 +143,7 @@ fn a_60_ms_spike_is_caught_and_matches_the_kernel_high_water_mark() {
         &String::from_utf8_lossy(&workload.stdout),
         "spike_lasted_ms",
     );
-    let run = finish_capture(headroom, &report);
+    let run = finish_capture(headroom);
     let kernel_peak = cgroup
         .memory_file("memory.max_usage_in_bytes")
         .or_else(|| cgroup.memory_file("memory.peak"))
@@ -151,13 +198,22 @@ fn a_process_tree_is_followed_by_pid_and_its_peak_matches_vmhwm() {
         return;
     };
     let program = workload("spike", false);
+    // BEFORE_MS -1: the workload holds its base until it reads a line, sent once the capture
+    // says it is tracking the process.
     let mut child = Command::new(&program)
-        .args(["16", "96", "200", "2000", "500"])
+        .args(["16", "96", "200", "-1", "500"])
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
         .expect("spawn workload");
     let pid = child.id().to_string();
-    let (headroom, report) = start_capture(&["--pid", &pid], "pid");
+    let headroom = start_capture(&["--pid", &pid], "pid");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"go\n")
+        .expect("tell the workload to go on");
     let mut stdout = String::new();
     child
         .stdout
@@ -167,7 +223,7 @@ fn a_process_tree_is_followed_by_pid_and_its_peak_matches_vmhwm() {
         .expect("read workload output");
     assert!(child.wait().expect("workload").success());
     // The capture ends by itself when the process tree is gone.
-    let run = finish_capture(headroom, &report);
+    let run = finish_capture(headroom);
     let vm_hwm = key_value(&stdout, "vm_hwm_kib") * 1024;
     let resident = run.target("/resident/peak_bytes");
     eprintln!("measured: resident peak {resident} vs VmHWM {vm_hwm}");
@@ -297,7 +353,7 @@ fn redis_under_redis_benchmark_peak_matches_the_kernel() {
     let port = common::free_port().to_string();
     let report =
         Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("redis-{}.json", std::process::id()));
-    let server = headroom()
+    let mut server = headroom()
         .args(["capture", "--format", "json", "--output"])
         .arg(&report)
         .args(["--", "redis-server", "--port", &port, "--bind", "127.0.0.1"])
@@ -306,7 +362,13 @@ fn redis_under_redis_benchmark_peak_matches_the_kernel() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn headroom with redis-server");
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let server = Running {
+        stderr: read_stderr(&mut server, None),
+        child: server,
+        report,
+    };
+    // Loading the probes takes seconds on a slow (emulated) machine.
+    let deadline = Instant::now() + Duration::from_secs(90);
     while std::net::TcpStream::connect(("127.0.0.1", port.parse::<u16>().expect("port"))).is_err() {
         assert!(Instant::now() < deadline, "redis-server never listened");
         thread::sleep(Duration::from_millis(50));
@@ -329,9 +391,9 @@ fn redis_under_redis_benchmark_peak_matches_the_kernel() {
         .output()
         .expect("redis-benchmark (redis-tools) is installed");
     assert!(benchmark.status.success());
-    let pid = nix::unistd::Pid::from_raw(i32::try_from(server.id()).expect("pid"));
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(server.child.id()).expect("pid"));
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).expect("stop redis");
-    let run = finish_capture(server, &report);
+    let run = finish_capture(server);
     assert_peak_matches_kernel(&run, "redis");
     assert!(
         run.target("/memory/peak_bytes") > 100 * MIB,

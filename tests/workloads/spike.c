@@ -3,7 +3,8 @@
  * metric would show.
  *
  * Usage: spike BASE_MIB SPIKE_MIB SPIKE_MS BEFORE_MS AFTER_MS
- * Touches BASE_MIB and holds it; after BEFORE_MS touches SPIKE_MIB more, holds it SPIKE_MS,
+ * Touches BASE_MIB and holds it; after BEFORE_MS (or, if BEFORE_MS is -1, once a line arrives on
+ * stdin: a test's "the capture is ready") touches SPIKE_MIB more, holds it SPIKE_MS,
  * releases it, and exits AFTER_MS later. Prints what it did (how long the spike really lasted,
  * touching included) and its VmHWM, one `key value` per line.
  */
@@ -43,7 +44,15 @@ int main(int argc, char **argv) {
     long spike_ms = atol(argv[3]), before_ms = atol(argv[4]), after_ms = atol(argv[5]);
     char *base_memory = map(base);
     touch(base_memory, base);
-    sleep_ms(before_ms);
+    if (before_ms < 0) {
+        char go[16];
+        if (!fgets(go, sizeof go, stdin)) {
+            fprintf(stderr, "spike: stdin closed before the go line\n");
+            return 2;
+        }
+    } else {
+        sleep_ms(before_ms);
+    }
     struct timespec spike_start, spike_end;
     clock_gettime(CLOCK_MONOTONIC, &spike_start);
     char *spike_memory = map(spike);

@@ -201,11 +201,17 @@ pub async fn run(options: &CaptureOptions) -> Result<CaptureReport, CaptureError
         }
         _ => None,
     };
+    // Caught before the session's cgroup exists and the command starts: a SIGINT that arrives
+    // while the probes load (seconds on a slow machine) is passed on once the loop runs,
+    // instead of killing headroom and leaving the cgroup behind.
+    let mut signals = command::Signals::install()?;
     let (mut probes, mut events, mut session) = start(options, &target, kubernetes.is_some())?;
+    announce(&options.target, options.duration);
     let started = Instant::now();
     let exit = capture_loop(
         options,
         command,
+        &mut signals,
         &mut session,
         &mut probes,
         &mut events,
@@ -249,6 +255,25 @@ pub async fn run(options: &CaptureOptions) -> Result<CaptureReport, CaptureError
     }
     drop(probes);
     Ok(report)
+}
+
+/// Says on stderr that an existing target is now being measured, and what ends the capture:
+/// from this line on, whatever the target does is in the report. A command's output is left
+/// as the command wrote it (its capture starts with it).
+fn announce(target: &TargetSpec, duration: Option<Duration>) {
+    let what = match target {
+        TargetSpec::Command(_) | TargetSpec::Node(_) => return,
+        TargetSpec::Cgroup(path) => format!("cgroup {path}"),
+        TargetSpec::Pid(pid) => format!("process {pid} and its descendants"),
+        TargetSpec::Pod {
+            namespace, name, ..
+        } => format!("pod {namespace}/{name}"),
+    };
+    let until = match duration {
+        Some(duration) => format!("for {:.1} s", duration.as_secs_f64()),
+        None => "until it ends".to_owned(),
+    };
+    eprintln!("headroom: capturing {what} {until} (SIGINT ends the capture with its report)");
 }
 
 /// Loads the probes, sets the target up and starts the session's state.
@@ -340,6 +365,7 @@ fn name_cgroup(session: &CaptureSession, metadata: Option<&PodWatch>) -> Option<
 async fn capture_loop(
     options: &CaptureOptions,
     command: Option<command::Resolved>,
+    signals: &mut command::Signals,
     session: &mut CaptureSession,
     probes: &mut Probes,
     events: &mut EventStream,
@@ -367,7 +393,6 @@ async fn capture_loop(
     let mut bucket_tick = ticker(options.bucket);
     let mut stack_tick = ticker(STACK_SAMPLE_INTERVAL);
     let mut liveness_tick = ticker(LIVENESS_INTERVAL);
-    let mut signals = command::Signals::install()?;
     let progress = progress_bar(options);
     let elapsed_ms = || started.elapsed().as_millis() as u64;
     let exit = loop {
