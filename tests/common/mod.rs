@@ -389,3 +389,46 @@ impl Drop for ChildGuard {
         }
     }
 }
+
+/// `kernel.perf_event_paranoid` at the documented fix for the deployed capabilities.
+/// Debian's and Ubuntu's kernels ship it above 2, where attaching a tracepoint needs
+/// CAP_SYS_ADMIN (the DaemonSet grants BPF and PERFMON): there, a test of the deployed
+/// capabilities first checks that headroom refuses with preflight's message naming the sysctl,
+/// then applies the fix the message gives (2, the upstream default) for the test's duration.
+/// The level found is restored on drop. Privileged tests run one at a time, so no other test
+/// sees the change.
+pub struct PerfParanoidAtTwo {
+    restore: Option<String>,
+}
+
+const PERF_PARANOID: &str = "/proc/sys/kernel/perf_event_paranoid";
+
+impl PerfParanoidAtTwo {
+    /// `refused` runs headroom with the deployed capabilities and returns its stderr; it is
+    /// called only when the level is above 2.
+    pub fn after_checking_the_refusal(refused: impl FnOnce() -> String) -> Self {
+        let found = std::fs::read_to_string(PERF_PARANOID).expect(PERF_PARANOID);
+        let level: i32 = found.trim().parse().expect("a number");
+        if level <= 2 {
+            return Self { restore: None };
+        }
+        let stderr = refused();
+        assert!(
+            stderr.contains("perf_event_paranoid is") && stderr.contains("=2"),
+            "at perf_event_paranoid {level}, headroom with the deployed capabilities must \
+             refuse with the sysctl named and its fix; stderr:\n{stderr}"
+        );
+        std::fs::write(PERF_PARANOID, "2").expect("set perf_event_paranoid");
+        Self {
+            restore: Some(found),
+        }
+    }
+}
+
+impl Drop for PerfParanoidAtTwo {
+    fn drop(&mut self) {
+        if let Some(level) = &self.restore {
+            let _ = std::fs::write(PERF_PARANOID, level.trim());
+        }
+    }
+}

@@ -158,6 +158,27 @@ fn deployed_capabilities() -> Vec<String> {
         .collect()
 }
 
+/// What headroom prints when it refuses to start with only these capabilities.
+fn refusal_with_deployed_capabilities(capabilities: &[String]) -> String {
+    let bounding: Vec<String> = capabilities.iter().map(|c| format!("+{c}")).collect();
+    let output = std::process::Command::new("setpriv")
+        .args([
+            "--bounding-set",
+            &format!("-all,{}", bounding.join(",")),
+            "--",
+        ])
+        .arg(env!("CARGO_BIN_EXE_headroom"))
+        .args([
+            "agent",
+            "--listen",
+            &format!("127.0.0.1:{}", common::free_port()),
+        ])
+        .output()
+        .expect("setpriv runs headroom");
+    assert!(!output.status.success(), "the agent started");
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
 #[test]
 fn the_agent_works_with_only_the_capabilities_deploy_grants() {
     let Some(_guard) = privileged("the_agent_works_with_only_the_capabilities_deploy_grants")
@@ -169,6 +190,9 @@ fn the_agent_works_with_only_the_capabilities_deploy_grants() {
         !capabilities.is_empty(),
         "no capabilities found in deploy/headroom.yaml"
     );
+    let _paranoid = common::PerfParanoidAtTwo::after_checking_the_refusal(|| {
+        refusal_with_deployed_capabilities(&capabilities)
+    });
     // setpriv (util-linux) runs the agent with only the deployed capabilities.
     let mut agent = Agent::builder().capabilities(&capabilities).start();
     let metrics = agent.get("/metrics").expect("metrics").1;
@@ -192,8 +216,12 @@ fn capture_through_the_running_agent_returns_a_report_with_stacks() {
     let programs_before = loaded_programs_named("rss_stat");
     // The agent runs with only the capabilities deploy/ grants, as in the DaemonSet; it is
     // stopped on every path, a failed assertion included.
+    let capabilities = deployed_capabilities();
+    let _paranoid = common::PerfParanoidAtTwo::after_checking_the_refusal(|| {
+        refusal_with_deployed_capabilities(&capabilities)
+    });
     let mut agent = Agent::builder()
-        .capabilities(&deployed_capabilities())
+        .capabilities(&capabilities)
         .socket(&socket)
         .start();
     use std::os::unix::fs::PermissionsExt as _;

@@ -390,6 +390,21 @@ fn capture_works_with_only_the_capabilities_deploy_grants() {
     let mut cgroup = TestCgroup::new("least-privilege");
     let mut child = ChildGuard(cgroup.spawn(&program, &["16", "32", "100", "1000", "1500"]));
     let report = report_path("least-privilege");
+    let _paranoid = common::PerfParanoidAtTwo::after_checking_the_refusal(|| {
+        let output = std::process::Command::new("setpriv")
+            .args([
+                "--bounding-set",
+                &format!("-all,{}", capabilities.join(",")),
+                "--",
+            ])
+            .arg(env!("CARGO_BIN_EXE_headroom"))
+            .args(["capture", "--standalone", "--cgroup", &cgroup.path()])
+            .args(["--duration", "1s"])
+            .output()
+            .expect("setpriv runs headroom");
+        assert!(!output.status.success(), "the capture started");
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    });
     let output = std::process::Command::new("setpriv")
         .args([
             "--bounding-set",

@@ -31,6 +31,14 @@ pub enum PreflightError {
          (in Kubernetes: securityContext.capabilities.add [BPF, PERFMON, SYS_ADMIN])"
     )]
     MissingCapabilities { missing: String },
+    #[error(
+        "kernel.perf_event_paranoid is {level} on this kernel (a Debian/Ubuntu patch: above 2, \
+         perf_event_open, through which tracepoints are attached, needs CAP_SYS_ADMIN), and \
+         headroom has CAP_BPF and CAP_PERFMON but not CAP_SYS_ADMIN. Fix: `sysctl \
+         kernel.perf_event_paranoid=2` on the node (the upstream default; on Kubernetes nodes, \
+         in the node image or a sysctl file under /etc/sysctl.d), or grant CAP_SYS_ADMIN"
+    )]
+    PerfEventParanoid { level: i32 },
     #[error("cannot read this process's capabilities from {path}")]
     CapabilitiesUnreadable {
         path: PathBuf,
@@ -328,13 +336,31 @@ fn check_capabilities(status_path: &Path) -> Result<(), PreflightError> {
                 .to_owned(),
         })?;
     let missing = missing_capabilities(mask);
-    if missing.is_empty() {
-        Ok(())
-    } else {
-        Err(PreflightError::MissingCapabilities {
+    if !missing.is_empty() {
+        return Err(PreflightError::MissingCapabilities {
             missing: missing.join(" and "),
-        })
+        });
     }
+    let paranoid = status_path
+        .parent()
+        .and_then(Path::parent)
+        .map(|proc| proc.join("sys/kernel/perf_event_paranoid"))
+        .and_then(|path| fs::read_to_string(path).ok())
+        .and_then(|text| text.trim().parse::<i32>().ok());
+    match paranoid {
+        Some(level) if paranoid_blocks_tracepoints(level, mask) => {
+            Err(PreflightError::PerfEventParanoid { level })
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Whether `perf_event_open` of a tracepoint is refused at this `perf_event_paranoid` level
+/// with these capabilities. Upstream, CAP_PERFMON is enough at any level; Debian's and
+/// Ubuntu's kernels add levels above 2 at which only CAP_SYS_ADMIN passes (measured on
+/// Debian's 6.1 and 6.12 at level 3: EACCES with CAP_BPF + CAP_PERFMON).
+pub fn paranoid_blocks_tracepoints(level: i32, mask: u64) -> bool {
+    level > 2 && mask & (1u64 << CAP_SYS_ADMIN) == 0
 }
 
 fn tracefs_mounted(path: &Path) -> bool {
@@ -417,6 +443,19 @@ mod tests {
     #[test]
     fn bpf_without_perfmon_names_perfmon() {
         assert_eq!(missing_capabilities(1 << CAP_BPF), vec!["CAP_PERFMON"]);
+    }
+
+    #[test]
+    fn paranoid_above_two_needs_sys_admin() {
+        let bpf_perfmon = (1 << CAP_BPF) | (1 << CAP_PERFMON);
+        assert!(!paranoid_blocks_tracepoints(2, bpf_perfmon));
+        assert!(paranoid_blocks_tracepoints(3, bpf_perfmon));
+        assert!(!paranoid_blocks_tracepoints(
+            3,
+            bpf_perfmon | (1 << CAP_SYS_ADMIN)
+        ));
+        let message = PreflightError::PerfEventParanoid { level: 3 }.to_string();
+        assert!(message.contains("perf_event_paranoid=2"), "{message}");
     }
 
     #[test]
