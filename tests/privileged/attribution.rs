@@ -49,12 +49,19 @@ impl Drop for Tree {
     }
 }
 
+/// The hierarchies a kubelet would make its tree in: the unified and v1 memory ones of a hybrid
+/// layout, or the one cgroup2 root of a pure v2 layout (where /sys/fs/cgroup itself has
+/// `cgroup.procs`; on a hybrid layout it is a tmpfs without one).
 fn hierarchies() -> Vec<PathBuf> {
-    ["/sys/fs/cgroup/unified", "/sys/fs/cgroup/memory"]
-        .iter()
-        .map(PathBuf::from)
-        .filter(|root| root.join("cgroup.procs").exists())
-        .collect()
+    [
+        "/sys/fs/cgroup/unified",
+        "/sys/fs/cgroup/memory",
+        "/sys/fs/cgroup",
+    ]
+    .iter()
+    .map(PathBuf::from)
+    .filter(|root| root.join("cgroup.procs").exists())
+    .collect()
 }
 
 fn procs_files(relative: &str) -> Vec<PathBuf> {
@@ -136,7 +143,7 @@ fn kubepods_processes_are_attributed_to_their_pod_and_container_and_others_to_th
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn headroom");
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + Duration::from_secs(90);
     while loaded_programs_named("rss_stat") <= before {
         assert!(Instant::now() < deadline, "probes never attached");
         thread::sleep(Duration::from_millis(10));

@@ -177,7 +177,7 @@ fn sigint_ends_the_session_cleanly() {
     let headroom_pid = child.id();
 
     // Wait until the session is running: its cgroup exists and sleep is inside.
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + Duration::from_secs(90);
     let session = loop {
         let found: Vec<_> = leftover_session_cgroups()
             .into_iter()

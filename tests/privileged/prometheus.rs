@@ -92,7 +92,8 @@ fn recommendations_come_from_a_real_prometheus_scraping_two_agents() {
     assert!(status.success());
     let kernel_peak = cgroup
         .memory_file("memory.max_usage_in_bytes")
-        .expect("kernel high-water mark");
+        .or_else(|| cgroup.memory_file("memory.peak"))
+        .expect("kernel high-water mark (v1 max_usage_in_bytes or v2 memory.peak)");
     // Two more scrapes after the workload, while the cgroup (and its series) still exists.
     thread::sleep(Duration::from_secs(3));
 
