@@ -68,6 +68,14 @@ fn seven_threads_and_three_64_mib_maps_are_counted_exactly() {
         (192 * MIB..256 * MIB).contains(&charged),
         "charged peak {charged}"
     );
+    // ... from the kernel's own counter for the session's cgroup (v1 max_usage_in_bytes or v2
+    // memory.peak), not from samples.
+    assert_eq!(
+        run.target_json()["memory"]["peak_from"],
+        "session_high_water_mark",
+        "{}",
+        run.target_json()["memory"]
+    );
 
     // The per-process record agrees with the cgroup totals.
     let processes = run.target_json()["processes"]
@@ -79,6 +87,9 @@ fn seven_threads_and_three_64_mib_maps_are_counted_exactly() {
     assert_eq!(process["activity"]["peak_tasks"], 8);
     assert_eq!(process["activity"]["mmapped"]["anonymous"], 192 * MIB);
     assert_eq!(process["exited"], true);
+    // The name after exec, not headroom's (the child it forked): the kernel's comm, which
+    // keeps the first 15 bytes of the program's name.
+    assert_eq!(process["command"], "threads_and_map", "{process}");
     assert_eq!(run.number("/drops/ringbuf_full"), 0);
     assert_eq!(run.number("/undecodable_events"), 0);
 
