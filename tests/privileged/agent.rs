@@ -492,3 +492,69 @@ fn the_exported_recommendation_is_what_headroom_recommend_makes_of_the_agents_re
          recommend said: {recommended}\nthe report's own recommendation: {in_report}"
     );
 }
+
+/// A spike far shorter than the agent's interval, after the agent first saw the container:
+/// the exported charge peak is the kernel's own high-water mark (v1 `max_usage_in_bytes`, v2
+/// `memory.peak`), not a sample that missed it.
+#[test]
+fn a_spike_between_two_ticks_is_exported_at_the_kernels_high_water_mark() {
+    let Some(_guard) =
+        privileged("a_spike_between_two_ticks_is_exported_at_the_kernels_high_water_mark")
+    else {
+        return;
+    };
+    let mut agent = Agent::builder().interval(Some("2s")).start();
+    let cgroup = common::TestCgroup::new("agent-spike");
+    let label = format!("container=\"{}\"", cgroup.path());
+    // 16 MiB base; on "go", 100 MiB more held 100 ms, then the base for 5 s (two ticks).
+    let mut command = std::process::Command::new(workload("spike", false));
+    command
+        .args(["16", "100", "100", "-1", "5000"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped());
+    common::enter_cgroups(&mut command, cgroup.procs_files());
+    let mut child = command.spawn().expect("spawn the workload in its cgroup");
+    // First sight: the container's series exist, with the base but not the spike.
+    let mut first_seen = 0.0;
+    common::wait_until("the container's first sight", 60, || {
+        first_seen = series_value(
+            &agent.metrics(),
+            "headroom_container_memory_charged_peak_bytes",
+            &label,
+        )
+        .unwrap_or(0.0);
+        first_seen >= (16 * MIB) as f64
+    });
+    assert!(first_seen < (100 * MIB) as f64, "first sight {first_seen}");
+    std::io::Write::write_all(&mut child.stdin.take().expect("stdin"), b"go\n")
+        .expect("tell the workload to spike");
+    // The spike is over 100 ms (plus faulting) later; the next tick or two export it.
+    let mut exported = 0.0;
+    let mut kernel_peak = 0;
+    common::wait_until("the spike in the exported charge peak", 30, || {
+        kernel_peak = cgroup
+            .memory_file("memory.max_usage_in_bytes")
+            .or_else(|| cgroup.memory_file("memory.peak"))
+            .expect("the cgroup's high-water mark");
+        exported = series_value(
+            &agent.metrics(),
+            "headroom_container_memory_charged_peak_bytes",
+            &label,
+        )
+        .unwrap_or(0.0);
+        exported >= (100 * MIB) as f64
+    });
+    let output = child.wait_with_output().expect("workload");
+    assert!(output.status.success());
+    let lasted = String::from_utf8_lossy(&output.stdout).into_owned();
+    eprintln!(
+        "measured: exported charge peak {exported} vs kernel high-water mark {kernel_peak}; {}",
+        lasted.replace('\n', " ")
+    );
+    let kernel_peak = kernel_peak as f64;
+    assert!(
+        (exported - kernel_peak).abs() <= kernel_peak * 0.02,
+        "exported {exported} vs the kernel's {kernel_peak}"
+    );
+    assert!(agent.stop().success());
+}
