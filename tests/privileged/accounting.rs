@@ -444,3 +444,30 @@ fn an_oom_kill_is_reported_with_the_timeline_before_it() {
     );
     assert_no_leak(&run);
 }
+
+/// One address space, two processes: posix_spawn (glibc: clone with CLONE_VM | CLONE_VFORK)
+/// and vfork children run on their parent's memory until they exec. rss_stat counts the
+/// address space, so the children must not add the parent's 200 MiB again.
+#[test]
+fn posix_spawn_and_vfork_children_do_not_count_their_parents_memory_again() {
+    let Some(_guard) =
+        privileged("posix_spawn_and_vfork_children_do_not_count_their_parents_memory_again")
+    else {
+        return;
+    };
+    let program = workload("spawn_children", false);
+    let program = program.to_str().expect("utf-8");
+    let run = capture(&[program, "200", "10", "/bin/true"]);
+    assert!(run.output.status.success(), "{}", run.stderr());
+    let stdout = String::from_utf8_lossy(&run.output.stdout);
+    assert_eq!(key_value(&stdout, "spawned"), 20, "{stdout}");
+    let vm_hwm = key_value(&stdout, "vm_hwm_kib") * 1024;
+    let resident = run.target("/resident/peak_bytes");
+    eprintln!("measured: resident peak {resident} vs the parent's VmHWM {vm_hwm}");
+    assert!(
+        resident as f64 <= vm_hwm as f64 * 1.1,
+        "resident peak {resident} vs VmHWM {vm_hwm}: a child counted its parent's memory"
+    );
+    assert!(resident >= vm_hwm * 9 / 10, "resident peak {resident}");
+    assert_eq!(run.target("/activity/processes_created"), 20);
+}

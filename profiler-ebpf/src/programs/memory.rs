@@ -1,12 +1,15 @@
 //! Resident memory: kmem:rss_stat, which fires about once per page fault, aggregated into
 //! the counters and high-water marks, and the faulting stack sampled.
 
-use core::intrinsics::{atomic_xchg, AtomicOrdering};
+use core::{
+    intrinsics::{atomic_xchg, AtomicOrdering},
+    ptr::NonNull,
+};
 
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use profiler_common::{
     record::{RSS_CURR, RSS_MEMBER, RSS_MM_ID, RSS_SIZE},
-    rss_member, MmOwner,
+    rss_member, MemoryCounters, MmOwner, ProcessCounters,
 };
 
 use crate::{
@@ -50,9 +53,27 @@ fn try_rss_stat(ctx: &TracePointContext) -> Result<u32, i64> {
             return Ok(0);
         };
         let process = process_counters(tgid, target_id).ok_or(0)?;
-        let target = target_counters(target_id).ok_or(0)?;
         // SAFETY: map value pointer from a successful lookup.
         let known_mm = unsafe { (*process.as_ptr()).mm_id };
+        if known_mm != mm_id {
+            // An address space another live process owns: a vfork / posix_spawn / CLONE_VM
+            // child before its exec. rss_stat counts the mm, not the process: its memory is
+            // the owner's, counted once. (Looked up only off the fast path: a process's own
+            // mm matches `known_mm`.)
+            if let Some((owner_target, owner_process)) = shared_owner(mm_id, tgid) {
+                let target = target_counters(owner_target).ok_or(0)?;
+                return Ok(account(
+                    ctx,
+                    owner_target,
+                    owner_process,
+                    target,
+                    tgid,
+                    member,
+                    size,
+                ));
+            }
+        }
+        let target = target_counters(target_id).ok_or(0)?;
         if known_mm != mm_id {
             // A new address space after exec: the old one's memory leaves the sums. (mm_id 0 is
             // a first sight: a fresh entry holds nothing, and one seeded by user space from
@@ -89,6 +110,44 @@ fn try_rss_stat(ctx: &TracePointContext) -> Result<u32, i64> {
         let target = target_counters(owner.target_id).ok_or(0)?;
         (owner.target_id, process, target, 0)
     };
+    Ok(account(
+        ctx,
+        target_id,
+        process,
+        target,
+        faulting_tgid,
+        member,
+        size,
+    ))
+}
+
+/// The process that owns `mm_id` and its target, when that is a live process other than
+/// `tgid` still on that address space.
+#[inline(always)]
+fn shared_owner(mm_id: u32, tgid: u32) -> Option<(u64, NonNull<ProcessCounters>)> {
+    // SAFETY: map value pointer from a successful lookup, copied out at once.
+    let owner = unsafe { *MM_OWNERS.get_ptr(mm_id)? };
+    if owner.tgid == tgid {
+        return None;
+    }
+    let process = existing_process(owner.tgid)?;
+    // SAFETY: map value pointer from a successful lookup.
+    (unsafe { (*process.as_ptr()).mm_id } == mm_id).then_some((owner.target_id, process))
+}
+
+/// Replaces the process's counter for `member` with `size` and adds the difference to its
+/// target, raising the high-water marks on growth (and sampling the stack of the faulting
+/// task, when it is the one that grew it).
+#[inline(always)]
+fn account(
+    ctx: &TracePointContext,
+    target_id: u64,
+    process: NonNull<ProcessCounters>,
+    target: NonNull<MemoryCounters>,
+    faulting_tgid: u32,
+    member: usize,
+    size: i64,
+) -> u32 {
     let (process, target) = (process.as_ptr(), target.as_ptr());
 
     // SAFETY: field addresses within valid map values; `member` < COUNT.
@@ -121,5 +180,5 @@ fn try_rss_stat(ctx: &TracePointContext) -> Result<u32, i64> {
             }
         }
     }
-    Ok(0)
+    0
 }
