@@ -13,7 +13,7 @@ use core::{
 
 use aya_ebpf::bindings::BPF_NOEXIST;
 use profiler_common::{
-    drop_reason, rss_member, MemoryCounters, ProcessCounters, WindowKey, WindowPeaks,
+    drop_reason, inherited, rss_member, MemoryCounters, ProcessCounters, WindowKey, WindowPeaks,
 };
 
 use crate::{
@@ -180,10 +180,20 @@ pub(crate) fn release_resident(target: NonNull<MemoryCounters>, process: NonNull
                 .cast::<i64>()
                 .add(member);
             let old = atomic_xchg::<i64, { AtomicOrdering::Relaxed }>(field, 0);
-            if old != 0 {
+            // On an inherited address space only what lies above the inherited size was
+            // counted (see `programs::memory::counted_change`).
+            let counted = if (*process).inherited & inherited::ADDRESS_SPACE != 0 {
+                let base = (&raw const (*process).inherited_rss)
+                    .cast::<i64>()
+                    .add(member);
+                (old - *base).max(0)
+            } else {
+                old
+            };
+            if counted != 0 {
                 add_signed(
                     (&raw mut (*target).rss_bytes).cast::<i64>().add(member),
-                    -old,
+                    -counted,
                 );
             }
         }

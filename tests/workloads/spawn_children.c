@@ -2,11 +2,13 @@
  * A large process that starts children the ways runtimes do, so that one address space shared
  * by two processes can be checked for being counted once: glibc's posix_spawn (clone with
  * CLONE_VM | CLONE_VFORK, as CPython's subprocess, Go's os/exec and the JDK's spawn helper
- * use) and vfork + exec.
+ * use), vfork + exec, and fork + exec (a copy of the address space, shared copy-on-write until
+ * the exec).
  *
  * Usage: spawn_children BASE_MIB SPAWNS CHILD
  * Touches BASE_MIB, then SPAWNS times posix_spawns CHILD and waits for it, then SPAWNS times
- * vforks and execs CHILD and waits. Prints `spawned N` and its VmHWM (`vm_hwm_kib K`).
+ * vforks and execs CHILD and waits, then SPAWNS times forks (the child touches one page of the
+ * copy, then execs CHILD) and waits. Prints `spawned N` and its VmHWM (`vm_hwm_kib K`).
  */
 #define _GNU_SOURCE
 #include <spawn.h>
@@ -46,6 +48,16 @@ int main(int argc, char **argv) {
     for (int i = 0; i < spawns; i++) {
         pid_t pid = vfork();
         if (pid == 0) {
+            execve(argv[3], child_argv, environ);
+            _exit(127);
+        }
+        int status;
+        if (pid > 0 && waitpid(pid, &status, 0) == pid && WIFEXITED(status)) spawned++;
+    }
+    for (int i = 0; i < spawns; i++) {
+        pid_t pid = fork();
+        if (pid == 0) {
+            memory[0] = 2; /* copy-on-write: the child's first fault on the copy */
             execve(argv[3], child_argv, environ);
             _exit(127);
         }

@@ -441,6 +441,17 @@ impl MemoryCounters {
     }
 }
 
+/// Bits of [`ProcessCounters::inherited`].
+pub mod inherited {
+    /// The process runs on an address space it did not build, until its exec.
+    pub const ADDRESS_SPACE: u32 = 1;
+
+    /// The inherited size of RSS counter `member` is known (taken at its first event).
+    pub const fn size_known(member: usize) -> u32 {
+        2 << member
+    }
+}
+
 /// Per-process state kept in the kernel (LRU map keyed by tgid).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -464,9 +475,18 @@ pub struct ProcessCounters {
     /// Resident bytes faulted in since this process's last stack sample (byte-weighted page
     /// fault sampling; only moves while its target is sampled).
     pub fault_sample_credit: u64,
+    /// [`inherited`] bits: whether the process runs on an address space it did not build (a
+    /// fork child, or a process that moved itself into the target, before its exec), and for
+    /// which RSS counters the inherited size is known.
+    pub inherited: u32,
+    pub _pad: u32,
+    /// Resident bytes by [`rss_member`] that the address space had when the process was first
+    /// seen on it: pages shared copy-on-write with the parent (or charged where the process
+    /// came from), not added to the target's sums. Only the growth beyond them is.
+    pub inherited_rss: [i64; rss_member::COUNT],
 }
 
-const _: () = assert!(core::mem::size_of::<ProcessCounters>() == 30 * 8 + 7 * 8);
+const _: () = assert!(core::mem::size_of::<ProcessCounters>() == 30 * 8 + 12 * 8);
 const _: () = assert!(core::mem::align_of::<ProcessCounters>() == 8);
 
 /// Which syscall a [`PendingCall`] belongs to.
@@ -582,7 +602,7 @@ pub struct ProcessExitEvent {
     pub comm: [u8; 16],
 }
 
-const _: () = assert!(core::mem::size_of::<ProcessExitEvent>() == 24 + 296 + 16);
+const _: () = assert!(core::mem::size_of::<ProcessExitEvent>() == 24 + 336 + 16);
 
 /// Operations of a [`MappingEvent`].
 pub mod mapping_op {

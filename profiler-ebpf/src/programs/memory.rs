@@ -8,6 +8,7 @@ use core::{
 
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use profiler_common::{
+    inherited,
     record::{RSS_CURR, RSS_MEMBER, RSS_MM_ID, RSS_SIZE},
     rss_member, MemoryCounters, MmOwner, ProcessCounters,
 };
@@ -82,6 +83,9 @@ fn try_rss_stat(ctx: &TracePointContext) -> Result<u32, i64> {
             if known_mm != 0 {
                 release_resident(target, process);
                 let _ = MM_OWNERS.remove(known_mm);
+                // A new address space (exec): the process built it, nothing is inherited.
+                // SAFETY: map value pointer from a successful lookup.
+                unsafe { (*process.as_ptr()).inherited = 0 };
             }
             // SAFETY: as above.
             unsafe { (*process.as_ptr()).mm_id = mm_id };
@@ -121,6 +125,34 @@ fn try_rss_stat(ctx: &TracePointContext) -> Result<u32, i64> {
     ))
 }
 
+/// How much of a change of the process's RSS counter `member` from `old` to `size` counts in
+/// its target. All of it, unless the process runs on an inherited address space (a fork
+/// child before its exec): then the size at its first event is the inherited part (pages
+/// shared copy-on-write with the parent, which the parent already counts), and only what lies
+/// above it counts, on the way up and on the way down.
+#[inline(always)]
+fn counted_change(process: *mut ProcessCounters, member: usize, old: i64, size: i64) -> i64 {
+    // SAFETY: field addresses within a valid map value; `member` < COUNT. A process on an
+    // inherited address space is one thread until its exec, so these plain writes do not race
+    // with its own events.
+    unsafe {
+        let flags = (*process).inherited;
+        if flags & inherited::ADDRESS_SPACE == 0 {
+            return size - old;
+        }
+        let base = (&raw mut (*process).inherited_rss)
+            .cast::<i64>()
+            .add(member);
+        let known = inherited::size_known(member);
+        if flags & known == 0 {
+            *base = size;
+            (*process).inherited = flags | known;
+            return 0;
+        }
+        (size - *base).max(0) - (old - *base).max(0)
+    }
+}
+
 /// The process that owns `mm_id` and its target, when that is a live process other than
 /// `tgid` still on that address space.
 #[inline(always)]
@@ -156,7 +188,7 @@ fn account(
             .cast::<i64>()
             .add(member);
         let old = atomic_xchg::<i64, { AtomicOrdering::Relaxed }>(process_field, size);
-        let delta = size - old;
+        let delta = counted_change(process, member, old, size);
         if delta != 0 {
             add_signed(
                 (&raw mut (*target).rss_bytes).cast::<i64>().add(member),

@@ -13,7 +13,7 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use profiler_common::{
-    drop_reason, exit_mode, mapping_op,
+    drop_reason, exit_mode, inherited, mapping_op,
     record::{
         ATTACH_DST_ID, ATTACH_DST_ROOT, ATTACH_PID, EXEC_PID, NEWTASK_CLONE_FLAGS, NEWTASK_PID,
     },
@@ -28,7 +28,7 @@ use crate::{
     },
     counters::{
         change_live_tasks, existing_process, new_process_counters, process_counters,
-        release_resident, target_counters, update_both,
+        raise_resident_peaks, release_resident, target_counters, update_both,
     },
     events::{emit_mapping, emit_process_start, fill_process_exit},
     helpers::{count_drop, now_ns},
@@ -91,6 +91,9 @@ fn try_task_newtask(ctx: &TracePointContext) -> Result<u32, i64> {
         unsafe {
             let live = add_signed(&raw mut (*child).counters.live_tasks, 1);
             raise_signed(&raw mut (*child).counters.peak_live_tasks, live);
+            // A copy of the parent's address space (or the parent's own, CLONE_VM) until
+            // its exec: the parent counts those pages.
+            (*child).inherited = inherited::ADDRESS_SPACE;
         }
     }
     emit_process_start(child_tgid, tgid, target_id);
@@ -137,6 +140,11 @@ fn try_cgroup_attach_task(ctx: &TracePointContext) -> Result<u32, i64> {
         // SAFETY: field address within a valid map value.
         let attached = unsafe { &raw mut (*process.as_ptr()).counters.tasks_attached };
         add(attached, 1);
+        // What it brought stays charged where it came from (cgroup v2 does not move charges),
+        // and is most often a runtime's or headroom's fork before the exec of the workload:
+        // only its growth here counts.
+        // SAFETY: field address within a valid map value.
+        unsafe { (*process.as_ptr()).inherited = inherited::ADDRESS_SPACE };
     }
     change_live_tasks(target_id, target, process, 1);
     if moving_itself_whole {
@@ -284,14 +292,39 @@ fn try_sched_process_exec(ctx: &TracePointContext) -> Result<u32, i64> {
         // SAFETY: field address within a valid map value.
         add(unsafe { &raw mut (*c).execs }, 1);
     });
-    if let Some(process) = process {
-        let process = process.as_ptr();
+    if let Some(process_ptr) = process {
+        // SAFETY: map value pointer from a successful lookup.
+        let was_inherited = unsafe { (*process_ptr.as_ptr()).inherited } != 0;
+        if was_inherited {
+            // The inherited address space is gone (exec replaced it; rss_stat of the new one
+            // may not have come yet): what is left of the counted part leaves the sums, and
+            // the next event is a first sight of an address space the process built.
+            release_resident(target, process_ptr);
+            // SAFETY: as above.
+            let old_mm = unsafe { (*process_ptr.as_ptr()).mm_id };
+            if old_mm != 0 {
+                let _ = MM_OWNERS.remove(old_mm);
+            }
+        }
+        let process = process_ptr.as_ptr();
         // SAFETY: map value pointer from a successful lookup.
         unsafe {
+            if was_inherited {
+                (*process).inherited = 0;
+                (*process).mm_id = 0;
+            }
             (*process).brk_start = 0;
             (*process).brk_current = 0;
             (*process).brk_highest = 0;
+            // Like the kernel's VmHWM, the process's resident peak is its address space's: a
+            // new one starts from what it holds now, not from the image exec replaced (for a
+            // runtime's fork, its parent's copy).
+            (*process).counters.resident_peak_bytes = 0;
+            (*process).counters.anon_peak_bytes = 0;
+            (*process).counters.file_peak_bytes = 0;
         }
+        // SAFETY: field address within a valid map value.
+        raise_resident_peaks(unsafe { &raw mut (*process).counters }, None);
     }
     emit_mapping(tgid, target_id, mapping_op::EXEC, [0; 6]);
     Ok(0)
