@@ -176,8 +176,25 @@ pub fn capture_with(flags: &[&str], command: &[&str]) -> Captured {
     }
 }
 
-/// Session cgroup directories left by this test process's headroom children.
+/// Session cgroup directories left behind: their headroom (`headroom-capture-PID-N`) is gone.
+/// A live headroom's session (another capture on this machine) is not a leftover.
 pub fn leftover_session_cgroups() -> Vec<PathBuf> {
+    session_cgroups()
+        .into_iter()
+        .filter(|dir| {
+            let owner = dir
+                .file_name()
+                .and_then(|name| name.to_str()?.strip_prefix("headroom-capture-"))
+                .and_then(|rest| rest.split('-').next().map(str::to_owned));
+            owner
+                .and_then(|pid| std::fs::read_to_string(format!("/proc/{pid}/comm")).ok())
+                .is_none_or(|comm| comm.trim() != "headroom")
+        })
+        .collect()
+}
+
+/// Every session cgroup directory on the machine (`headroom-capture-PID-N`), live or not.
+pub fn session_cgroups() -> Vec<PathBuf> {
     [
         "/sys/fs/cgroup/unified",
         "/sys/fs/cgroup",
@@ -286,7 +303,12 @@ pub fn spawn_in_cgroups(
     args: &[&str],
 ) -> std::process::Child {
     let mut command = Command::new(program);
-    command.args(args).stdout(Stdio::piped());
+    // stdin piped: a workload that waits for a line to go on (spike with BEFORE_MS -1) gets
+    // it from the test; the others never read it.
+    command
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped());
     enter_cgroups(&mut command, procs_files);
     command.spawn().expect("spawn workload in its cgroups")
 }
@@ -429,6 +451,81 @@ impl Drop for PerfParanoidAtTwo {
     fn drop(&mut self) {
         if let Some(level) = &self.restore {
             let _ = std::fs::write(PERF_PARANOID, level.trim());
+        }
+    }
+}
+
+/// A `headroom capture` running in the background, its stderr read to the end by a thread, so
+/// a test can wait for the line that says the target is tracked ("headroom: capturing …")
+/// instead of guessing how long loading the probes takes on this machine.
+pub struct BackgroundCapture {
+    pub child: std::process::Child,
+    stderr: std::thread::JoinHandle<Vec<u8>>,
+    ready: std::sync::mpsc::Receiver<()>,
+}
+
+impl BackgroundCapture {
+    /// Spawns `command` (a `headroom capture`) with stderr piped.
+    pub fn spawn(command: &mut Command) -> Self {
+        use std::io::Read as _;
+        let mut child = command
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn headroom");
+        let mut pipe = child.stderr.take().expect("stderr is piped");
+        let (ready_tx, ready) = std::sync::mpsc::channel();
+        let stderr = std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            let mut chunk = [0u8; 4096];
+            let mut ready_tx = Some(ready_tx);
+            while let Ok(read) = pipe.read(&mut chunk) {
+                if read == 0 {
+                    break;
+                }
+                seen.extend_from_slice(&chunk[..read]);
+                if ready_tx.is_some()
+                    && String::from_utf8_lossy(&seen).contains("headroom: capturing ")
+                {
+                    if let Some(tx) = ready_tx.take() {
+                        let _ = tx.send(());
+                    }
+                }
+            }
+            seen
+        });
+        Self {
+            child,
+            stderr,
+            ready,
+        }
+    }
+
+    /// Waits until headroom says it is capturing; panics with its stderr if it never does.
+    pub fn wait_ready(&mut self, seconds: u64) {
+        if self
+            .ready
+            .recv_timeout(std::time::Duration::from_secs(seconds))
+            .is_ok()
+        {
+            return;
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        panic!("headroom never said it was capturing within {seconds} s");
+    }
+
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits for headroom to end; its exit status and stderr (stdout is not captured).
+    pub fn wait_with_output(mut self) -> Output {
+        let status = self.child.wait().expect("wait for headroom");
+        let stderr = self.stderr.join().unwrap_or_default();
+        Output {
+            status,
+            stdout: Vec::new(),
+            stderr,
         }
     }
 }

@@ -269,7 +269,8 @@ fn capture_through_the_running_agent_returns_a_report_with_stacks() {
     let report = dir.join("report.json");
     let svg = dir.join("flame.svg");
     let capture = headroom()
-        .args(["capture", "--cgroup", &cgroup.path(), "--duration", "4s"])
+        // 8 s for a workload done in about 5: room for a slow (emulated) machine.
+        .args(["capture", "--cgroup", &cgroup.path(), "--duration", "8s"])
         .args(["--format", "json", "--output"])
         .arg(&report)
         .arg("--flamegraph")

@@ -38,6 +38,18 @@ impl Tree {
                 .unwrap_or_else(|err| panic!("mkdir {}: {err}", path.display()));
             self.made.push(path);
         }
+        // On cgroup v2 a controller reaches a cgroup only when every ancestor enables it for
+        // its children, as the kubelet does down its tree: the intermediate levels pass
+        // `+memory` on. (v1 hierarchies and a hybrid layout's controller-less unified one have
+        // nothing to enable; the write then fails and is ignored.)
+        let mut ancestors: Vec<&Path> = dir.ancestors().skip(1).collect();
+        ancestors.reverse();
+        for ancestor in ancestors {
+            let control = ancestor.join("cgroup.subtree_control");
+            if control.exists() {
+                let _ = std::fs::write(control, "+memory");
+            }
+        }
     }
 }
 
@@ -72,6 +84,18 @@ fn procs_files(relative: &str) -> Vec<PathBuf> {
                 .join("cgroup.procs")
         })
         .collect()
+}
+
+/// Tells a `spike` workload started with BEFORE_MS -1 to go on.
+fn go_on(workload: &mut std::process::Child) {
+    use std::io::Write as _;
+    let mut stdin = workload
+        .stdin
+        .take()
+        .expect("the workload's stdin is piped");
+    stdin
+        .write_all(b"go\n")
+        .expect("tell the workload to go on");
 }
 
 /// Starts a fake Kubernetes API on loopback (in a thread of its own, for as long as the test
@@ -218,12 +242,14 @@ fn a_pod_is_captured_by_name_through_the_kubernetes_api() {
     }
 
     let kubeconfig = fake_api_kubeconfig(&pod_uid, &container_id, "pod");
-    // The container's process: 48 MiB held for 2.5 s (and a 4 MiB blip).
+    // The container's process: 48 MiB held until the capture is over (and a 4 MiB blip).
     let program = workload("spike", false);
+    // BEFORE_MS -1: it holds its 48 MiB until told to go on, after the capture: loading the
+    // probes takes seconds on an emulated machine.
     let mut workload_process = common::spawn_in_cgroups(
         procs_files(&container),
         &program,
-        &["48", "4", "10", "2500", "0"],
+        &["48", "4", "10", "-1", "0"],
     );
 
     let report = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("pod-{pid}.json"));
@@ -242,6 +268,7 @@ fn a_pod_is_captured_by_name_through_the_kubernetes_api() {
         .arg(&report)
         .output()
         .expect("run headroom");
+    go_on(&mut workload_process);
     assert!(workload_process.wait().expect("workload").success());
     assert!(
         output.status.success(),
@@ -307,7 +334,7 @@ fn a_container_captured_by_cgroup_path_is_named_like_a_node_capture_names_it() {
     let mut workload_process = common::spawn_in_cgroups(
         procs_files(&container),
         &program,
-        &["32", "4", "10", "3000", "0"],
+        &["32", "4", "10", "-1", "0"],
     );
     let report = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("cgroup-{pid}.json"));
     let output = headroom()
@@ -324,6 +351,7 @@ fn a_container_captured_by_cgroup_path_is_named_like_a_node_capture_names_it() {
         .arg(&report)
         .output()
         .expect("run headroom");
+    go_on(&mut workload_process);
     assert!(workload_process.wait().expect("workload").success());
     assert!(
         output.status.success(),

@@ -190,7 +190,7 @@ fn sigint_ends_the_session_cleanly() {
     // Wait until the session is running: its cgroup exists and sleep is inside.
     let deadline = Instant::now() + Duration::from_secs(90);
     let session = loop {
-        let found: Vec<_> = leftover_session_cgroups()
+        let found: Vec<_> = common::session_cgroups()
             .into_iter()
             .filter(|dir| {
                 dir.to_string_lossy()

@@ -11,7 +11,7 @@ mod common;
 
 use std::{
     path::{Path, PathBuf},
-    process::{Child, Stdio},
+    process::Stdio,
     thread,
     time::{Duration, Instant},
 };
@@ -27,8 +27,8 @@ fn report_path(tag: &str) -> PathBuf {
     Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{tag}-{}.json", std::process::id()))
 }
 
-fn read_report(child: Child, report: &Path) -> Captured {
-    let output = child.wait_with_output().expect("wait for headroom");
+fn read_report(capture: common::BackgroundCapture, report: &Path) -> Captured {
+    let output = capture.wait_with_output();
     let text = std::fs::read_to_string(report).unwrap_or_else(|err| {
         panic!(
             "no report ({err}); stderr:\n{}",
@@ -186,14 +186,14 @@ fn a_cgroup_deleted_mid_capture_ends_the_capture_with_its_report() {
     let program = workload("spike", false);
     let mut child = cgroup.spawn(&program, &["24", "8", "10", "60000", "0"]);
     let report = report_path("deleted");
-    let capture = headroom()
-        .args(["capture", "--no-stacks", "--cgroup", &cgroup.path()])
-        .args(["--format", "json", "--output"])
-        .arg(&report)
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn headroom");
-    thread::sleep(Duration::from_millis(1500));
+    let mut capture = common::BackgroundCapture::spawn(
+        headroom()
+            .args(["capture", "--no-stacks", "--cgroup", &cgroup.path()])
+            .args(["--format", "json", "--output"])
+            .arg(&report),
+    );
+    capture.wait_ready(120);
+    thread::sleep(Duration::from_millis(500));
     let _ = child.kill();
     let _ = child.wait();
     cgroup.remove();
@@ -215,19 +215,23 @@ fn a_followed_process_that_exits_ends_the_capture_with_its_report() {
         return;
     };
     let program = workload("spike", false);
+    // BEFORE_MS -1: it holds its 32 MiB until told to go on, once the capture is tracking it.
     let mut target = std::process::Command::new(&program)
-        .args(["32", "8", "10", "1500", "0"])
+        .args(["32", "8", "10", "-1", "0"])
+        .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .spawn()
         .expect("spawn workload");
     let report = report_path("exits");
-    let capture = headroom()
-        .args(["capture", "--no-stacks", "--pid", &target.id().to_string()])
-        .args(["--format", "json", "--output"])
-        .arg(&report)
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn headroom");
+    let mut capture = common::BackgroundCapture::spawn(
+        headroom()
+            .args(["capture", "--no-stacks", "--pid", &target.id().to_string()])
+            .args(["--format", "json", "--output"])
+            .arg(&report),
+    );
+    capture.wait_ready(120);
+    std::io::Write::write_all(&mut target.stdin.take().expect("stdin"), b"go\n")
+        .expect("tell the workload to go on");
     let _ = target.wait();
     let run = read_report(capture, &report);
     assert!(run.output.status.success(), "{}", run.stderr());
@@ -243,19 +247,17 @@ fn sigterm_during_a_capture_writes_the_report_and_cleans_up() {
     let programs_before = loaded_programs_named("rss_stat");
     let program = workload("spike", false);
     let report = report_path("sigterm");
-    let capture = headroom()
-        .args(["capture", "--format", "json", "--output"])
-        .arg(&report)
-        .arg("--")
-        .arg(&program)
-        .args(["16", "8", "10", "60000", "0"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn headroom");
-    wait_for("the session to start", 20, || {
-        loaded_programs_named("rss_stat") > programs_before
-            && !leftover_session_cgroups().is_empty()
+    let capture = common::BackgroundCapture::spawn(
+        headroom()
+            .args(["capture", "--format", "json", "--output"])
+            .arg(&report)
+            .arg("--")
+            .arg(&program)
+            .args(["16", "8", "10", "60000", "0"])
+            .stdout(Stdio::null()),
+    );
+    wait_for("the session to start", 90, || {
+        loaded_programs_named("rss_stat") > programs_before && !common::session_cgroups().is_empty()
     });
     thread::sleep(Duration::from_millis(1000));
     signal(capture.id(), nix::sys::signal::Signal::SIGTERM);
@@ -388,7 +390,6 @@ fn capture_works_with_only_the_capabilities_deploy_grants() {
     // filesystem (SECURITY.md); in the cluster, captures watch existing cgroups and pods.
     let program = workload("spike_source", false);
     let mut cgroup = TestCgroup::new("least-privilege");
-    let mut child = ChildGuard(cgroup.spawn(&program, &["16", "32", "100", "1000", "1500"]));
     let report = report_path("least-privilege");
     let _paranoid = common::PerfParanoidAtTwo::after_checking_the_refusal(|| {
         let output = std::process::Command::new("setpriv")
@@ -405,18 +406,22 @@ fn capture_works_with_only_the_capabilities_deploy_grants() {
         assert!(!output.status.success(), "the capture started");
         String::from_utf8_lossy(&output.stderr).into_owned()
     });
-    let output = std::process::Command::new("setpriv")
-        .args([
-            "--bounding-set",
-            &format!("-all,{}", capabilities.join(",")),
-            "--",
-        ])
-        .arg(env!("CARGO_BIN_EXE_headroom"))
-        .args(["capture", "--standalone", "--format", "json", "--output"])
-        .arg(&report)
-        .args(["--cgroup", &cgroup.path(), "--duration", "3s"])
-        .output()
-        .expect("setpriv runs headroom");
+    let mut capture = common::BackgroundCapture::spawn(
+        std::process::Command::new("setpriv")
+            .args([
+                "--bounding-set",
+                &format!("-all,{}", capabilities.join(",")),
+                "--",
+            ])
+            .arg(env!("CARGO_BIN_EXE_headroom"))
+            .args(["capture", "--standalone", "--format", "json", "--output"])
+            .arg(&report)
+            .args(["--cgroup", &cgroup.path(), "--duration", "6s"]),
+    );
+    // The workload starts once the capture tracks its cgroup, and is done in about 1.5 s.
+    capture.wait_ready(120);
+    let mut child = ChildGuard(cgroup.spawn(&program, &["16", "32", "100", "300", "1000"]));
+    let output = capture.wait_with_output();
     let _ = child.0.wait();
     cgroup.remove();
     assert!(
