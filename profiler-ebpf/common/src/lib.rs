@@ -344,6 +344,8 @@ pub mod mmap_bits {
 
 /// `clone` flag that marks a new thread (as opposed to a new process).
 pub const CLONE_THREAD: u64 = 0x0001_0000;
+/// `clone` flag: the child runs on its parent's address space (vfork, posix_spawn).
+pub const CLONE_VM: u64 = 0x0000_0100;
 
 /// Classifies one successful `mmap` by its protection and flags. Kept here, in plain Rust, so
 /// that the exact same rule runs in the kernel and in unit tests.
@@ -450,6 +452,11 @@ pub mod inherited {
     pub const fn size_known(member: usize) -> u32 {
         2 << member
     }
+
+    /// Born with `CLONE_VM`: until its exec the process runs on its parent's address space,
+    /// whose events belong to the parent. (Only such a process is matched to another's
+    /// address space by the mm_id hash, so a hash collision cannot move memory.)
+    pub const SHARED_WITH_PARENT: u32 = 2 << 5;
 }
 
 /// Per-process state kept in the kernel (LRU map keyed by tgid).

@@ -17,7 +17,7 @@ use profiler_common::{
     record::{
         ATTACH_DST_ID, ATTACH_DST_ROOT, ATTACH_PID, EXEC_PID, NEWTASK_CLONE_FLAGS, NEWTASK_PID,
     },
-    ProcessCounters, ProcessExitEvent, CLONE_THREAD,
+    ProcessCounters, ProcessExitEvent, CLONE_THREAD, CLONE_VM,
 };
 
 use crate::{
@@ -93,7 +93,11 @@ fn try_task_newtask(ctx: &TracePointContext) -> Result<u32, i64> {
             raise_signed(&raw mut (*child).counters.peak_live_tasks, live);
             // A copy of the parent's address space (or the parent's own, CLONE_VM) until
             // its exec: the parent counts those pages.
-            (*child).inherited = inherited::ADDRESS_SPACE;
+            (*child).inherited = if clone_flags & CLONE_VM != 0 {
+                inherited::ADDRESS_SPACE | inherited::SHARED_WITH_PARENT
+            } else {
+                inherited::ADDRESS_SPACE
+            };
         }
     }
     emit_process_start(child_tgid, tgid, target_id);
