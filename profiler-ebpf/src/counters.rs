@@ -68,9 +68,25 @@ pub(crate) fn window_peaks(target_id: u64) -> Option<NonNull<WindowPeaks>> {
         slot: epoch & 1,
     };
     if let Some(peaks) = WINDOW_PEAKS.get_ptr_mut(key).and_then(NonNull::new) {
+        let stale = peaks.as_ptr();
+        // SAFETY: map value pointer from a successful lookup. A slot left over from two
+        // windows ago (see `WindowPeaks::epoch`) starts this window afresh; the caller then
+        // raises it to the current sums.
+        unsafe {
+            if (*stale).epoch != epoch {
+                *stale = WindowPeaks {
+                    epoch,
+                    ..WindowPeaks::default()
+                };
+            }
+        }
         return Some(peaks);
     }
-    let _ = WINDOW_PEAKS.insert(key, WindowPeaks::default(), BPF_NOEXIST as u64);
+    let fresh = WindowPeaks {
+        epoch,
+        ..WindowPeaks::default()
+    };
+    let _ = WINDOW_PEAKS.insert(key, fresh, BPF_NOEXIST as u64);
     WINDOW_PEAKS.get_ptr_mut(key).and_then(NonNull::new)
 }
 

@@ -550,9 +550,13 @@ pub struct WindowPeaks {
     pub anon_peak_bytes: u64,
     pub file_peak_bytes: u64,
     pub live_tasks_peak: i64,
+    /// The window (epoch) these marks belong to. A program that read the epoch just before
+    /// user space closed that window can re-create its slot after user space removed it; two
+    /// windows later the slot is in use again, and the stale marks are told apart by this.
+    pub epoch: u64,
 }
 
-const _: () = assert!(core::mem::size_of::<WindowPeaks>() == 32);
+const _: () = assert!(core::mem::size_of::<WindowPeaks>() == 40);
 
 /// Kinds of ring-buffer event.
 pub mod event_kind {

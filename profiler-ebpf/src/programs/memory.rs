@@ -57,9 +57,8 @@ fn try_rss_stat(ctx: &TracePointContext) -> Result<u32, i64> {
         // SAFETY: map value pointer from a successful lookup.
         let known_mm = unsafe { (*process.as_ptr()).mm_id };
         // SAFETY: as above.
-        let shares_parents = unsafe { (*process.as_ptr()).inherited }
-            & inherited::SHARED_WITH_PARENT
-            != 0;
+        let shares_parents =
+            unsafe { (*process.as_ptr()).inherited } & inherited::SHARED_WITH_PARENT != 0;
         if known_mm != mm_id && shares_parents {
             // An address space another live process owns: a vfork / posix_spawn / CLONE_VM
             // child before its exec. rss_stat counts the mm, not the process: its memory is

@@ -65,6 +65,8 @@ pub struct CaptureSession {
     undecodable: u64,
     started_ns: u64,
     reserved_window_peak: u64,
+    /// The kernel's figures when the current bucket began (see [`KernelBucket::at_least`]).
+    bucket_start: KernelBucket,
     stack_resident_peak: u64,
     oom_events: Vec<OomKill>,
     stacks: Option<StackCollector>,
@@ -88,6 +90,7 @@ impl CaptureSession {
             undecodable: 0,
             started_ns,
             reserved_window_peak: 0,
+            bucket_start: KernelBucket::default(),
             stack_resident_peak: 0,
             oom_events: Vec::new(),
             stacks,
@@ -185,11 +188,15 @@ impl CaptureSession {
         let target_id = self.watched.target_id;
         let window = kernel.close_window(target_id)?;
         let counters = kernel.target_counters(target_id)?.unwrap_or_default();
-        let reserved = self.reserved_window_peak.max(self.regions.current.total());
+        let reserved_now = self.regions.current.total();
+        let reserved = self.reserved_window_peak.max(reserved_now);
         self.reserved_window_peak = 0;
         let bucket =
             KernelBucket::from_kernel(&counters, Some(&window), self.watched.baseline_tasks)
-                .with_reserved(reserved);
+                .with_reserved(reserved)
+                .at_least(&self.bucket_start);
+        self.bucket_start = KernelBucket::from_kernel(&counters, None, self.watched.baseline_tasks)
+            .with_reserved(reserved_now);
         let charge = self.watched.charge.as_mut().and_then(ChargeBucket::read);
         self.recorder.close_bucket(elapsed_ms, bucket, charge);
         Ok(())
@@ -500,6 +507,25 @@ mod tests {
         assert!(target.memory.is_none());
         assert_eq!(target.resident.peak_bytes, 80 * MIB);
         assert_eq!(target.timeline.buckets[0].resident, 80 * MIB);
+    }
+
+    /// A bucket in which memory only fell gets no growth event, so its kernel window is
+    /// empty: its peak is what it began with, not what it ended with.
+    #[test]
+    fn a_bucket_in_which_memory_only_fell_keeps_the_value_it_began_with() {
+        let mut session = session(None, TargetKind::Pid);
+        let mut kernel = FakeKernel::default();
+        kernel.set_resident(TARGET, 200 * MIB, 0, 1);
+        session.close_bucket(&mut kernel, 50).expect("bucket");
+        // Freed to 40 MiB during the next bucket: no growth, no window marks.
+        let counters = kernel.counters.entry(TARGET).or_default();
+        counters.rss_bytes[profiler_common::rss_member::ANON] = (40 * MIB) as i64;
+        session.close_bucket(&mut kernel, 150).expect("bucket");
+        session.close_bucket(&mut kernel, 250).expect("bucket");
+        let (report, _) = session.finish(&kernel, end()).expect("report");
+        let buckets = &report.targets[0].timeline.buckets;
+        let resident: Vec<u64> = buckets.iter().map(|b| b.resident / MIB).collect();
+        assert_eq!(resident, vec![200, 200, 40], "{buckets:?}");
     }
 
     #[test]

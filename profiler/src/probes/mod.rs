@@ -577,9 +577,10 @@ impl Probes {
     /// writes into one of two slots chosen by the epoch's parity; flipping the epoch first means
     /// the slot read here is no longer written, so no update falls between read and reset.
     pub fn close_window(&mut self, target_id: u64) -> Result<WindowPeaks, ProbeError> {
+        let closing_epoch = self.epoch;
         let closing = WindowKey {
             target_id,
-            slot: self.epoch & 1,
+            slot: closing_epoch & 1,
         };
         self.epoch += 1;
         self.window_epoch
@@ -589,6 +590,9 @@ impl Probes {
                 source: Box::new(source),
             })?;
         let peaks = match self.window_peaks.get(&closing, 0) {
+            // Marks re-created in this slot by a program that read an older epoch (see
+            // `WindowPeaks::epoch`) are not this window's: nothing grew in it.
+            Ok(peaks) if peaks.epoch != closing_epoch => WindowPeaks::default(),
             Ok(peaks) => peaks,
             Err(MapError::KeyNotFound) => return Ok(WindowPeaks::default()),
             Err(source) => {

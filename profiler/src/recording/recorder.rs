@@ -19,6 +19,18 @@ pub struct KernelBucket {
 }
 
 impl KernelBucket {
+    /// Each figure at least `start`'s: the values when the bucket began. The kernel's window
+    /// marks rise only on growth, so a bucket in which memory only fell would otherwise
+    /// record its end value and cut a spike's falling edge.
+    pub fn at_least(self, start: &KernelBucket) -> Self {
+        Self {
+            resident: self.resident.max(start.resident),
+            anon: self.anon.max(start.anon),
+            reserved: self.reserved.max(start.reserved),
+            tasks: self.tasks.max(start.tasks),
+        }
+    }
+
     /// From the target's counters now and (where windows are tracked) the window's peaks;
     /// `baseline_tasks` are tasks that were there before counting began.
     pub fn from_kernel(
