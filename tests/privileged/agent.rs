@@ -29,10 +29,10 @@ fn the_agent_exports_a_container_while_it_lives_and_forgets_it_after() {
     assert_eq!(agent.get("/healthz").map(|(s, _)| s), Some(200));
     assert_eq!(agent.get("/nope").map(|(s, _)| s), Some(404));
 
-    // A host cgroup with a workload: 48 MiB and 4 threads for 3 s.
+    // A host cgroup with a workload: 48 MiB, held until the checks are done (BEFORE_MS -1).
     let mut cgroup = common::TestCgroup::new("agent");
     let program = workload("spike", false);
-    let mut child = cgroup.spawn(&program, &["48", "8", "10", "3000", "0"]);
+    let mut child = cgroup.spawn(&program, &["48", "8", "10", "-1", "0"]);
     let label = format!("container=\"{}\"", cgroup.path());
     let mut resident = 0.0;
     common::wait_until("the container's resident series", 20, || {
@@ -59,13 +59,18 @@ fn the_agent_exports_a_container_while_it_lives_and_forgets_it_after() {
         Some(1.0),
         "one thread alive in the container"
     );
-    // Reserved: the workload's 48 MiB map plus its binary and libraries (VmSize).
-    let reserved = series_value(
-        &metrics,
-        "headroom_container_memory_reserved_peak_bytes",
-        &label,
-    )
-    .unwrap_or(0.0);
+    // Reserved: the workload's 48 MiB map plus its binary and libraries (VmSize), sampled on
+    // the agent's slow ticks (every 10 intervals); the first may have come before the map.
+    let mut reserved = 0.0;
+    common::wait_until("the container's reserved peak", 30, || {
+        reserved = series_value(
+            &agent.metrics(),
+            "headroom_container_memory_reserved_peak_bytes",
+            &label,
+        )
+        .unwrap_or(0.0);
+        reserved >= (48 * MIB) as f64
+    });
     assert!(
         reserved >= (48 * MIB) as f64 && reserved < (120 * MIB) as f64,
         "reserved peak {reserved}"
@@ -102,6 +107,8 @@ fn the_agent_exports_a_container_while_it_lives_and_forgets_it_after() {
         .as_u64()
         .is_some());
 
+    std::io::Write::write_all(&mut child.stdin.take().expect("stdin"), b"go\n")
+        .expect("tell the workload to finish");
     assert!(child.wait().expect("workload").success());
     cgroup.remove();
     common::wait_until("the container's series to go", 20, || {
@@ -265,25 +272,28 @@ fn capture_through_the_running_agent_returns_a_report_with_stacks() {
     // A workload with a named spike function, in a container-like cgroup.
     let mut cgroup = common::TestCgroup::new("session");
     let program = workload("spike_source", false);
-    let mut child = cgroup.spawn(&program, &["40", "200", "300", "2000", "2500"]);
+    // BEFORE_MS -1: the spike comes once the session says it is capturing.
+    let mut child = cgroup.spawn(&program, &["40", "200", "300", "-1", "1500"]);
     let report = dir.join("report.json");
     let svg = dir.join("flame.svg");
-    let capture = headroom()
-        // 8 s for a workload done in about 5: room for a slow (emulated) machine.
-        .args(["capture", "--cgroup", &cgroup.path(), "--duration", "8s"])
-        .args(["--format", "json", "--output"])
-        .arg(&report)
-        .arg("--flamegraph")
-        .arg(&svg)
-        .arg("--agent-socket")
-        .arg(&socket)
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run capture");
+    let mut capture = common::BackgroundCapture::spawn(
+        headroom()
+            .args(["capture", "--cgroup", &cgroup.path(), "--duration", "6s"])
+            .args(["--format", "json", "--output"])
+            .arg(&report)
+            .arg("--flamegraph")
+            .arg(&svg)
+            .arg("--agent-socket")
+            .arg(&socket),
+    );
+    capture.wait_ready(60);
+    // 1.5 s of the base first: a spike stands above a steady state the session saw.
     std::thread::sleep(std::time::Duration::from_millis(1500));
+    std::io::Write::write_all(&mut child.stdin.take().expect("stdin"), b"go\n")
+        .expect("tell the workload to spike");
     // The session runs in the agent: no second copy of the probes.
     assert_eq!(loaded_programs_named("rss_stat"), programs_before + 1);
-    let output = capture.wait_with_output().expect("capture finishes");
+    let output = capture.wait_with_output();
     assert!(
         output.status.success(),
         "{}",

@@ -8,12 +8,10 @@ mod common;
 
 use std::{
     path::{Path, PathBuf},
-    process::Stdio,
     thread,
-    time::{Duration, Instant},
 };
 
-use common::{headroom, loaded_programs_named, privileged, workload};
+use common::{headroom, privileged, workload};
 
 const MIB: u64 = 1 << 20;
 
@@ -159,24 +157,18 @@ fn kubepods_processes_are_attributed_to_their_pod_and_container_and_others_to_th
     }
 
     let report = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("node-{pid}.json"));
-    let before = loaded_programs_named("rss_stat");
-    let capture = headroom()
-        .args(["capture", "--all", "--metadata", "none", "--duration", "4s"])
-        .args(["--format", "json", "--output"])
-        .arg(&report)
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn headroom");
-    let deadline = Instant::now() + Duration::from_secs(90);
-    while loaded_programs_named("rss_stat") <= before {
-        assert!(Instant::now() < deadline, "probes never attached");
-        thread::sleep(Duration::from_millis(10));
-    }
+    let mut capture = common::BackgroundCapture::spawn(
+        headroom()
+            .args(["capture", "--all", "--metadata", "none", "--duration", "6s"])
+            .args(["--format", "json", "--output"])
+            .arg(&report),
+    );
+    capture.wait_ready(120);
     let program = workload("threads_and_maps", true);
     // In the container: 5 threads, 2 x 32 MiB touched. On the host: 2 threads, 16 MiB.
     run_inside(&container, &program, &["5", "2", "32", "0"]);
     run_inside(&host, &program, &["2", "1", "16", "0"]);
-    let output = capture.wait_with_output().expect("wait for headroom");
+    let output = capture.wait_with_output();
     assert!(
         output.status.success(),
         "{}",

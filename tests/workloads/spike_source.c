@@ -3,7 +3,8 @@
  * made memory. Build with and without frame pointers.
  *
  * Usage: spike_source BASE_MIB SPIKE_MIB SPIKE_MS BEFORE_MS AFTER_MS
- * load_base_cache() touches BASE_MIB through malloc and holds it; after BEFORE_MS,
+ * load_base_cache() touches BASE_MIB through malloc and holds it; after BEFORE_MS (or, if it
+ * is -1, once a line arrives on stdin: a test's "the capture is ready"),
  * build_spike_cache() mallocs and touches SPIKE_MIB (glibc serves it with mmap), holds it
  * SPIKE_MS and frees it; the process exits AFTER_MS later.
  */
@@ -47,7 +48,16 @@ int main(int argc, char **argv) {
     }
     size_t base = (size_t)atol(argv[1]) << 20, spike = (size_t)atol(argv[2]) << 20;
     char *base_memory = load_base_cache(base);
-    sleep_ms(atol(argv[4]));
+    long before_ms = atol(argv[4]);
+    if (before_ms < 0) {
+        char go[16];
+        if (!fgets(go, sizeof go, stdin)) {
+            fprintf(stderr, "spike_source: stdin closed before the go line\n");
+            return 2;
+        }
+    } else {
+        sleep_ms(before_ms);
+    }
     serve_burst(spike, atol(argv[3]));
     sleep_ms(atol(argv[5]));
     printf("base_first_byte %d\n", base_memory[0]);

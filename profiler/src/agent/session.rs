@@ -565,7 +565,16 @@ impl SessionClient {
                     match serde_json::from_str::<ServerMessage>(&line)
                         .map_err(|_| SessionError::Protocol(line.chars().take(200).collect()))?
                     {
-                        ServerMessage::Started { duration_ms: d, .. } => duration_ms = d,
+                        ServerMessage::Started { target, duration_ms: d } => {
+                            duration_ms = d;
+                            // As a standalone capture says it: from here on the target is
+                            // measured.
+                            eprintln!(
+                                "headroom: capturing cgroup {target} through the agent for {:.1} s \
+                                 (SIGINT ends the capture with its report)",
+                                d as f64 / 1000.0
+                            );
+                        }
                         ServerMessage::Progress { elapsed_ms, peak_bytes } => {
                             on_progress(elapsed_ms, duration_ms, peak_bytes);
                         }

@@ -260,9 +260,10 @@ pub async fn run(options: &CaptureOptions) -> Result<CaptureReport, CaptureError
 /// Says on stderr that an existing target is now being measured, and what ends the capture:
 /// from this line on, whatever the target does is in the report. A command's output is left
 /// as the command wrote it (its capture starts with it).
-fn announce(target: &TargetSpec, duration: Option<Duration>) {
+pub(super) fn announce(target: &TargetSpec, duration: Option<Duration>) {
     let what = match target {
-        TargetSpec::Command(_) | TargetSpec::Node(_) => return,
+        TargetSpec::Command(_) => return,
+        TargetSpec::Node(_) => "every cgroup of the node".to_owned(),
         TargetSpec::Cgroup(path) => format!("cgroup {path}"),
         TargetSpec::Pid(pid) => format!("process {pid} and its descendants"),
         TargetSpec::Pod {

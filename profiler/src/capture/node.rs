@@ -35,6 +35,7 @@ pub(super) async fn run(
         track_windows: false,
         ..ProbeConfig::default()
     })?;
+    super::announce(&options.target, options.duration);
     let (duration, undecodable) = drain_until_done(&mut probes, options).await?;
     let hierarchies = cgroups::Hierarchies::discover(Path::new("/"))?;
     let mut resolver = CgroupResolver::new(&hierarchies.unified, NODE_CGROUP_CAPACITY);
