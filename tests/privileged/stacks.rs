@@ -211,3 +211,99 @@ fn no_stacks_turns_sampling_off() {
         .iter()
         .all(|source| source["kind"] != "code_path"));
 }
+
+/// `go` from Debian's golang-go (installed by `cargo xtask setup`). Missing: None, or a
+/// failure where privileged tests must run (CI, `cargo xtask test`).
+fn go_tool(test: &str) -> Option<std::path::PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join("go"))
+            .find(|path| path.is_file())
+    });
+    if found.is_none() {
+        let required = std::env::var_os("HEADROOM_REQUIRE_PRIVILEGED").is_some()
+            || std::env::var_os("CI").is_some_and(|v| !v.is_empty() && v != "false");
+        assert!(
+            !required,
+            "{test}: `go` is not on PATH: install Debian's golang-go (cargo xtask setup does)"
+        );
+        eprintln!("SKIPPED {test}: `go` is not on PATH (install golang-go)");
+    }
+    found
+}
+
+/// The function names `go tool pprof -top` lists, heaviest flat first, and its `Type:` line.
+fn pprof_top(go: &Path, profile: &Path) -> (String, Vec<String>) {
+    let home = Path::new(env!("CARGO_TARGET_TMPDIR")).join("pprof-home");
+    std::fs::create_dir_all(&home).expect("pprof home");
+    let output = std::process::Command::new(go)
+        .args(["tool", "pprof", "-top", "-symbolize=none"])
+        .arg(profile)
+        // pprof keeps state under $HOME/pprof; keep it out of the real home.
+        .env("HOME", &home)
+        .env("PPROF_TMPDIR", &home)
+        .output()
+        .expect("run go tool pprof");
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "go tool pprof failed: {}\n{text}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let kind = text
+        .lines()
+        .find_map(|line| line.strip_prefix("Type: "))
+        .unwrap_or_else(|| panic!("no Type: line in\n{text}"))
+        .to_owned();
+    // Rows after the `flat  flat%  sum%  cum  cum%` header: five figures, then the name.
+    let names = text
+        .lines()
+        .skip_while(|line| !line.trim_start().starts_with("flat"))
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            (fields.len() > 5).then(|| fields[5..].join(" "))
+        })
+        .collect();
+    (kind, names)
+}
+
+#[test]
+fn pprof_export_opens_in_go_tool_pprof_with_the_report_top_function() {
+    let test = "pprof_export_opens_in_go_tool_pprof_with_the_report_top_function";
+    let Some(_guard) = privileged(test) else {
+        return;
+    };
+    let Some(go) = go_tool(test) else {
+        return;
+    };
+    let binary = workload("spike_source", false);
+    let binary = binary.to_str().expect("utf-8 path");
+    let profile = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("profile-{}.pb.gz", std::process::id()));
+    let mut command = vec![binary];
+    command.extend(SPIKE_ARGS);
+    let captured = capture_with(&["--pprof", profile.to_str().expect("path")], &command);
+    assert!(captured.output.status.success(), "{}", captured.stderr());
+    let target = captured.target_json();
+    let top_source = target["sources"][0]["name"]
+        .as_str()
+        .expect("a top source")
+        .to_owned();
+    // The workload faults its 200 MiB in its own frame, so the report's code path is also
+    // pprof's heaviest leaf.
+    assert_eq!(top_source, "build_spike_cache", "{}", target["sources"]);
+
+    let bytes = std::fs::read(&profile).expect("pprof written");
+    assert_eq!(&bytes[..2], &[0x1f, 0x8b], "not gzip");
+    let (kind, names) = pprof_top(&go, &profile);
+    assert_eq!(kind, "faulted", "default sample type");
+    assert_eq!(
+        names.first().map(String::as_str),
+        Some(top_source.as_str()),
+        "go tool pprof -top lists {names:?}"
+    );
+    assert!(names.iter().any(|name| name == "main"), "{names:?}");
+    let _ = std::fs::remove_file(&profile);
+    assert!(leftover_session_cgroups().is_empty());
+}

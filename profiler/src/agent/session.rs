@@ -495,7 +495,7 @@ impl ActiveSession {
         });
         // The agent does not trace mapping syscalls (they slow every syscall on the node), so
         // reserved memory by region is not part of agent sessions.
-        let (target, folded_stacks) = TargetReportBuilder::new(self.kind, self.target_id)
+        let (target, stack_files) = TargetReportBuilder::new(self.kind, self.target_id)
             .watched(None, Some(self.cgroup_path.clone()), Vec::new())
             .identity(attribution, self.kubernetes)
             .counters_since(&now, &self.counters_at_start, &self.recorder)
@@ -515,7 +515,9 @@ impl ActiveSession {
             targets: vec![target],
             drops,
             undecodable_events: 0,
-            folded_stacks,
+            folded_stacks: stack_files.folded,
+            // Sessions send folded stacks only; `--pprof` captures run standalone.
+            stack_profile: None,
         };
         crate::sizing::recommend_report(&mut report, self.request.headroom);
         report

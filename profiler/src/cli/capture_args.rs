@@ -99,7 +99,7 @@ pub struct CaptureArgs {
 #[derive(Args, Debug, Clone)]
 pub struct StackArgs {
     /// Do not sample stacks (no sources by code path, no spike frames, no flame graph).
-    #[arg(long, conflicts_with_all = ["flamegraph", "folded"])]
+    #[arg(long, conflicts_with_all = ["flamegraph", "folded", "pprof"])]
     pub no_stacks: bool,
 
     /// Take one stack per this many bytes faulted in, per process (byte-weighted sampling).
@@ -130,6 +130,13 @@ pub struct StackArgs {
     /// or flamegraph.pl).
     #[arg(long, value_name = "FILE")]
     pub folded: Option<PathBuf>,
+
+    /// Write the sampled stacks as a gzipped pprof profile (profile.proto) for `go tool pprof`,
+    /// Pyroscope or Parca: sample types `faulted` (bytes faulted in, the default) and
+    /// `reserved` (bytes of large mmap/brk), and the sample count. Written by a standalone
+    /// capture: with --pod or --cgroup the probes are loaded here, not asked of the agent.
+    #[arg(long, value_name = "FILE")]
+    pub pprof: Option<PathBuf>,
 }
 
 impl StackArgs {

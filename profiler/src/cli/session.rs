@@ -37,7 +37,8 @@ pub(super) fn try_through_agent(
 
 /// The request for a session through the agent, for targets an agent can serve.
 fn session_request(args: &CaptureArgs, options: &CaptureOptions) -> Option<SessionRequest> {
-    if args.standalone {
+    // Agent sessions send back folded stacks only, not the symbolized profile --pprof needs.
+    if args.standalone || args.stacks.pprof.is_some() {
         return None;
     }
     let target = match &options.target {

@@ -16,6 +16,7 @@
 
 pub mod flamegraph;
 pub mod modules;
+pub mod pprof;
 pub mod unwind;
 
 use std::collections::HashMap;
@@ -96,7 +97,7 @@ struct RawStack {
     samples: u64,
 }
 
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Debug)]
 struct TimedSample {
     elapsed_ms: u64,
     stack: usize,
@@ -463,7 +464,16 @@ impl SymbolizedStack {
     }
 }
 
+/// What the stack files are written from: folded stacks (`--folded`, `--flamegraph`) and the
+/// symbolized profile (`--pprof`).
+#[derive(Clone, Debug, Default)]
+pub struct StackFiles {
+    pub folded: Vec<String>,
+    pub profile: Option<Arc<StackProfile>>,
+}
+
 /// Everything the session's stacks say.
+#[derive(Debug)]
 pub struct StackProfile {
     pub summary: StackSummary,
     pub stacks: Vec<SymbolizedStack>,
@@ -481,6 +491,31 @@ pub struct CodePath {
 }
 
 impl StackProfile {
+    /// A profile of the given stacks, as `finish` would make it.
+    #[cfg(test)]
+    pub(crate) fn for_tests(stacks: Vec<SymbolizedStack>) -> Self {
+        Self {
+            summary: StackSummary {
+                unwinding: Unwinding::FramePointers,
+                fault_sample_bytes: StackSettings::default().fault_sample_bytes,
+                reservation_threshold_bytes: 0,
+                samples: stacks.iter().map(|s| s.samples).sum(),
+                sampled_fault_bytes: stacks.iter().map(|s| s.fault_bytes).sum(),
+                sampled_reserved_bytes: stacks.iter().map(|s| s.reserved_bytes).sum(),
+                distinct_stacks: stacks.len() as u64,
+                samples_not_kept: 0,
+                samples_without_stack: 0,
+                shallow_samples: 0,
+                modules_opened: 0,
+                limits: Vec::new(),
+                top: Vec::new(),
+            },
+            stacks,
+            timed: Vec::new(),
+        }
+        .with_top()
+    }
+
     fn with_top(mut self) -> Self {
         let mut order: Vec<&SymbolizedStack> = self.stacks.iter().collect();
         order.sort_by_key(|stack| std::cmp::Reverse((stack.fault_bytes, stack.reserved_bytes)));
