@@ -43,6 +43,30 @@ fn assert_sources_sorted(target: &serde_json::Value) {
     );
 }
 
+/// No source or frame is an address outside a known mapping, and no source is empty.
+fn assert_no_noise(target: &serde_json::Value) {
+    for source in target["sources"].as_array().expect("sources") {
+        let name = source["name"].as_str().expect("name");
+        assert!(!name.starts_with("[unknown]"), "noise source {source}");
+        assert!(
+            source["bytes"].as_u64().unwrap_or(0) > 0
+                || source["reserved_bytes"].as_u64().unwrap_or(0) > 0,
+            "0-byte source {source}"
+        );
+        for frame in strings(&source["frames"]) {
+            assert!(!frame.starts_with("[unknown]"), "address frame in {source}");
+        }
+    }
+    for stack in target["stacks"]["top"].as_array().expect("top stacks") {
+        for frame in strings(&stack["frames"]) {
+            assert!(!frame.starts_with("[unknown]"), "address frame in {stack}");
+        }
+    }
+    // Whatever was dropped is counted (the fields exist, even when 0).
+    assert!(target["stacks"]["dropped_frames"].is_u64());
+    assert!(target["stacks"]["samples_outside_mappings"].is_u64());
+}
+
 /// The spike of the charge that is ~200 MiB above steady state.
 fn big_spike(target: &serde_json::Value) -> &serde_json::Value {
     target["spikes"]
@@ -93,6 +117,7 @@ fn frame_pointer_workload_names_the_allocating_function_everywhere() {
         "build_spike_cache made {bytes} bytes by the samples, expected about 200 MiB"
     );
     assert_sources_sorted(target);
+    assert_no_noise(target);
     // Frame pointers unwind fully: the callers are there too.
     let frames = strings(&top["frames"]);
     assert_eq!(
@@ -192,6 +217,7 @@ fn without_frame_pointers_the_limit_is_reported_and_eh_frame_unwinding_recovers(
     assert!(strings(&target["stacks"]["limits"]).is_empty());
     assert_eq!(target["stacks"]["unwinding"], "eh_frame");
     assert_sources_sorted(target);
+    assert_no_noise(target);
     assert!(leftover_session_cgroups().is_empty());
 }
 

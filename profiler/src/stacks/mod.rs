@@ -262,8 +262,18 @@ impl StackCollector {
 
     /// Symbolizes every kept stack and merges stacks that read the same.
     pub fn finish(mut self) -> StackProfile {
+        let mut dropped_frames = 0;
+        let mut samples_outside_mappings = 0;
         let names: Vec<Vec<Frame>> = (0..self.stacks.len())
-            .map(|index| self.symbolize(index))
+            .map(|index| {
+                let (frames, dropped) = self.symbolize(index);
+                let samples = self.stacks.get(index).map_or(0, |stack| stack.samples);
+                dropped_frames += dropped * samples;
+                if frames.is_empty() && dropped > 0 {
+                    samples_outside_mappings += samples;
+                }
+                frames
+            })
             .collect();
         let mut merged: Vec<SymbolizedStack> = Vec::new();
         let mut merged_index: HashMap<Vec<Frame>, usize> = HashMap::new();
@@ -306,6 +316,14 @@ impl StackCollector {
                 self.shallow_samples, walked, SHALLOW_FRAMES
             ));
         }
+        if samples_outside_mappings * 10 > walked.max(1) {
+            limits.push(format!(
+                "{samples_outside_mappings} of {walked} sampled stacks had no frame in a known \
+                 executable mapping (code that ran before its mappings could be read, such as \
+                 exec and the dynamic loader, or a walk that read data as return addresses): \
+                 their bytes are counted in the totals but under no code path."
+            ));
+        }
         if self.samples_not_kept > 0 {
             limits.push(format!(
                 "{} samples of stacks beyond the first {} distinct ones were counted but not kept \
@@ -332,6 +350,8 @@ impl StackCollector {
                 samples_not_kept: self.samples_not_kept,
                 samples_without_stack: self.samples_without_stack,
                 shallow_samples: self.shallow_samples,
+                dropped_frames,
+                samples_outside_mappings,
                 modules_opened: self.modules.len() as u64,
                 limits,
                 top: Vec::new(),
@@ -342,43 +362,42 @@ impl StackCollector {
         .with_top()
     }
 
-    fn symbolize(&mut self, index: usize) -> Vec<Frame> {
+    /// The stack's frames, innermost first, and how many were dropped. The stack ends at the
+    /// first address outside every executable mapping of the process: such an address is not
+    /// code we can name (a frame-pointer walk that read data, `0`, or code that ran before
+    /// its mappings could be read), and the frames beyond it were found through it.
+    fn symbolize(&mut self, index: usize) -> (Vec<Frame>, u64) {
         let Some(raw) = self.stacks.get(index) else {
-            return Vec::new();
+            return (Vec::new(), 0);
         };
         let mappings = raw.mappings.clone();
         let addresses = raw.frames.clone();
-        addresses
-            .iter()
-            .enumerate()
-            .map(|(position, &address)| {
-                // Return addresses point after the call; look up the call itself.
-                let lookup = if position == 0 {
-                    address
-                } else {
-                    address.saturating_sub(1)
-                };
-                let Some(mapping) = mappings
-                    .iter()
-                    .find(|m| lookup >= m.start && lookup < m.end)
-                else {
-                    return Frame {
-                        function: None,
-                        module: Arc::from("[unknown]"),
-                        offset: address,
-                    };
-                };
-                let offset = lookup - mapping.start + mapping.file_offset;
-                let function = mapping
-                    .module
-                    .and_then(|module| self.modules.symbolize(module, &[offset]).pop().flatten());
-                Frame {
-                    function,
-                    module: mapping.name.clone(),
-                    offset,
-                }
-            })
-            .collect()
+        let mut frames = Vec::with_capacity(addresses.len());
+        for (position, &address) in addresses.iter().enumerate() {
+            // Return addresses point after the call; look up the call itself.
+            let lookup = if position == 0 {
+                address
+            } else {
+                address.saturating_sub(1)
+            };
+            let Some(mapping) = mappings
+                .iter()
+                .find(|m| lookup >= m.start && lookup < m.end)
+            else {
+                break;
+            };
+            let offset = lookup - mapping.start + mapping.file_offset;
+            let function = mapping
+                .module
+                .and_then(|module| self.modules.symbolize(module, &[offset]).pop().flatten());
+            frames.push(Frame {
+                function,
+                module: mapping.name.clone(),
+                offset,
+            });
+        }
+        let dropped = (addresses.len() - frames.len()) as u64;
+        (frames, dropped)
     }
 }
 
@@ -506,6 +525,8 @@ impl StackProfile {
                 samples_not_kept: 0,
                 samples_without_stack: 0,
                 shallow_samples: 0,
+                dropped_frames: 0,
+                samples_outside_mappings: 0,
                 modules_opened: 0,
                 limits: Vec::new(),
                 top: Vec::new(),
@@ -537,6 +558,10 @@ impl StackProfile {
     pub fn code_paths(&self) -> Vec<CodePath> {
         let mut paths: HashMap<String, (u64, u64, u64, Vec<String>)> = HashMap::new();
         for stack in &self.stacks {
+            // No frame to name it by (all outside known mappings), or nothing made: not a source.
+            if stack.frames.is_empty() || (stack.fault_bytes == 0 && stack.reserved_bytes == 0) {
+                continue;
+            }
             let entry = paths.entry(stack.code_path()).or_default();
             entry.0 += stack.fault_bytes;
             entry.1 += stack.reserved_bytes;
@@ -568,10 +593,16 @@ impl StackProfile {
     /// The stack that faulted in the most bytes between two session times, with those bytes.
     pub fn heaviest_between(&self, from_ms: u64, to_ms: u64) -> Option<(&SymbolizedStack, u64)> {
         let mut bytes: HashMap<usize, u64> = HashMap::new();
+        let named = |sample: &&TimedSample| {
+            self.stacks
+                .get(sample.stack)
+                .is_some_and(|stack| !stack.frames.is_empty())
+        };
         for sample in self
             .timed
             .iter()
             .filter(|s| s.elapsed_ms >= from_ms && s.elapsed_ms <= to_ms)
+            .filter(named)
         {
             *bytes.entry(sample.stack).or_default() += sample.bytes;
         }
@@ -674,22 +705,55 @@ mod tests {
         collector.record(&sample(7, &[0x10, 0x20, 0x30, 0x40], 512 << 10, 100));
         collector.record(&sample(7, &[0x10, 0x20, 0x30, 0x40], 512 << 10, 150));
         collector.record(&sample(7, &[0x30], 512 << 10, 2_000));
-        let profile = collector.finish();
-        assert_eq!(profile.summary.samples, 3);
-        assert_eq!(profile.summary.sampled_fault_bytes, 3 * (512 << 10));
-        assert_eq!(profile.stacks.len(), 2);
-        let (heaviest, bytes) = profile.heaviest_between(0, 1_000).expect("a stack");
-        assert_eq!(bytes, 1 << 20);
-        assert_eq!(heaviest.frames.len(), 4);
-        // Unknown modules still name the address, never fail.
-        assert_eq!(heaviest.frames[0].display(), "[unknown]+0x10");
-        let folded = profile.folded();
-        assert!(folded.contains(
-            &"resident;[unknown]+0x40;[unknown]+0x30;[unknown]+0x20;[unknown]+0x10 1048576"
-                .to_owned()
+        // Process 8 maps code at 0x1000..0x2000; 0x9000 and 0x0 lie outside it.
+        collector.processes.insert(
+            8,
+            ProcessView {
+                mappings: Arc::new(vec![ExecMapping {
+                    start: 0x1000,
+                    end: 0x2000,
+                    file_offset: 0,
+                    module: None,
+                    name: Arc::from("service"),
+                }]),
+                refreshes: MAX_REFRESHES,
+                unwinder: None,
+            },
+        );
+        collector.record(&sample(
+            8,
+            &[0x1010, 0x1020, 0x9000, 0x1030],
+            512 << 10,
+            3_000,
         ));
-        // One shallow stack out of three walked: not a majority, no limit noted.
-        assert!(profile.summary.limits.is_empty());
+        collector.record(&sample(8, &[0x0, 0x1020], 512 << 10, 3_000));
+        let profile = collector.finish();
+        assert_eq!(profile.summary.samples, 5);
+        assert_eq!(profile.summary.sampled_fault_bytes, 5 * (512 << 10));
+        // Process 7 has no known mapping: its frames are dropped, never shown as addresses, and
+        // a stack without frames names no spike.
+        assert!(profile.heaviest_between(0, 1_000).is_none());
+        let (heaviest, bytes) = profile.heaviest_between(2_500, 3_500).expect("a stack");
+        assert_eq!(bytes, 512 << 10);
+        assert_eq!(heaviest.frames.len(), 2);
+        // Process 8: the walk ends at the first address outside its mappings.
+        let named: Vec<Vec<String>> = profile
+            .stacks
+            .iter()
+            .map(|stack| stack.frames.iter().map(Frame::display).collect())
+            .filter(|frames: &Vec<String>| !frames.is_empty())
+            .collect();
+        assert_eq!(named, [vec!["service+0x10", "service+0x1f"]]);
+        // 4 + 4 + 1 frames of process 7, 2 of the first stack of 8, 2 of the second.
+        assert_eq!(profile.summary.dropped_frames, 13);
+        assert_eq!(profile.summary.samples_outside_mappings, 4);
+        let folded = profile.folded();
+        assert!(folded.iter().all(|line| !line.contains("unknown")));
+        // Only the named stack is a source, with its bytes.
+        let paths = profile.code_paths();
+        assert_eq!(paths.len(), 1);
+        assert_eq!(paths[0].resident_bytes, 512 << 10);
+        assert!(profile.summary.limits[0].contains("no frame in a known executable mapping"));
     }
 
     #[test]
@@ -704,6 +768,10 @@ mod tests {
         let profile = collector.finish();
         assert_eq!(profile.summary.samples_not_kept, 1);
         assert_eq!(profile.stacks.len(), 1);
-        assert!(profile.summary.limits[0].contains("--max-stacks"));
+        assert!(profile
+            .summary
+            .limits
+            .iter()
+            .any(|limit| limit.contains("--max-stacks")));
     }
 }
