@@ -8,7 +8,6 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::Read;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -20,6 +19,11 @@ use crate::procfs::{self, MapsLine};
 
 /// Largest file headroom reads to symbolize or unwind (a size limit on container input).
 pub const MAX_MODULE_BYTES: u64 = 1 << 30;
+
+/// Largest `.text`, `.eh_frame` or `.eh_frame_hdr` read for unwinding (without `.text`,
+/// framehop still unwinds from the CFI; without `.eh_frame`, the module falls back to frame
+/// pointers).
+const MAX_UNWIND_SECTION_BYTES: u64 = 64 << 20;
 
 /// Distinct executable files kept open at once; beyond this, frames stay module + offset.
 pub const MAX_MODULES: usize = 256;
@@ -45,7 +49,8 @@ pub struct Module {
     /// Kept open so the file can be read after its process exits.
     file: File,
     pub build_id: Option<String>,
-    /// `p_offset - p_vaddr` of each executable segment, to place the file in memory.
+    /// (p_offset, p_vaddr, p_filesz) of each executable PT_LOAD segment, to place the file
+    /// in memory.
     exec_segments: Vec<(u64, u64, u64)>,
     symbols: HashMap<u64, Option<Arc<str>>>,
     /// Shared with other copies of the same build (another container's identical binary).
@@ -68,21 +73,30 @@ impl Module {
     /// Where the file's link-time address 0 sits in a process that maps file offset
     /// `file_offset` at `start`.
     pub fn load_bias(&self, start: u64, file_offset: u64) -> u64 {
-        let segment = self
-            .exec_segments
-            .iter()
-            .find(|(offset, _, size)| file_offset >= *offset && file_offset < offset + size);
-        match segment {
-            Some((p_offset, p_vaddr, _)) => start
-                .wrapping_sub(file_offset)
-                .wrapping_add(*p_offset)
-                .wrapping_sub(*p_vaddr),
-            None => start.wrapping_sub(file_offset),
-        }
+        load_bias(&self.exec_segments, start, file_offset)
     }
 
     fn path(&self) -> PathBuf {
         PathBuf::from(format!("/proc/self/fd/{}", self.file.as_raw_fd()))
+    }
+}
+
+/// Where link-time address 0 sits, given the executable segments and one mapping of them.
+/// The kernel maps a segment from its offset rounded down to the page, so the mapping's
+/// `file_offset` can lie below `p_offset` (lld lays segments out with `p_vaddr - p_offset`
+/// a page apart, and the text segment starts mid-page); only executable segments are
+/// considered, since the read-only segment before the text covers the same page.
+fn load_bias(exec_segments: &[(u64, u64, u64)], start: u64, file_offset: u64) -> u64 {
+    const PAGE: u64 = 4096;
+    let segment = exec_segments.iter().find(|(offset, _, size)| {
+        file_offset >= offset & !(PAGE - 1) && file_offset < offset.saturating_add(*size)
+    });
+    match segment {
+        Some((p_offset, p_vaddr, _)) => start
+            .wrapping_sub(file_offset)
+            .wrapping_add(*p_offset)
+            .wrapping_sub(*p_vaddr),
+        None => start.wrapping_sub(file_offset),
     }
 }
 
@@ -305,22 +319,18 @@ fn open_module(file: File, name: Arc<str>) -> Option<Module> {
     })
 }
 
-fn read_file(file: &File) -> Option<Vec<u8>> {
-    let mut data = Vec::new();
-    file.take(MAX_MODULE_BYTES).read_to_end(&mut data).ok()?;
-    Some(data)
-}
-
-/// (p_offset, p_vaddr, p_filesz) of the loadable segments.
+/// (p_offset, p_vaddr, p_filesz) of the executable loadable segments.
 fn read_exec_segments(file: &File) -> Option<Vec<(u64, u64, u64)>> {
-    use std::os::unix::fs::FileExt;
-    // Program headers sit near the front; 64 KiB holds them for any sane binary.
-    let mut head = vec![0u8; 64 * 1024];
-    let read = file.read_at(&mut head, 0).ok()?;
-    head.truncate(read);
-    let elf = object::File::parse(&*head).ok()?;
+    // Read through a cache of the ranges parsed (headers, program and section headers), not
+    // the whole file: section headers sit at the end.
+    let cache = object::ReadCache::new(file);
+    let elf = object::File::parse(&cache).ok()?;
     Some(
         elf.segments()
+            .filter(|segment| {
+                matches!(segment.flags(), object::SegmentFlags::Elf { p_flags }
+                    if p_flags & object::elf::PF_X != 0)
+            })
             .map(|segment| {
                 let (offset, size) = segment.file_range();
                 (offset, segment.address(), size)
@@ -330,10 +340,15 @@ fn read_exec_segments(file: &File) -> Option<Vec<(u64, u64, u64)>> {
 }
 
 fn read_unwind_sections(file: &File) -> Option<UnwindSections> {
-    let data = read_file(file)?;
-    let elf = object::File::parse(&*data).ok()?;
+    // Only the three sections are read (ReadCache reads the ranges parsed, at explicit
+    // offsets), never the whole file; a section above the budget is left out.
+    let cache = object::ReadCache::new(file);
+    let elf = object::File::parse(&cache).ok()?;
     let section = |name: &str| {
         let section = elf.section_by_name(name)?;
+        if section.size() > MAX_UNWIND_SECTION_BYTES {
+            return None;
+        }
         let bytes: Arc<[u8]> = Arc::from(section.data().ok()?);
         let range = section.address()..section.address() + section.size();
         Some((range, bytes))
@@ -355,6 +370,23 @@ fn read_unwind_sections(file: &File) -> Option<UnwindSections> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn load_bias_places_lld_and_gnu_ld_text_segments() {
+        // `cargo build --release` (lld): R-X at p_offset 0x13720, p_vaddr 0x14720, mapped
+        // from the page at file offset 0x13000.
+        let lld = [(0x13720, 0x14720, 0x3eb80)];
+        let start = 0x5555_5556_8000;
+        let bias = load_bias(&lld, start, 0x13000);
+        assert_eq!(bias, start - 0x14000);
+        // The instruction at link-time address 0x14800 is at file offset 0x13800.
+        assert_eq!(bias + 0x14800 - start + 0x13000, 0x13800);
+        // GNU ld: offset and address equal, page aligned.
+        let gnu = [(0x26000, 0x26000, 0x156000)];
+        assert_eq!(load_bias(&gnu, 0x7f00_0002_6000, 0x26000), 0x7f00_0000_0000);
+        // Unknown layout: the mapping's own start and offset.
+        assert_eq!(load_bias(&[], 0x40_1000, 0x1000), 0x40_0000);
+    }
 
     #[test]
     fn a_host_path_in_maps_is_opened_below_the_process_root_only() {
