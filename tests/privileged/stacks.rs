@@ -331,5 +331,107 @@ fn pprof_export_opens_in_go_tool_pprof_with_the_report_top_function() {
     );
     assert!(names.iter().any(|name| name == "main"), "{names:?}");
     let _ = std::fs::remove_file(&profile);
-    assert!(leftover_session_cgroups().is_empty());
+}
+
+/// Builds tests/workloads/rust_service as users build theirs (`cargo build --release`: lld,
+/// PIE, no frame pointers, symbols kept, glibc malloc) into this test's own target directory.
+fn rust_service() -> std::path::PathBuf {
+    let manifest =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/workloads/rust_service/Cargo.toml");
+    let target_dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("rust-service");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let status = std::process::Command::new(cargo)
+        .args([
+            "build",
+            "--release",
+            "--offline",
+            "--quiet",
+            "--manifest-path",
+        ])
+        .arg(&manifest)
+        .arg("--target-dir")
+        .arg(&target_dir)
+        // As a user builds: none of this build's flags (no forced frame pointers).
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env_remove("CARGO_TARGET_DIR")
+        .status()
+        .expect("run cargo");
+    assert!(status.success(), "building {} failed", manifest.display());
+    target_dir.join("release/rust_service")
+}
+
+#[test]
+fn a_rust_release_build_is_unwound_to_main_and_named_by_its_own_functions() {
+    let Some(_guard) =
+        privileged("a_rust_release_build_is_unwound_to_main_and_named_by_its_own_functions")
+    else {
+        return;
+    };
+    let binary = rust_service();
+    let binary = binary.to_str().expect("utf-8 path");
+    let captured = capture_with(
+        &["--unwind", "eh-frame"],
+        &[binary, "64", "200", "300", "1000", "1000"],
+    );
+    assert!(captured.output.status.success(), "{}", captured.stderr());
+    let target = captured.target_json();
+    let sources = target["sources"].as_array().expect("sources");
+    let source = |name: &str| {
+        sources
+            .iter()
+            .find(|source| source["name"] == name)
+            .unwrap_or_else(|| panic!("no source {name} in {}", target["sources"]))
+    };
+    // The service's own functions name the sources (demangled, no hash), not alloc or libc.
+    let burst = source("rust_service::build_burst_index");
+    let catalog = source("rust_service::load_catalog");
+    assert_eq!(sources[0]["name"], "rust_service::build_burst_index");
+    let burst_bytes = burst["bytes"].as_u64().expect("bytes");
+    assert!(
+        burst_bytes.abs_diff(200 * MIB) <= 20 * MIB,
+        "build_burst_index made {burst_bytes} bytes by the samples, expected about 200 MiB"
+    );
+    let catalog_bytes = catalog["bytes"].as_u64().expect("bytes");
+    assert!(
+        catalog_bytes.abs_diff(64 * MIB) <= 8 * MIB,
+        "load_catalog made {catalog_bytes} bytes by the samples, expected about 64 MiB"
+    );
+    for source in sources.iter().filter(|s| s["kind"] == "code_path") {
+        let name = source["name"].as_str().expect("name");
+        assert!(
+            !name.starts_with("alloc::") && !name.starts_with("<alloc::"),
+            "source named by alloc internals: {name}"
+        );
+        assert!(
+            !name.starts_with("_ZN") && !name.starts_with("_R"),
+            "mangled: {name}"
+        );
+    }
+    // The whole stack is kept: through alloc, the service's callers, to main.
+    let frames = strings(&burst["frames"]);
+    let position = |name: &str| frames.iter().position(|frame| frame == name);
+    let (Some(index), Some(serve), Some(main)) = (
+        position("rust_service::build_burst_index"),
+        position("rust_service::serve_burst"),
+        position("rust_service::main"),
+    ) else {
+        panic!("stack does not reach main: {frames:?}");
+    };
+    assert!(index < serve && serve < main, "{frames:?}");
+    // Legacy mangling ends in `::h` and 16 hex digits; demangled names have none.
+    let hashed = |frame: &String| {
+        frame.rsplit("::").next().is_some_and(|last| {
+            last.len() == 17
+                && last.starts_with('h')
+                && last[1..].chars().all(|c| c.is_ascii_hexdigit())
+        })
+    };
+    assert!(!frames.iter().any(hashed), "hash suffix left in {frames:?}");
+    assert!(strings(&catalog["frames"]).contains(&"rust_service::main".to_owned()));
+    assert_no_noise(target);
+    assert_eq!(
+        big_spike(target)["source"],
+        "rust_service::build_burst_index"
+    );
 }

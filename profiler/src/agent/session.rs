@@ -150,6 +150,7 @@ impl SessionRequest {
             reservation_threshold_bytes: self.reservation_threshold_bytes,
             unwinding: self.unwinding,
             max_stacks: self.max_stacks,
+            ..StackSettings::default()
         }
     }
 }

@@ -12,7 +12,7 @@ use crate::{
         MetadataSource,
     },
     capture::{NodeOptions, TargetSpec},
-    stacks::{StackSettings, Unwinding},
+    stacks::{naming::InternalFrames, StackSettings, Unwinding},
     units::{parse_bytes, parse_bytes_within, parse_duration},
 };
 
@@ -122,6 +122,14 @@ pub struct StackArgs {
           value_parser = clap::value_parser!(u32).range(16..=1_000_000))]
     pub max_stacks: u32,
 
+    /// Frames that do not name a source, as comma-separated prefixes of module file names
+    /// (libc.so) or function names (alloc::, serde_json::); `default` stands for the built-in
+    /// list (allocators, libc, core/alloc/std, common collection and serialization crates).
+    /// A source is named by the innermost frame outside the list. E.g. default,tokio::
+    /// Runs the capture standalone (agent sessions use the built-in list).
+    #[arg(long, value_name = "LIST", default_value = "default", value_parser = parse_internal_frames)]
+    pub internal_frames: InternalFrames,
+
     /// Write a flame graph (SVG) of the sampled stacks, widths in bytes.
     #[arg(long, value_name = "FILE")]
     pub flamegraph: Option<PathBuf>,
@@ -146,8 +154,13 @@ impl StackArgs {
             reservation_threshold_bytes: self.reservation_threshold,
             unwinding: self.unwind,
             max_stacks: self.max_stacks as usize,
+            internal_frames: self.internal_frames.clone(),
         })
     }
+}
+
+fn parse_internal_frames(text: &str) -> Result<InternalFrames, String> {
+    InternalFrames::parse(text).map_err(|err| err.to_string())
 }
 
 fn parse_ring_buffer(text: &str) -> Result<u32, String> {

@@ -16,6 +16,7 @@
 
 pub mod flamegraph;
 pub mod modules;
+pub mod naming;
 pub mod pprof;
 pub mod unwind;
 
@@ -28,6 +29,7 @@ use profiler_common::{stack_source, StackSampling};
 use crate::probes::events::StackSample;
 pub use crate::report::{StackEntry, StackSummary, Unwinding};
 use modules::{ExecMapping, ModuleCache};
+use naming::InternalFrames;
 use unwind::ProcessUnwinder;
 
 /// Stack sampling settings of a session.
@@ -38,6 +40,8 @@ pub struct StackSettings {
     pub unwinding: Unwinding,
     /// Distinct stacks kept; samples of further stacks are counted, not kept.
     pub max_stacks: usize,
+    /// Frames that do not name a source (allocator, libc, std, ...).
+    pub internal_frames: InternalFrames,
 }
 
 impl Default for StackSettings {
@@ -47,6 +51,7 @@ impl Default for StackSettings {
             reservation_threshold_bytes: 1024 * 1024,
             unwinding: Unwinding::FramePointers,
             max_stacks: 8192,
+            internal_frames: InternalFrames::default(),
         }
     }
 }
@@ -358,6 +363,7 @@ impl StackCollector {
             },
             stacks: merged,
             timed,
+            internal: self.settings.internal_frames.clone(),
         }
         .with_top()
     }
@@ -418,40 +424,6 @@ impl Frame {
             None => format!("{}+{:#x}", self.module, self.offset),
         }
     }
-
-    /// Allocator and C library internals: skipped when naming the code path that allocated.
-    fn is_allocator(&self) -> bool {
-        const MODULES: [&str; 7] = [
-            "libc.so",
-            "libc-",
-            "ld-linux",
-            "libjemalloc",
-            "libmimalloc",
-            "libtcmalloc",
-            "libstdc++",
-        ];
-        const FUNCTIONS: [&str; 14] = [
-            "malloc",
-            "calloc",
-            "realloc",
-            "posix_memalign",
-            "aligned_alloc",
-            "memset",
-            "memcpy",
-            "memmove",
-            "__mem",
-            "_int_",
-            "sysmalloc",
-            "operator new",
-            "je_",
-            "mi_",
-        ];
-        MODULES.iter().any(|m| self.module.starts_with(m))
-            || self
-                .function
-                .as_deref()
-                .is_some_and(|f| FUNCTIONS.iter().any(|p| f.starts_with(p)))
-    }
 }
 
 /// A distinct symbolized stack and what it made.
@@ -465,12 +437,10 @@ pub struct SymbolizedStack {
 }
 
 impl SymbolizedStack {
-    /// The code path's name: the innermost frame that is not allocator or libc internals.
-    pub fn code_path(&self) -> String {
-        self.frames
-            .iter()
-            .find(|frame| !frame.is_allocator())
-            .or(self.frames.first())
+    /// The code path's name: the innermost frame that is the application's, not internals.
+    pub fn code_path(&self, internal: &InternalFrames) -> String {
+        internal
+            .naming_frame(&self.frames)
             .map_or_else(|| "[no stack]".to_owned(), Frame::display)
     }
 
@@ -497,6 +467,7 @@ pub struct StackProfile {
     pub summary: StackSummary,
     pub stacks: Vec<SymbolizedStack>,
     timed: Vec<TimedSample>,
+    internal: InternalFrames,
 }
 
 /// Resident bytes made by one code path (sources of kind `code_path`).
@@ -533,6 +504,7 @@ impl StackProfile {
             },
             stacks,
             timed: Vec::new(),
+            internal: InternalFrames::default(),
         }
         .with_top()
     }
@@ -544,7 +516,7 @@ impl StackProfile {
             .into_iter()
             .take(TOP_STACKS)
             .map(|stack| StackEntry {
-                code_path: stack.code_path(),
+                code_path: stack.code_path(&self.internal),
                 resident_bytes: stack.fault_bytes,
                 reserved_bytes: stack.reserved_bytes,
                 samples: stack.samples,
@@ -562,7 +534,7 @@ impl StackProfile {
             if stack.frames.is_empty() || (stack.fault_bytes == 0 && stack.reserved_bytes == 0) {
                 continue;
             }
-            let entry = paths.entry(stack.code_path()).or_default();
+            let entry = paths.entry(stack.code_path(&self.internal)).or_default();
             entry.0 += stack.fault_bytes;
             entry.1 += stack.reserved_bytes;
             let weight = stack.fault_bytes.max(stack.reserved_bytes);
@@ -624,7 +596,7 @@ impl StackProfile {
             let from = start_ms.saturating_sub(2 * resolution_ms);
             let to = start_ms + spike.duration_ms + resolution_ms;
             if let Some((stack, bytes)) = self.heaviest_between(from, to) {
-                spike.source = Some(stack.code_path());
+                spike.source = Some(stack.code_path(&self.internal));
                 spike.source_bytes = Some(bytes);
                 spike.frames = stack.shown_frames();
             }
@@ -676,12 +648,13 @@ mod tests {
             reserved_bytes: 0,
             samples: 1,
         };
-        assert_eq!(stack.code_path(), "build_cache");
+        let internal = InternalFrames::default();
+        assert_eq!(stack.code_path(&internal), "build_cache");
         let only_libc = SymbolizedStack {
             frames: vec![frame("malloc", "libc.so.6")],
             ..stack
         };
-        assert_eq!(only_libc.code_path(), "malloc");
+        assert_eq!(only_libc.code_path(&internal), "malloc");
     }
 
     fn sample(tgid: u32, frames: &[u64], bytes: u64, ms: u64) -> StackSample {
