@@ -435,3 +435,85 @@ fn a_rust_release_build_is_unwound_to_main_and_named_by_its_own_functions() {
         "rust_service::build_burst_index"
     );
 }
+
+/// A copy of `binary` whose `.gnu_debuglink` names `target` (an absolute path, as a hostile
+/// container image can write it; objcopy --add-gnu-debuglink would keep the base name only).
+fn with_debug_link(binary: &Path, target: &Path, out: &Path) {
+    let mut section = target.as_os_str().as_encoded_bytes().to_vec();
+    section.push(0);
+    while !section.len().is_multiple_of(4) {
+        section.push(0);
+    }
+    // The CRC of the linked file; never checked here, since nothing may open it.
+    section.extend_from_slice(&0x1234_5678u32.to_le_bytes());
+    let section_file = out.with_extension("debuglink");
+    std::fs::write(&section_file, section).expect("section contents");
+    let status = std::process::Command::new("objcopy")
+        .arg(format!(
+            "--add-section=.gnu_debuglink={}",
+            section_file.display()
+        ))
+        .arg(binary)
+        .arg(out)
+        .status()
+        .expect("run objcopy (binutils)");
+    assert!(status.success(), "objcopy failed");
+    let _ = std::fs::remove_file(&section_file);
+}
+
+#[test]
+fn a_debug_link_to_a_fifo_does_not_block_symbolization() {
+    let Some(_guard) = privileged("a_debug_link_to_a_fifo_does_not_block_symbolization") else {
+        return;
+    };
+    let dir =
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("debuglink-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("test dir");
+    let fifo = dir.join("debug.fifo");
+    let status = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("run mkfifo");
+    assert!(status.success());
+    let linked = dir.join("spike_source_linked");
+    with_debug_link(&workload("spike_source", false), &fifo, &linked);
+    let report = dir.join("report.json");
+    let mut child = common::headroom()
+        .args([
+            "capture", "--format", "json", "--unwind", "eh-frame", "--output",
+        ])
+        .arg(&report)
+        .arg("--")
+        .arg(&linked)
+        .args(["8", "64", "200", "300", "300"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run headroom");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            let _ = std::fs::remove_dir_all(&dir);
+            panic!("the capture hung for 60 s: symbolization opened the debug link's FIFO");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert!(status.success(), "capture failed: {status}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).expect("report")).expect("json");
+    // Symbols still come from the binary's own symbol table.
+    let target = &report["targets"][0];
+    assert_eq!(
+        target["sources"][0]["name"], "build_spike_cache",
+        "{}",
+        target["sources"]
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -132,9 +132,16 @@ impl SessionRequest {
                 MAX_SESSION.as_secs()
             ));
         }
+        let max_stacks = crate::stacks::MAX_STACKS_LIMIT;
+        if !(16..=max_stacks).contains(&self.max_stacks) {
+            // Each kept stack holds up to 127 frames in the agent's memory until the end.
+            return Err(format!(
+                "--max-stacks {} is out of range: a session keeps 16 to {max_stacks} stacks",
+                self.max_stacks
+            ));
+        }
         if !(64 << 10..=1 << 30).contains(&self.fault_sample_bytes)
             || self.reservation_threshold_bytes < 4096
-            || !(16..=1_000_000).contains(&self.max_stacks)
             || !(0.0..=10.0).contains(&self.headroom)
         {
             return Err(

@@ -117,9 +117,10 @@ pub struct StackArgs {
     #[arg(long, value_enum, default_value_t = Unwinding::FramePointers, value_name = "HOW")]
     pub unwind: Unwinding,
 
-    /// Distinct stacks kept (more are counted, not kept). 16 to 1000000.
+    /// Distinct stacks kept (more are counted, not kept; so are stacks beyond 1Mi frames in
+    /// all). 16 to 65536.
     #[arg(long, default_value_t = 8192, value_name = "N",
-          value_parser = clap::value_parser!(u32).range(16..=1_000_000))]
+          value_parser = clap::value_parser!(u32).range(16..=crate::stacks::MAX_STACKS_LIMIT as i64))]
     pub max_stacks: u32,
 
     /// Frames that do not name a source, as comma-separated prefixes of module file names
@@ -320,6 +321,15 @@ mod tests {
                 "true",
             ],
             &["headroom", "capture", "--memory-limit", "1Gi", "--pid", "5"],
+            &["headroom", "capture", "--max-stacks", "65537", "--", "true"],
+            &[
+                "headroom",
+                "capture",
+                "--internal-frames",
+                "a,,b",
+                "--",
+                "true",
+            ],
         ] {
             assert!(Cli::try_parse_from(argv).is_err(), "accepted {argv:?}");
         }

@@ -68,6 +68,14 @@ impl StackSettings {
     }
 }
 
+/// Most distinct stacks a session may keep (`--max-stacks`, agent sessions' `max_stacks`):
+/// with up to 127 frames each, about 64 MiB of addresses and more once symbolized.
+pub const MAX_STACKS_LIMIT: usize = 65_536;
+
+/// Frames kept over all distinct stacks of a session (8 bytes each raw, ~40 symbolized):
+/// deep stacks fill it before `max_stacks` does, and further stacks are counted, not kept.
+pub const MAX_KEPT_FRAMES: usize = 1 << 20;
+
 /// Re-reads of one process's mappings after its first sample.
 const MAX_REFRESHES: u32 = 8;
 
@@ -125,6 +133,8 @@ pub struct StackCollector {
     samples_not_kept: u64,
     samples_without_stack: u64,
     shallow_samples: u64,
+    /// Frames held by `stacks`, against [`MAX_KEPT_FRAMES`].
+    kept_frames: usize,
 }
 
 impl StackCollector {
@@ -144,6 +154,7 @@ impl StackCollector {
             samples_not_kept: 0,
             samples_without_stack: 0,
             shallow_samples: 0,
+            kept_frames: 0,
         }
     }
 
@@ -185,7 +196,10 @@ impl StackCollector {
         let key = (sample.tgid, frames);
         let stack = match self.index.get(&key) {
             Some(&stack) => stack,
-            None if self.stacks.len() < self.settings.max_stacks => {
+            None if self.stacks.len() < self.settings.max_stacks.min(MAX_STACKS_LIMIT)
+                && self.kept_frames + key.1.len() <= MAX_KEPT_FRAMES =>
+            {
+                self.kept_frames += key.1.len();
                 let mappings = self
                     .processes
                     .get(&sample.tgid)
@@ -331,9 +345,11 @@ impl StackCollector {
         }
         if self.samples_not_kept > 0 {
             limits.push(format!(
-                "{} samples of stacks beyond the first {} distinct ones were counted but not kept \
-                 (raise --max-stacks).",
-                self.samples_not_kept, self.settings.max_stacks
+                "{} samples of stacks beyond the first {} distinct ones ({} frames at most) were \
+                 counted but not kept (raise --max-stacks, up to {MAX_STACKS_LIMIT}).",
+                self.samples_not_kept,
+                self.stacks.len(),
+                MAX_KEPT_FRAMES
             ));
         }
         if self.modules.unreadable > 0 {
@@ -727,6 +743,26 @@ mod tests {
         assert_eq!(paths.len(), 1);
         assert_eq!(paths[0].resident_bytes, 512 << 10);
         assert!(profile.summary.limits[0].contains("no frame in a known executable mapping"));
+    }
+
+    #[test]
+    fn deep_stacks_are_bounded_by_frames_kept() {
+        let settings = StackSettings {
+            max_stacks: MAX_STACKS_LIMIT * 16,
+            ..StackSettings::default()
+        };
+        let mut collector = StackCollector::new(settings, PathBuf::from("/nonexistent"), 0);
+        let depth = profiler_common::MAX_STACK_FRAMES as u64;
+        let distinct = 9_000;
+        for stack in 0..distinct {
+            let frames: Vec<u64> = (0..depth).map(|frame| stack * 1000 + frame + 1).collect();
+            collector.record(&sample(1, &frames, 10, 0));
+        }
+        let kept = (MAX_KEPT_FRAMES as u64) / depth;
+        assert_eq!(collector.stacks.len() as u64, kept);
+        assert!(collector.kept_frames <= MAX_KEPT_FRAMES);
+        let profile = collector.finish();
+        assert_eq!(profile.summary.samples_not_kept, distinct - kept);
     }
 
     #[test]

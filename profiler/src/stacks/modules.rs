@@ -5,6 +5,14 @@
 //! (its own mount namespace decides what it names). It is only ever opened below
 //! `/proc/PID/root`, which the kernel resolves inside the process's own root, so no container
 //! can make headroom read a host file. Files larger than [`MAX_MODULE_BYTES`] are not read.
+//!
+//! A hostile file cannot block or bloat the reader: a path is opened `O_PATH` and read only
+//! when it is a regular file (never a FIFO or a device); unwind sections are read one by one,
+//! each within [`MAX_UNWIND_SECTION_BYTES`], never the whole file; symbols come from the
+//! ELF symbol tables only, so blazesym follows no `.gnu_debuglink`, `.gnu_debugaltlink` or
+//! `.dwp` name the file gives (those would be host paths), and names no DWARF inlined frames.
+//! Still open (issue 16): blazesym maps the file, so a container that truncates a library
+//! while it is symbolized can raise SIGBUS.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -212,8 +220,14 @@ impl ModuleCache {
             .filter(|offset| !module.symbols.contains_key(offset))
             .collect();
         if !missing.is_empty() {
-            let symbolizer = self.symbolizer.get_or_insert_with(Symbolizer::new);
-            let source = Source::Elf(Elf::new(module.path()));
+            let symbolizer = self.symbolizer.get_or_insert_with(hardened_symbolizer);
+            let mut elf = Elf::new(module.path());
+            // ELF symbols only: no DWARF, so no .gnu_debuglink, .gnu_debugaltlink or .dwp
+            // lookups. A container's binary names those files; blazesym would open them as
+            // host paths (an absolute link, /usr/lib/debug, the directory /proc/self/fd
+            // resolves to), and a FIFO there blocks the agent's thread forever.
+            elf.debug_syms = false;
+            let source = Source::Elf(elf);
             let names: Vec<Option<Arc<str>>> = match symbolizer
                 .symbolize(&source, Input::FileOffset(&missing))
             {
@@ -253,6 +267,14 @@ impl ModuleCache {
     }
 }
 
+/// A symbolizer that demangles (Rust legacy and v0, C++) and searches no debug directories.
+fn hardened_symbolizer() -> Symbolizer {
+    Symbolizer::builder()
+        .enable_demangling(true)
+        .set_debug_dirs(Some::<[&Path; 0]>([]))
+        .build()
+}
+
 /// Opens `path` with `root` as its root directory: `..` and symlinks, absolute ones included,
 /// resolve inside that root (openat2 RESOLVE_IN_ROOT, Linux 5.6+), so a container that swaps a
 /// directory for a symlink to `/etc` still only reaches its own files.
@@ -260,6 +282,7 @@ fn open_in_root(root: &Path, path: &str) -> Option<File> {
     use std::ffi::CString;
     use std::os::fd::FromRawFd;
     use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::OpenOptionsExt;
     let root_path = CString::new(root.as_os_str().as_bytes()).ok()?;
     let relative = CString::new(path.trim_start_matches('/')).ok()?;
     // SAFETY: open(2) with a valid NUL-terminated path; the result is checked.
@@ -276,7 +299,9 @@ fn open_in_root(root: &Path, path: &str) -> Option<File> {
     let root_dir = unsafe { std::os::fd::OwnedFd::from_raw_fd(root_fd) };
     // SAFETY: open_how is a plain C struct of integers; all-zero is its documented default.
     let mut how: libc::open_how = unsafe { std::mem::zeroed() };
-    how.flags = (libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOCTTY) as u64;
+    // O_PATH first: nothing is opened for reading until the file is known to be a regular
+    // file (opening a FIFO for reading blocks; opening a device can act on it).
+    how.flags = (libc::O_PATH | libc::O_CLOEXEC) as u64;
     how.resolve = libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS;
     // SAFETY: openat2(2) with a valid directory fd, a NUL-terminated path and a properly sized
     // `open_how`; the result is checked.
@@ -293,8 +318,18 @@ fn open_in_root(root: &Path, path: &str) -> Option<File> {
         return None;
     }
     // SAFETY: openat2 returned a new descriptor that nothing else owns.
-    let file = unsafe { File::from_raw_fd(fd as i32) };
-    file.metadata().ok()?.is_file().then_some(file)
+    let path_fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) };
+    let path_file = File::from(path_fd);
+    if !path_file.metadata().ok()?.is_file() {
+        return None;
+    }
+    // Reopening the O_PATH descriptor through /proc/self/fd opens the same inode, whatever
+    // the container renames meanwhile.
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOCTTY | libc::O_NONBLOCK)
+        .open(format!("/proc/self/fd/{}", path_file.as_raw_fd()))
+        .ok()
 }
 
 fn open_module(file: File, name: Arc<str>) -> Option<Module> {
@@ -419,6 +454,20 @@ mod tests {
         .expect("fixture");
         let mut escaped = ModuleCache::new();
         assert_eq!(escaped.snapshot_process(&root, 42)[0].module, None);
+        // A FIFO (a container can swap one in for a mapped file) is not opened for reading:
+        // that would block until a writer came.
+        let fifo = std::ffi::CString::new(proc_dir.join("pipe").as_os_str().as_encoded_bytes())
+            .expect("path");
+        // SAFETY: mkfifo(3) with a valid NUL-terminated path; the result is checked.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0, "mkfifo");
+        std::fs::write(
+            root.join("proc/42/maps"),
+            "400000-401000 r-xp 00000000 fe:01 97 /bin/pipe\n",
+        )
+        .expect("fixture");
+        let mut piped = ModuleCache::new();
+        assert_eq!(piped.snapshot_process(&root, 42)[0].module, None);
+        assert_eq!(piped.unreadable, 1);
         // A file that is not ELF symbolizes to nothing, never an error.
         assert_eq!(cache.symbolize(0, &[0x10]), vec![None]);
         std::fs::remove_dir_all(&root).expect("cleanup");
