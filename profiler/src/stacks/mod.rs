@@ -326,7 +326,22 @@ impl StackCollector {
             .collect();
         let mut limits = Vec::new();
         let walked = self.samples - self.samples_without_stack;
-        if walked > 0 && self.shallow_samples * 2 > walked {
+        if walked > 0
+            && self.shallow_samples * 2 > walked
+            && self.settings.unwinding == Unwinding::EhFrame
+        {
+            // Advice to use eh-frame would be wrong here: it was used.
+            limits.push(format!(
+                "{} of {} sampled stacks ended within {} frames even with .eh_frame \
+                 unwinding: the code that made the memory has no unwind information (JIT \
+                 code, a module built without .eh_frame, a file that could not be read), or \
+                 its stack was deeper than the {} bytes copied per sample.",
+                self.shallow_samples,
+                walked,
+                SHALLOW_FRAMES,
+                profiler_common::STACK_SNAPSHOT_BYTES
+            ));
+        } else if walked > 0 && self.shallow_samples * 2 > walked {
             limits.push(format!(
                 "{} of {} sampled stacks ended within {} frames: the code that made the memory \
                  was built without frame pointers (Debian's glibc is), so only the innermost \
@@ -743,6 +758,27 @@ mod tests {
         assert_eq!(paths.len(), 1);
         assert_eq!(paths[0].resident_bytes, 512 << 10);
         assert!(profile.summary.limits[0].contains("no frame in a known executable mapping"));
+    }
+
+    #[test]
+    fn shallow_eh_frame_stacks_do_not_advise_eh_frame() {
+        for (unwinding, advice) in [
+            (Unwinding::FramePointers, true),
+            (Unwinding::EhFrame, false),
+        ] {
+            let settings = StackSettings {
+                unwinding,
+                ..StackSettings::default()
+            };
+            let mut collector = StackCollector::new(settings, PathBuf::from("/nonexistent"), 0);
+            collector.record(&sample(1, &[1, 2], 10, 0));
+            let limits = collector.finish().summary.limits;
+            let shallow = limits
+                .iter()
+                .find(|limit| limit.contains("ended within 3 frames"))
+                .expect("a shallow-stack limit");
+            assert_eq!(shallow.contains("--unwind eh-frame"), advice, "{shallow}");
+        }
     }
 
     #[test]
