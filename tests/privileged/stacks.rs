@@ -258,8 +258,9 @@ fn go_tool(test: &str) -> Option<std::path::PathBuf> {
     found
 }
 
-/// The function names `go tool pprof -top` lists, heaviest flat first, and its `Type:` line.
-fn pprof_top(go: &Path, profile: &Path) -> (String, Vec<String>) {
+/// The function names `go tool pprof -top` lists, heaviest flat first, and its `File:` and
+/// `Type:` lines.
+fn pprof_top(go: &Path, profile: &Path) -> (String, String, Vec<String>) {
     let home = Path::new(env!("CARGO_TARGET_TMPDIR")).join("pprof-home");
     std::fs::create_dir_all(&home).expect("pprof home");
     let output = std::process::Command::new(go)
@@ -276,11 +277,13 @@ fn pprof_top(go: &Path, profile: &Path) -> (String, Vec<String>) {
         "go tool pprof failed: {}\n{text}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let kind = text
-        .lines()
-        .find_map(|line| line.strip_prefix("Type: "))
-        .unwrap_or_else(|| panic!("no Type: line in\n{text}"))
-        .to_owned();
+    let line = |prefix: &str| {
+        text.lines()
+            .find_map(|line| line.strip_prefix(prefix))
+            .unwrap_or_else(|| panic!("no {prefix} line in\n{text}"))
+            .to_owned()
+    };
+    let (file, kind) = (line("File: "), line("Type: "));
     // Rows after the `flat  flat%  sum%  cum  cum%` header: five figures, then the name.
     let names = text
         .lines()
@@ -291,7 +294,7 @@ fn pprof_top(go: &Path, profile: &Path) -> (String, Vec<String>) {
             (fields.len() > 5).then(|| fields[5..].join(" "))
         })
         .collect();
-    (kind, names)
+    (file, kind, names)
 }
 
 #[test]
@@ -322,8 +325,9 @@ fn pprof_export_opens_in_go_tool_pprof_with_the_report_top_function() {
 
     let bytes = std::fs::read(&profile).expect("pprof written");
     assert_eq!(&bytes[..2], &[0x1f, 0x8b], "not gzip");
-    let (kind, names) = pprof_top(&go, &profile);
+    let (file, kind, names) = pprof_top(&go, &profile);
     assert_eq!(kind, "faulted", "default sample type");
+    assert_eq!(file, "spike_source", "the profiled binary");
     assert_eq!(
         names.first().map(String::as_str),
         Some(top_source.as_str()),

@@ -252,6 +252,16 @@ pub fn profile(stacks: &StackProfile, duration_nanos: i64) -> proto::Profile {
         "headroom: faulted = resident bytes made (byte-weighted samples), reserved = large mmap/brk",
     );
     builder.profile.comment.push(comment);
+    // pprof shows the first mapping as the profiled file: the module of the frame that names
+    // the heaviest stack (the service's binary, not the dynamic loader seen first).
+    if let Some(frame) = stacks
+        .stacks
+        .iter()
+        .max_by_key(|stack| (stack.fault_bytes, stack.reserved_bytes))
+        .and_then(|stack| stacks.internal.naming_frame(&stack.frames))
+    {
+        builder.mapping(&frame.module, frame.offset, frame.function.is_some());
+    }
     for stack in &stacks.stacks {
         if stack.fault_bytes == 0 && stack.reserved_bytes == 0 {
             continue;
@@ -320,6 +330,7 @@ mod tests {
         let stacks = vec![
             SymbolizedStack {
                 frames: vec![
+                    frame(Some("memset"), "libc.so.6", 0x50),
                     frame(Some("build_cache"), "service", 0x1100),
                     frame(Some("main"), "service", 0x1000),
                 ],
@@ -363,10 +374,10 @@ mod tests {
         assert_eq!(decoded.sample.len(), 2);
         assert_eq!(decoded.sample[0].value, [3 << 20, 4 << 20, 6]);
         // `main` at the same offset is one location, one function.
-        assert_eq!(decoded.location.len(), 3);
-        assert_eq!(decoded.function.len(), 2);
+        assert_eq!(decoded.location.len(), 4);
+        assert_eq!(decoded.function.len(), 3);
         assert_eq!(
-            decoded.sample[0].location_id[1],
+            decoded.sample[0].location_id[2],
             decoded.sample[1].location_id[1]
         );
         // The stripped frame keeps its module and offset, with no function.
@@ -375,6 +386,8 @@ mod tests {
         assert_eq!(stripped.address, 0x2f0);
         let mapping = &decoded.mapping[stripped.mapping_id as usize - 1];
         assert_eq!(text(mapping.filename), "libfoo.so");
+        // The heaviest stack's naming module comes first: pprof's `File:`.
+        assert_eq!(text(decoded.mapping[0].filename), "service");
         assert!(mapping.memory_limit > 0x2f0);
         assert_eq!(decoded.duration_nanos, 5_000_000_000);
     }
