@@ -622,6 +622,10 @@ mod tests {
         let mut bad = request();
         bad.duration_ms = 0;
         assert!(bad.validate().unwrap_err().contains("--duration"));
+        // 1e6 stacks of 127 frames would hold ~1 GB in the agent until the session ends.
+        let mut bad = request();
+        bad.max_stacks = 1_000_000;
+        assert!(bad.validate().unwrap_err().contains("16 to 65536"));
         let mut bad = request();
         bad.version = 99;
         assert!(bad
