@@ -15,8 +15,9 @@ const EBPF_TOOLCHAIN: &str = "nightly";
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Debian packages: LLVM for bpf-linker; static libc and gcc for the test workloads; stress-ng,
 /// redis-server and redis-tools for the tests that run real programs no one here wrote;
-/// prometheus for the cluster-wide recommendation test against a real server.
-const APT_PACKAGES: [&str; 7] = [
+/// prometheus for the cluster-wide recommendation test against a real server; golang-go for
+/// `go tool pprof`, the real client that reads the `--pprof` export in the stacks tests.
+const APT_PACKAGES: [&str; 8] = [
     "llvm-22-dev",
     "libc6-dev",
     "gcc",
@@ -24,6 +25,7 @@ const APT_PACKAGES: [&str; 7] = [
     "redis-server",
     "redis-tools",
     "prometheus",
+    "golang-go",
 ];
 
 /// What setup found, for later steps.

@@ -580,6 +580,7 @@ mod tests {
             drops: Default::default(),
             undecodable_events: 0,
             folded_stacks: Vec::new(),
+            stack_profile: None,
         };
         crate::sizing::recommend_report(&mut report, 0.25);
         let target = &report.targets[0];

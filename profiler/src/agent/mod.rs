@@ -128,6 +128,7 @@ impl Shared {
             drops: self.drops,
             undecodable_events: 0,
             folded_stacks: Vec::new(),
+            stack_profile: None,
         };
         crate::sizing::recommend_report(&mut report, self.headroom);
         report

@@ -132,9 +132,16 @@ impl SessionRequest {
                 MAX_SESSION.as_secs()
             ));
         }
+        let max_stacks = crate::stacks::MAX_STACKS_LIMIT;
+        if !(16..=max_stacks).contains(&self.max_stacks) {
+            // Each kept stack holds up to 127 frames in the agent's memory until the end.
+            return Err(format!(
+                "--max-stacks {} is out of range: a session keeps 16 to {max_stacks} stacks",
+                self.max_stacks
+            ));
+        }
         if !(64 << 10..=1 << 30).contains(&self.fault_sample_bytes)
             || self.reservation_threshold_bytes < 4096
-            || !(16..=1_000_000).contains(&self.max_stacks)
             || !(0.0..=10.0).contains(&self.headroom)
         {
             return Err(
@@ -150,6 +157,7 @@ impl SessionRequest {
             reservation_threshold_bytes: self.reservation_threshold_bytes,
             unwinding: self.unwinding,
             max_stacks: self.max_stacks,
+            ..StackSettings::default()
         }
     }
 }
@@ -495,7 +503,7 @@ impl ActiveSession {
         });
         // The agent does not trace mapping syscalls (they slow every syscall on the node), so
         // reserved memory by region is not part of agent sessions.
-        let (target, folded_stacks) = TargetReportBuilder::new(self.kind, self.target_id)
+        let (target, stack_files) = TargetReportBuilder::new(self.kind, self.target_id)
             .watched(None, Some(self.cgroup_path.clone()), Vec::new())
             .identity(attribution, self.kubernetes)
             .counters_since(&now, &self.counters_at_start, &self.recorder)
@@ -515,7 +523,9 @@ impl ActiveSession {
             targets: vec![target],
             drops,
             undecodable_events: 0,
-            folded_stacks,
+            folded_stacks: stack_files.folded,
+            // Sessions send folded stacks only; `--pprof` captures run standalone.
+            stack_profile: None,
         };
         crate::sizing::recommend_report(&mut report, self.request.headroom);
         report
@@ -621,6 +631,10 @@ mod tests {
         let mut bad = request();
         bad.duration_ms = 0;
         assert!(bad.validate().unwrap_err().contains("--duration"));
+        // 1e6 stacks of 127 frames would hold ~1 GB in the agent until the session ends.
+        let mut bad = request();
+        bad.max_stacks = 1_000_000;
+        assert!(bad.validate().unwrap_err().contains("16 to 65536"));
         let mut bad = request();
         bad.version = 99;
         assert!(bad

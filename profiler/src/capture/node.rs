@@ -72,6 +72,7 @@ pub(super) async fn run(
         drops: probes.drops()?,
         undecodable_events: undecodable,
         folded_stacks: Vec::new(),
+        stack_profile: None,
     })
 }
 

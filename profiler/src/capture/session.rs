@@ -273,7 +273,7 @@ impl CaptureSession {
             names_known: true,
             reason: None,
         });
-        let (target, folded_stacks) = TargetReportBuilder::new(watched.kind, target_id)
+        let (target, stack_files) = TargetReportBuilder::new(watched.kind, target_id)
             .watched(
                 end.command,
                 watched.cgroup_path.clone(),
@@ -307,7 +307,8 @@ impl CaptureSession {
             targets: vec![target],
             drops,
             undecodable_events: self.undecodable,
-            folded_stacks,
+            folded_stacks: stack_files.folded,
+            stack_profile: stack_files.profile,
         };
         Ok((report, self.watched.session.take()))
     }

@@ -10,7 +10,7 @@ use super::{
 use crate::{
     capture::{self, CaptureError, CaptureOptions, TargetSpec},
     report::CaptureReport,
-    stacks::flamegraph,
+    stacks::{flamegraph, pprof},
 };
 
 /// Runs `headroom capture`; returns the target command's exit code (0 for other targets).
@@ -38,9 +38,12 @@ fn capture_options(args: &CaptureArgs) -> anyhow::Result<CaptureOptions> {
     options.metadata = args.metadata;
     if options.stacks.is_some() && matches!(options.target, TargetSpec::Node(_)) {
         // Node-wide captures count every cgroup; stacks are for one target at a time.
-        if args.stacks.flamegraph.is_some() || args.stacks.folded.is_some() {
+        if args.stacks.flamegraph.is_some()
+            || args.stacks.folded.is_some()
+            || args.stacks.pprof.is_some()
+        {
             anyhow::bail!(
-                "--flamegraph and --folded need one target (a command, --pod, --cgroup or --pid), not --all"
+                "--flamegraph, --folded and --pprof need one target (a command, --pod, --cgroup or --pid), not --all"
             );
         }
         options.stacks = None;
@@ -48,9 +51,12 @@ fn capture_options(args: &CaptureArgs) -> anyhow::Result<CaptureOptions> {
     Ok(options)
 }
 
-/// Checks that the flame graph and folded-stack files can be written.
+/// Checks that the flame graph, folded-stack and pprof files can be written.
 fn check_stack_outputs(stacks: &StackArgs) -> anyhow::Result<()> {
-    for path in [&stacks.flamegraph, &stacks.folded].into_iter().flatten() {
+    for path in [&stacks.flamegraph, &stacks.folded, &stacks.pprof]
+        .into_iter()
+        .flatten()
+    {
         check_writable(path)?;
     }
     Ok(())
@@ -77,6 +83,13 @@ fn run_standalone(
         &report.folded_stacks,
         &flamegraph_title(&report),
     )?;
+    if let Some(path) = &args.stacks.pprof {
+        let Some(profile) = &report.stack_profile else {
+            anyhow::bail!(pprof::PprofError::NoStacks);
+        };
+        let duration_nanos = (report.duration_seconds * 1e9) as i64;
+        pprof::write(profile, duration_nanos, path)?;
+    }
     Ok(exit_code(&report))
 }
 

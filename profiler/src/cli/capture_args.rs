@@ -12,7 +12,7 @@ use crate::{
         MetadataSource,
     },
     capture::{NodeOptions, TargetSpec},
-    stacks::{StackSettings, Unwinding},
+    stacks::{naming::InternalFrames, StackSettings, Unwinding},
     units::{parse_bytes, parse_bytes_within, parse_duration},
 };
 
@@ -99,7 +99,7 @@ pub struct CaptureArgs {
 #[derive(Args, Debug, Clone)]
 pub struct StackArgs {
     /// Do not sample stacks (no sources by code path, no spike frames, no flame graph).
-    #[arg(long, conflicts_with_all = ["flamegraph", "folded"])]
+    #[arg(long, conflicts_with_all = ["flamegraph", "folded", "pprof"])]
     pub no_stacks: bool,
 
     /// Take one stack per this many bytes faulted in, per process (byte-weighted sampling).
@@ -117,10 +117,19 @@ pub struct StackArgs {
     #[arg(long, value_enum, default_value_t = Unwinding::FramePointers, value_name = "HOW")]
     pub unwind: Unwinding,
 
-    /// Distinct stacks kept (more are counted, not kept). 16 to 1000000.
+    /// Distinct stacks kept (more are counted, not kept; so are stacks beyond 1Mi frames in
+    /// all). 16 to 65536.
     #[arg(long, default_value_t = 8192, value_name = "N",
-          value_parser = clap::value_parser!(u32).range(16..=1_000_000))]
+          value_parser = clap::value_parser!(u32).range(16..=crate::stacks::MAX_STACKS_LIMIT as i64))]
     pub max_stacks: u32,
+
+    /// Frames that do not name a source, as comma-separated prefixes of module file names
+    /// (libc.so) or function names (alloc::, serde_json::); `default` stands for the built-in
+    /// list (allocators, libc, core/alloc/std, common collection and serialization crates).
+    /// A source is named by the innermost frame outside the list. E.g. default,tokio::
+    /// Runs the capture standalone (agent sessions use the built-in list).
+    #[arg(long, value_name = "LIST", default_value = "default", value_parser = parse_internal_frames)]
+    pub internal_frames: InternalFrames,
 
     /// Write a flame graph (SVG) of the sampled stacks, widths in bytes.
     #[arg(long, value_name = "FILE")]
@@ -130,6 +139,13 @@ pub struct StackArgs {
     /// or flamegraph.pl).
     #[arg(long, value_name = "FILE")]
     pub folded: Option<PathBuf>,
+
+    /// Write the sampled stacks as a gzipped pprof profile (profile.proto) for `go tool pprof`,
+    /// Pyroscope or Parca: sample types `faulted` (bytes faulted in, the default) and
+    /// `reserved` (bytes of large mmap/brk), and the sample count. Written by a standalone
+    /// capture: with --pod or --cgroup the probes are loaded here, not asked of the agent.
+    #[arg(long, value_name = "FILE")]
+    pub pprof: Option<PathBuf>,
 }
 
 impl StackArgs {
@@ -139,8 +155,13 @@ impl StackArgs {
             reservation_threshold_bytes: self.reservation_threshold,
             unwinding: self.unwind,
             max_stacks: self.max_stacks as usize,
+            internal_frames: self.internal_frames.clone(),
         })
     }
+}
+
+fn parse_internal_frames(text: &str) -> Result<InternalFrames, String> {
+    InternalFrames::parse(text).map_err(|err| err.to_string())
 }
 
 fn parse_ring_buffer(text: &str) -> Result<u32, String> {
@@ -300,6 +321,15 @@ mod tests {
                 "true",
             ],
             &["headroom", "capture", "--memory-limit", "1Gi", "--pid", "5"],
+            &["headroom", "capture", "--max-stacks", "65537", "--", "true"],
+            &[
+                "headroom",
+                "capture",
+                "--internal-frames",
+                "a,,b",
+                "--",
+                "true",
+            ],
         ] {
             assert!(Cli::try_parse_from(argv).is_err(), "accepted {argv:?}");
         }

@@ -37,7 +37,12 @@ pub(super) fn try_through_agent(
 
 /// The request for a session through the agent, for targets an agent can serve.
 fn session_request(args: &CaptureArgs, options: &CaptureOptions) -> Option<SessionRequest> {
-    if args.standalone {
+    // Agent sessions send back folded stacks only, not the symbolized profile --pprof needs,
+    // and name sources with the built-in list of internal frames.
+    if args.standalone
+        || args.stacks.pprof.is_some()
+        || args.stacks.internal_frames != crate::stacks::naming::InternalFrames::default()
+    {
         return None;
     }
     let target = match &options.target {

@@ -17,7 +17,7 @@ use crate::{
         KubernetesMeta, OomKill, PeakSource, ProcessRecord, ReservedMemory, ResidentMemory,
         ResidentPhases, TargetKind, TargetReport, Threads, TimelineExcerpt,
     },
-    stacks::StackProfile,
+    stacks::{StackFiles, StackProfile},
 };
 
 /// Timeline kept in the report before each OOM kill.
@@ -376,8 +376,8 @@ impl TargetReportBuilder {
     }
 
     /// The finished report (without a recommendation; see `sizing::recommend_report`) and
-    /// the folded stacks for flame graphs.
-    pub fn build(self) -> (TargetReport, Vec<String>) {
+    /// what the stack files are written from.
+    pub fn build(self) -> (TargetReport, StackFiles) {
         let Self {
             mut report,
             figures,
@@ -391,8 +391,14 @@ impl TargetReportBuilder {
             .as_ref()
             .map(StackProfile::folded)
             .unwrap_or_default();
-        report.stacks = profile.map(|profile| profile.summary);
-        (report, folded)
+        report.stacks = profile.as_ref().map(|profile| profile.summary.clone());
+        (
+            report,
+            StackFiles {
+                folded,
+                profile: profile.map(std::sync::Arc::new),
+            },
+        )
     }
 }
 

@@ -164,6 +164,9 @@ pub struct CaptureReport {
     /// Folded stacks (`root;...;leaf bytes`) for `--folded` and `--flamegraph`; not in the JSON.
     #[serde(skip, default)]
     pub folded_stacks: Vec<String>,
+    /// The symbolized stacks for `--pprof`; not in the JSON.
+    #[serde(skip, default)]
+    pub stack_profile: Option<std::sync::Arc<crate::stacks::StackProfile>>,
 }
 
 impl CaptureReport {

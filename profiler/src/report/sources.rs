@@ -95,6 +95,14 @@ pub struct StackSummary {
     /// Samples whose stack ended within three frames (code without frame pointers).
     #[serde(default)]
     pub shallow_samples: u64,
+    /// Frames dropped because they lay outside every known executable mapping of the process
+    /// (with the frames found through them), added up over samples: never shown as addresses.
+    #[serde(default)]
+    pub dropped_frames: u64,
+    /// Samples none of whose frames lay in a known executable mapping: in the totals, under no
+    /// code path.
+    #[serde(default)]
+    pub samples_outside_mappings: u64,
     #[serde(default)]
     pub modules_opened: u64,
     /// What the stacks cannot show, and how to get it.

@@ -16,6 +16,8 @@
 
 pub mod flamegraph;
 pub mod modules;
+pub mod naming;
+pub mod pprof;
 pub mod unwind;
 
 use std::collections::HashMap;
@@ -27,6 +29,7 @@ use profiler_common::{stack_source, StackSampling};
 use crate::probes::events::StackSample;
 pub use crate::report::{StackEntry, StackSummary, Unwinding};
 use modules::{ExecMapping, ModuleCache};
+use naming::InternalFrames;
 use unwind::ProcessUnwinder;
 
 /// Stack sampling settings of a session.
@@ -37,6 +40,8 @@ pub struct StackSettings {
     pub unwinding: Unwinding,
     /// Distinct stacks kept; samples of further stacks are counted, not kept.
     pub max_stacks: usize,
+    /// Frames that do not name a source (allocator, libc, std, ...).
+    pub internal_frames: InternalFrames,
 }
 
 impl Default for StackSettings {
@@ -46,6 +51,7 @@ impl Default for StackSettings {
             reservation_threshold_bytes: 1024 * 1024,
             unwinding: Unwinding::FramePointers,
             max_stacks: 8192,
+            internal_frames: InternalFrames::default(),
         }
     }
 }
@@ -61,6 +67,14 @@ impl StackSettings {
         }
     }
 }
+
+/// Most distinct stacks a session may keep (`--max-stacks`, agent sessions' `max_stacks`):
+/// with up to 127 frames each, about 64 MiB of addresses and more once symbolized.
+pub const MAX_STACKS_LIMIT: usize = 65_536;
+
+/// Frames kept over all distinct stacks of a session (8 bytes each raw, ~40 symbolized):
+/// deep stacks fill it before `max_stacks` does, and further stacks are counted, not kept.
+pub const MAX_KEPT_FRAMES: usize = 1 << 20;
 
 /// Re-reads of one process's mappings after its first sample.
 const MAX_REFRESHES: u32 = 8;
@@ -96,7 +110,7 @@ struct RawStack {
     samples: u64,
 }
 
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Debug)]
 struct TimedSample {
     elapsed_ms: u64,
     stack: usize,
@@ -119,6 +133,8 @@ pub struct StackCollector {
     samples_not_kept: u64,
     samples_without_stack: u64,
     shallow_samples: u64,
+    /// Frames held by `stacks`, against [`MAX_KEPT_FRAMES`].
+    kept_frames: usize,
 }
 
 impl StackCollector {
@@ -138,6 +154,7 @@ impl StackCollector {
             samples_not_kept: 0,
             samples_without_stack: 0,
             shallow_samples: 0,
+            kept_frames: 0,
         }
     }
 
@@ -179,7 +196,10 @@ impl StackCollector {
         let key = (sample.tgid, frames);
         let stack = match self.index.get(&key) {
             Some(&stack) => stack,
-            None if self.stacks.len() < self.settings.max_stacks => {
+            None if self.stacks.len() < self.settings.max_stacks.min(MAX_STACKS_LIMIT)
+                && self.kept_frames + key.1.len() <= MAX_KEPT_FRAMES =>
+            {
+                self.kept_frames += key.1.len();
                 let mappings = self
                     .processes
                     .get(&sample.tgid)
@@ -261,8 +281,18 @@ impl StackCollector {
 
     /// Symbolizes every kept stack and merges stacks that read the same.
     pub fn finish(mut self) -> StackProfile {
+        let mut dropped_frames = 0;
+        let mut samples_outside_mappings = 0;
         let names: Vec<Vec<Frame>> = (0..self.stacks.len())
-            .map(|index| self.symbolize(index))
+            .map(|index| {
+                let (frames, dropped) = self.symbolize(index);
+                let samples = self.stacks.get(index).map_or(0, |stack| stack.samples);
+                dropped_frames += dropped * samples;
+                if frames.is_empty() && dropped > 0 {
+                    samples_outside_mappings += samples;
+                }
+                frames
+            })
             .collect();
         let mut merged: Vec<SymbolizedStack> = Vec::new();
         let mut merged_index: HashMap<Vec<Frame>, usize> = HashMap::new();
@@ -296,7 +326,22 @@ impl StackCollector {
             .collect();
         let mut limits = Vec::new();
         let walked = self.samples - self.samples_without_stack;
-        if walked > 0 && self.shallow_samples * 2 > walked {
+        if walked > 0
+            && self.shallow_samples * 2 > walked
+            && self.settings.unwinding == Unwinding::EhFrame
+        {
+            // Advice to use eh-frame would be wrong here: it was used.
+            limits.push(format!(
+                "{} of {} sampled stacks ended within {} frames even with .eh_frame \
+                 unwinding: the code that made the memory has no unwind information (JIT \
+                 code, a module built without .eh_frame, a file that could not be read), or \
+                 its stack was deeper than the {} bytes copied per sample.",
+                self.shallow_samples,
+                walked,
+                SHALLOW_FRAMES,
+                profiler_common::STACK_SNAPSHOT_BYTES
+            ));
+        } else if walked > 0 && self.shallow_samples * 2 > walked {
             limits.push(format!(
                 "{} of {} sampled stacks ended within {} frames: the code that made the memory \
                  was built without frame pointers (Debian's glibc is), so only the innermost \
@@ -305,11 +350,21 @@ impl StackCollector {
                 self.shallow_samples, walked, SHALLOW_FRAMES
             ));
         }
+        if samples_outside_mappings * 10 > walked.max(1) {
+            limits.push(format!(
+                "{samples_outside_mappings} of {walked} sampled stacks had no frame in a known \
+                 executable mapping (code that ran before its mappings could be read, such as \
+                 exec and the dynamic loader, or a walk that read data as return addresses): \
+                 their bytes are counted in the totals but under no code path."
+            ));
+        }
         if self.samples_not_kept > 0 {
             limits.push(format!(
-                "{} samples of stacks beyond the first {} distinct ones were counted but not kept \
-                 (raise --max-stacks).",
-                self.samples_not_kept, self.settings.max_stacks
+                "{} samples of stacks beyond the first {} distinct ones ({} frames at most) were \
+                 counted but not kept (raise --max-stacks, up to {MAX_STACKS_LIMIT}).",
+                self.samples_not_kept,
+                self.stacks.len(),
+                MAX_KEPT_FRAMES
             ));
         }
         if self.modules.unreadable > 0 {
@@ -331,53 +386,55 @@ impl StackCollector {
                 samples_not_kept: self.samples_not_kept,
                 samples_without_stack: self.samples_without_stack,
                 shallow_samples: self.shallow_samples,
+                dropped_frames,
+                samples_outside_mappings,
                 modules_opened: self.modules.len() as u64,
                 limits,
                 top: Vec::new(),
             },
             stacks: merged,
             timed,
+            internal: self.settings.internal_frames.clone(),
         }
         .with_top()
     }
 
-    fn symbolize(&mut self, index: usize) -> Vec<Frame> {
+    /// The stack's frames, innermost first, and how many were dropped. The stack ends at the
+    /// first address outside every executable mapping of the process: such an address is not
+    /// code we can name (a frame-pointer walk that read data, `0`, or code that ran before
+    /// its mappings could be read), and the frames beyond it were found through it.
+    fn symbolize(&mut self, index: usize) -> (Vec<Frame>, u64) {
         let Some(raw) = self.stacks.get(index) else {
-            return Vec::new();
+            return (Vec::new(), 0);
         };
         let mappings = raw.mappings.clone();
         let addresses = raw.frames.clone();
-        addresses
-            .iter()
-            .enumerate()
-            .map(|(position, &address)| {
-                // Return addresses point after the call; look up the call itself.
-                let lookup = if position == 0 {
-                    address
-                } else {
-                    address.saturating_sub(1)
-                };
-                let Some(mapping) = mappings
-                    .iter()
-                    .find(|m| lookup >= m.start && lookup < m.end)
-                else {
-                    return Frame {
-                        function: None,
-                        module: Arc::from("[unknown]"),
-                        offset: address,
-                    };
-                };
-                let offset = lookup - mapping.start + mapping.file_offset;
-                let function = mapping
-                    .module
-                    .and_then(|module| self.modules.symbolize(module, &[offset]).pop().flatten());
-                Frame {
-                    function,
-                    module: mapping.name.clone(),
-                    offset,
-                }
-            })
-            .collect()
+        let mut frames = Vec::with_capacity(addresses.len());
+        for (position, &address) in addresses.iter().enumerate() {
+            // Return addresses point after the call; look up the call itself.
+            let lookup = if position == 0 {
+                address
+            } else {
+                address.saturating_sub(1)
+            };
+            let Some(mapping) = mappings
+                .iter()
+                .find(|m| lookup >= m.start && lookup < m.end)
+            else {
+                break;
+            };
+            let offset = lookup - mapping.start + mapping.file_offset;
+            let function = mapping
+                .module
+                .and_then(|module| self.modules.symbolize(module, &[offset]).pop().flatten());
+            frames.push(Frame {
+                function,
+                module: mapping.name.clone(),
+                offset,
+            });
+        }
+        let dropped = (addresses.len() - frames.len()) as u64;
+        (frames, dropped)
     }
 }
 
@@ -398,40 +455,6 @@ impl Frame {
             None => format!("{}+{:#x}", self.module, self.offset),
         }
     }
-
-    /// Allocator and C library internals: skipped when naming the code path that allocated.
-    fn is_allocator(&self) -> bool {
-        const MODULES: [&str; 7] = [
-            "libc.so",
-            "libc-",
-            "ld-linux",
-            "libjemalloc",
-            "libmimalloc",
-            "libtcmalloc",
-            "libstdc++",
-        ];
-        const FUNCTIONS: [&str; 14] = [
-            "malloc",
-            "calloc",
-            "realloc",
-            "posix_memalign",
-            "aligned_alloc",
-            "memset",
-            "memcpy",
-            "memmove",
-            "__mem",
-            "_int_",
-            "sysmalloc",
-            "operator new",
-            "je_",
-            "mi_",
-        ];
-        MODULES.iter().any(|m| self.module.starts_with(m))
-            || self
-                .function
-                .as_deref()
-                .is_some_and(|f| FUNCTIONS.iter().any(|p| f.starts_with(p)))
-    }
 }
 
 /// A distinct symbolized stack and what it made.
@@ -445,12 +468,10 @@ pub struct SymbolizedStack {
 }
 
 impl SymbolizedStack {
-    /// The code path's name: the innermost frame that is not allocator or libc internals.
-    pub fn code_path(&self) -> String {
-        self.frames
-            .iter()
-            .find(|frame| !frame.is_allocator())
-            .or(self.frames.first())
+    /// The code path's name: the innermost frame that is the application's, not internals.
+    pub fn code_path(&self, internal: &InternalFrames) -> String {
+        internal
+            .naming_frame(&self.frames)
             .map_or_else(|| "[no stack]".to_owned(), Frame::display)
     }
 
@@ -463,11 +484,21 @@ impl SymbolizedStack {
     }
 }
 
+/// What the stack files are written from: folded stacks (`--folded`, `--flamegraph`) and the
+/// symbolized profile (`--pprof`).
+#[derive(Clone, Debug, Default)]
+pub struct StackFiles {
+    pub folded: Vec<String>,
+    pub profile: Option<Arc<StackProfile>>,
+}
+
 /// Everything the session's stacks say.
+#[derive(Debug)]
 pub struct StackProfile {
     pub summary: StackSummary,
     pub stacks: Vec<SymbolizedStack>,
     timed: Vec<TimedSample>,
+    internal: InternalFrames,
 }
 
 /// Resident bytes made by one code path (sources of kind `code_path`).
@@ -481,6 +512,34 @@ pub struct CodePath {
 }
 
 impl StackProfile {
+    /// A profile of the given stacks, as `finish` would make it.
+    #[cfg(test)]
+    pub(crate) fn for_tests(stacks: Vec<SymbolizedStack>) -> Self {
+        Self {
+            summary: StackSummary {
+                unwinding: Unwinding::FramePointers,
+                fault_sample_bytes: StackSettings::default().fault_sample_bytes,
+                reservation_threshold_bytes: 0,
+                samples: stacks.iter().map(|s| s.samples).sum(),
+                sampled_fault_bytes: stacks.iter().map(|s| s.fault_bytes).sum(),
+                sampled_reserved_bytes: stacks.iter().map(|s| s.reserved_bytes).sum(),
+                distinct_stacks: stacks.len() as u64,
+                samples_not_kept: 0,
+                samples_without_stack: 0,
+                shallow_samples: 0,
+                dropped_frames: 0,
+                samples_outside_mappings: 0,
+                modules_opened: 0,
+                limits: Vec::new(),
+                top: Vec::new(),
+            },
+            stacks,
+            timed: Vec::new(),
+            internal: InternalFrames::default(),
+        }
+        .with_top()
+    }
+
     fn with_top(mut self) -> Self {
         let mut order: Vec<&SymbolizedStack> = self.stacks.iter().collect();
         order.sort_by_key(|stack| std::cmp::Reverse((stack.fault_bytes, stack.reserved_bytes)));
@@ -488,7 +547,7 @@ impl StackProfile {
             .into_iter()
             .take(TOP_STACKS)
             .map(|stack| StackEntry {
-                code_path: stack.code_path(),
+                code_path: stack.code_path(&self.internal),
                 resident_bytes: stack.fault_bytes,
                 reserved_bytes: stack.reserved_bytes,
                 samples: stack.samples,
@@ -502,7 +561,11 @@ impl StackProfile {
     pub fn code_paths(&self) -> Vec<CodePath> {
         let mut paths: HashMap<String, (u64, u64, u64, Vec<String>)> = HashMap::new();
         for stack in &self.stacks {
-            let entry = paths.entry(stack.code_path()).or_default();
+            // No frame to name it by (all outside known mappings), or nothing made: not a source.
+            if stack.frames.is_empty() || (stack.fault_bytes == 0 && stack.reserved_bytes == 0) {
+                continue;
+            }
+            let entry = paths.entry(stack.code_path(&self.internal)).or_default();
             entry.0 += stack.fault_bytes;
             entry.1 += stack.reserved_bytes;
             let weight = stack.fault_bytes.max(stack.reserved_bytes);
@@ -533,10 +596,16 @@ impl StackProfile {
     /// The stack that faulted in the most bytes between two session times, with those bytes.
     pub fn heaviest_between(&self, from_ms: u64, to_ms: u64) -> Option<(&SymbolizedStack, u64)> {
         let mut bytes: HashMap<usize, u64> = HashMap::new();
+        let named = |sample: &&TimedSample| {
+            self.stacks
+                .get(sample.stack)
+                .is_some_and(|stack| !stack.frames.is_empty())
+        };
         for sample in self
             .timed
             .iter()
             .filter(|s| s.elapsed_ms >= from_ms && s.elapsed_ms <= to_ms)
+            .filter(named)
         {
             *bytes.entry(sample.stack).or_default() += sample.bytes;
         }
@@ -558,7 +627,7 @@ impl StackProfile {
             let from = start_ms.saturating_sub(2 * resolution_ms);
             let to = start_ms + spike.duration_ms + resolution_ms;
             if let Some((stack, bytes)) = self.heaviest_between(from, to) {
-                spike.source = Some(stack.code_path());
+                spike.source = Some(stack.code_path(&self.internal));
                 spike.source_bytes = Some(bytes);
                 spike.frames = stack.shown_frames();
             }
@@ -610,12 +679,13 @@ mod tests {
             reserved_bytes: 0,
             samples: 1,
         };
-        assert_eq!(stack.code_path(), "build_cache");
+        let internal = InternalFrames::default();
+        assert_eq!(stack.code_path(&internal), "build_cache");
         let only_libc = SymbolizedStack {
             frames: vec![frame("malloc", "libc.so.6")],
             ..stack
         };
-        assert_eq!(only_libc.code_path(), "malloc");
+        assert_eq!(only_libc.code_path(&internal), "malloc");
     }
 
     fn sample(tgid: u32, frames: &[u64], bytes: u64, ms: u64) -> StackSample {
@@ -639,22 +709,96 @@ mod tests {
         collector.record(&sample(7, &[0x10, 0x20, 0x30, 0x40], 512 << 10, 100));
         collector.record(&sample(7, &[0x10, 0x20, 0x30, 0x40], 512 << 10, 150));
         collector.record(&sample(7, &[0x30], 512 << 10, 2_000));
-        let profile = collector.finish();
-        assert_eq!(profile.summary.samples, 3);
-        assert_eq!(profile.summary.sampled_fault_bytes, 3 * (512 << 10));
-        assert_eq!(profile.stacks.len(), 2);
-        let (heaviest, bytes) = profile.heaviest_between(0, 1_000).expect("a stack");
-        assert_eq!(bytes, 1 << 20);
-        assert_eq!(heaviest.frames.len(), 4);
-        // Unknown modules still name the address, never fail.
-        assert_eq!(heaviest.frames[0].display(), "[unknown]+0x10");
-        let folded = profile.folded();
-        assert!(folded.contains(
-            &"resident;[unknown]+0x40;[unknown]+0x30;[unknown]+0x20;[unknown]+0x10 1048576"
-                .to_owned()
+        // Process 8 maps code at 0x1000..0x2000; 0x9000 and 0x0 lie outside it.
+        collector.processes.insert(
+            8,
+            ProcessView {
+                mappings: Arc::new(vec![ExecMapping {
+                    start: 0x1000,
+                    end: 0x2000,
+                    file_offset: 0,
+                    module: None,
+                    name: Arc::from("service"),
+                }]),
+                refreshes: MAX_REFRESHES,
+                unwinder: None,
+            },
+        );
+        collector.record(&sample(
+            8,
+            &[0x1010, 0x1020, 0x9000, 0x1030],
+            512 << 10,
+            3_000,
         ));
-        // One shallow stack out of three walked: not a majority, no limit noted.
-        assert!(profile.summary.limits.is_empty());
+        collector.record(&sample(8, &[0x0, 0x1020], 512 << 10, 3_000));
+        let profile = collector.finish();
+        assert_eq!(profile.summary.samples, 5);
+        assert_eq!(profile.summary.sampled_fault_bytes, 5 * (512 << 10));
+        // Process 7 has no known mapping: its frames are dropped, never shown as addresses, and
+        // a stack without frames names no spike.
+        assert!(profile.heaviest_between(0, 1_000).is_none());
+        let (heaviest, bytes) = profile.heaviest_between(2_500, 3_500).expect("a stack");
+        assert_eq!(bytes, 512 << 10);
+        assert_eq!(heaviest.frames.len(), 2);
+        // Process 8: the walk ends at the first address outside its mappings.
+        let named: Vec<Vec<String>> = profile
+            .stacks
+            .iter()
+            .map(|stack| stack.frames.iter().map(Frame::display).collect())
+            .filter(|frames: &Vec<String>| !frames.is_empty())
+            .collect();
+        assert_eq!(named, [vec!["service+0x10", "service+0x1f"]]);
+        // 4 + 4 + 1 frames of process 7, 2 of the first stack of 8, 2 of the second.
+        assert_eq!(profile.summary.dropped_frames, 13);
+        assert_eq!(profile.summary.samples_outside_mappings, 4);
+        let folded = profile.folded();
+        assert!(folded.iter().all(|line| !line.contains("unknown")));
+        // Only the named stack is a source, with its bytes.
+        let paths = profile.code_paths();
+        assert_eq!(paths.len(), 1);
+        assert_eq!(paths[0].resident_bytes, 512 << 10);
+        assert!(profile.summary.limits[0].contains("no frame in a known executable mapping"));
+    }
+
+    #[test]
+    fn shallow_eh_frame_stacks_do_not_advise_eh_frame() {
+        for (unwinding, advice) in [
+            (Unwinding::FramePointers, true),
+            (Unwinding::EhFrame, false),
+        ] {
+            let settings = StackSettings {
+                unwinding,
+                ..StackSettings::default()
+            };
+            let mut collector = StackCollector::new(settings, PathBuf::from("/nonexistent"), 0);
+            collector.record(&sample(1, &[1, 2], 10, 0));
+            let limits = collector.finish().summary.limits;
+            let shallow = limits
+                .iter()
+                .find(|limit| limit.contains("ended within 3 frames"))
+                .expect("a shallow-stack limit");
+            assert_eq!(shallow.contains("--unwind eh-frame"), advice, "{shallow}");
+        }
+    }
+
+    #[test]
+    fn deep_stacks_are_bounded_by_frames_kept() {
+        let settings = StackSettings {
+            max_stacks: MAX_STACKS_LIMIT * 16,
+            ..StackSettings::default()
+        };
+        let mut collector = StackCollector::new(settings, PathBuf::from("/nonexistent"), 0);
+        let depth = profiler_common::MAX_STACK_FRAMES as u64;
+        let distinct = 9_000;
+        for stack in 0..distinct {
+            let frames: Vec<u64> = (0..depth).map(|frame| stack * 1000 + frame + 1).collect();
+            collector.record(&sample(1, &frames, 10, 0));
+        }
+        let kept = (MAX_KEPT_FRAMES as u64) / depth;
+        assert_eq!(collector.stacks.len() as u64, kept);
+        assert!(collector.kept_frames <= MAX_KEPT_FRAMES);
+        let profile = collector.finish();
+        assert_eq!(profile.summary.samples_not_kept, distinct - kept);
     }
 
     #[test]
@@ -669,6 +813,10 @@ mod tests {
         let profile = collector.finish();
         assert_eq!(profile.summary.samples_not_kept, 1);
         assert_eq!(profile.stacks.len(), 1);
-        assert!(profile.summary.limits[0].contains("--max-stacks"));
+        assert!(profile
+            .summary
+            .limits
+            .iter()
+            .any(|limit| limit.contains("--max-stacks")));
     }
 }

@@ -5,10 +5,17 @@
 //! (its own mount namespace decides what it names). It is only ever opened below
 //! `/proc/PID/root`, which the kernel resolves inside the process's own root, so no container
 //! can make headroom read a host file. Files larger than [`MAX_MODULE_BYTES`] are not read.
+//!
+//! A hostile file cannot block or bloat the reader: a path is opened `O_PATH` and read only
+//! when it is a regular file (never a FIFO or a device); unwind sections are read one by one,
+//! each within [`MAX_UNWIND_SECTION_BYTES`], never the whole file; symbols come from the
+//! ELF symbol tables only, so blazesym follows no `.gnu_debuglink`, `.gnu_debugaltlink` or
+//! `.dwp` name the file gives (those would be host paths), and names no DWARF inlined frames.
+//! Still open (issue 16): blazesym maps the file, so a container that truncates a library
+//! while it is symbolized can raise SIGBUS.
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::Read;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -20,6 +27,11 @@ use crate::procfs::{self, MapsLine};
 
 /// Largest file headroom reads to symbolize or unwind (a size limit on container input).
 pub const MAX_MODULE_BYTES: u64 = 1 << 30;
+
+/// Largest `.text`, `.eh_frame` or `.eh_frame_hdr` read for unwinding (without `.text`,
+/// framehop still unwinds from the CFI; without `.eh_frame`, the module falls back to frame
+/// pointers).
+const MAX_UNWIND_SECTION_BYTES: u64 = 64 << 20;
 
 /// Distinct executable files kept open at once; beyond this, frames stay module + offset.
 pub const MAX_MODULES: usize = 256;
@@ -45,7 +57,8 @@ pub struct Module {
     /// Kept open so the file can be read after its process exits.
     file: File,
     pub build_id: Option<String>,
-    /// `p_offset - p_vaddr` of each executable segment, to place the file in memory.
+    /// (p_offset, p_vaddr, p_filesz) of each executable PT_LOAD segment, to place the file
+    /// in memory.
     exec_segments: Vec<(u64, u64, u64)>,
     symbols: HashMap<u64, Option<Arc<str>>>,
     /// Shared with other copies of the same build (another container's identical binary).
@@ -68,21 +81,30 @@ impl Module {
     /// Where the file's link-time address 0 sits in a process that maps file offset
     /// `file_offset` at `start`.
     pub fn load_bias(&self, start: u64, file_offset: u64) -> u64 {
-        let segment = self
-            .exec_segments
-            .iter()
-            .find(|(offset, _, size)| file_offset >= *offset && file_offset < offset + size);
-        match segment {
-            Some((p_offset, p_vaddr, _)) => start
-                .wrapping_sub(file_offset)
-                .wrapping_add(*p_offset)
-                .wrapping_sub(*p_vaddr),
-            None => start.wrapping_sub(file_offset),
-        }
+        load_bias(&self.exec_segments, start, file_offset)
     }
 
     fn path(&self) -> PathBuf {
         PathBuf::from(format!("/proc/self/fd/{}", self.file.as_raw_fd()))
+    }
+}
+
+/// Where link-time address 0 sits, given the executable segments and one mapping of them.
+/// The kernel maps a segment from its offset rounded down to the page, so the mapping's
+/// `file_offset` can lie below `p_offset` (lld lays segments out with `p_vaddr - p_offset`
+/// a page apart, and the text segment starts mid-page); only executable segments are
+/// considered, since the read-only segment before the text covers the same page.
+fn load_bias(exec_segments: &[(u64, u64, u64)], start: u64, file_offset: u64) -> u64 {
+    const PAGE: u64 = 4096;
+    let segment = exec_segments.iter().find(|(offset, _, size)| {
+        file_offset >= offset & !(PAGE - 1) && file_offset < offset.saturating_add(*size)
+    });
+    match segment {
+        Some((p_offset, p_vaddr, _)) => start
+            .wrapping_sub(file_offset)
+            .wrapping_add(*p_offset)
+            .wrapping_sub(*p_vaddr),
+        None => start.wrapping_sub(file_offset),
     }
 }
 
@@ -198,8 +220,14 @@ impl ModuleCache {
             .filter(|offset| !module.symbols.contains_key(offset))
             .collect();
         if !missing.is_empty() {
-            let symbolizer = self.symbolizer.get_or_insert_with(Symbolizer::new);
-            let source = Source::Elf(Elf::new(module.path()));
+            let symbolizer = self.symbolizer.get_or_insert_with(hardened_symbolizer);
+            let mut elf = Elf::new(module.path());
+            // ELF symbols only: no DWARF, so no .gnu_debuglink, .gnu_debugaltlink or .dwp
+            // lookups. A container's binary names those files; blazesym would open them as
+            // host paths (an absolute link, /usr/lib/debug, the directory /proc/self/fd
+            // resolves to), and a FIFO there blocks the agent's thread forever.
+            elf.debug_syms = false;
+            let source = Source::Elf(elf);
             let names: Vec<Option<Arc<str>>> = match symbolizer
                 .symbolize(&source, Input::FileOffset(&missing))
             {
@@ -239,6 +267,14 @@ impl ModuleCache {
     }
 }
 
+/// A symbolizer that demangles (Rust legacy and v0, C++) and searches no debug directories.
+fn hardened_symbolizer() -> Symbolizer {
+    Symbolizer::builder()
+        .enable_demangling(true)
+        .set_debug_dirs(Some::<[&Path; 0]>([]))
+        .build()
+}
+
 /// Opens `path` with `root` as its root directory: `..` and symlinks, absolute ones included,
 /// resolve inside that root (openat2 RESOLVE_IN_ROOT, Linux 5.6+), so a container that swaps a
 /// directory for a symlink to `/etc` still only reaches its own files.
@@ -246,6 +282,7 @@ fn open_in_root(root: &Path, path: &str) -> Option<File> {
     use std::ffi::CString;
     use std::os::fd::FromRawFd;
     use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::OpenOptionsExt;
     let root_path = CString::new(root.as_os_str().as_bytes()).ok()?;
     let relative = CString::new(path.trim_start_matches('/')).ok()?;
     // SAFETY: open(2) with a valid NUL-terminated path; the result is checked.
@@ -262,7 +299,9 @@ fn open_in_root(root: &Path, path: &str) -> Option<File> {
     let root_dir = unsafe { std::os::fd::OwnedFd::from_raw_fd(root_fd) };
     // SAFETY: open_how is a plain C struct of integers; all-zero is its documented default.
     let mut how: libc::open_how = unsafe { std::mem::zeroed() };
-    how.flags = (libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOCTTY) as u64;
+    // O_PATH first: nothing is opened for reading until the file is known to be a regular
+    // file (opening a FIFO for reading blocks; opening a device can act on it).
+    how.flags = (libc::O_PATH | libc::O_CLOEXEC) as u64;
     how.resolve = libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS;
     // SAFETY: openat2(2) with a valid directory fd, a NUL-terminated path and a properly sized
     // `open_how`; the result is checked.
@@ -279,8 +318,18 @@ fn open_in_root(root: &Path, path: &str) -> Option<File> {
         return None;
     }
     // SAFETY: openat2 returned a new descriptor that nothing else owns.
-    let file = unsafe { File::from_raw_fd(fd as i32) };
-    file.metadata().ok()?.is_file().then_some(file)
+    let path_fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) };
+    let path_file = File::from(path_fd);
+    if !path_file.metadata().ok()?.is_file() {
+        return None;
+    }
+    // Reopening the O_PATH descriptor through /proc/self/fd opens the same inode, whatever
+    // the container renames meanwhile.
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOCTTY | libc::O_NONBLOCK)
+        .open(format!("/proc/self/fd/{}", path_file.as_raw_fd()))
+        .ok()
 }
 
 fn open_module(file: File, name: Arc<str>) -> Option<Module> {
@@ -305,22 +354,18 @@ fn open_module(file: File, name: Arc<str>) -> Option<Module> {
     })
 }
 
-fn read_file(file: &File) -> Option<Vec<u8>> {
-    let mut data = Vec::new();
-    file.take(MAX_MODULE_BYTES).read_to_end(&mut data).ok()?;
-    Some(data)
-}
-
-/// (p_offset, p_vaddr, p_filesz) of the loadable segments.
+/// (p_offset, p_vaddr, p_filesz) of the executable loadable segments.
 fn read_exec_segments(file: &File) -> Option<Vec<(u64, u64, u64)>> {
-    use std::os::unix::fs::FileExt;
-    // Program headers sit near the front; 64 KiB holds them for any sane binary.
-    let mut head = vec![0u8; 64 * 1024];
-    let read = file.read_at(&mut head, 0).ok()?;
-    head.truncate(read);
-    let elf = object::File::parse(&*head).ok()?;
+    // Read through a cache of the ranges parsed (headers, program and section headers), not
+    // the whole file: section headers sit at the end.
+    let cache = object::ReadCache::new(file);
+    let elf = object::File::parse(&cache).ok()?;
     Some(
         elf.segments()
+            .filter(|segment| {
+                matches!(segment.flags(), object::SegmentFlags::Elf { p_flags }
+                    if p_flags & object::elf::PF_X != 0)
+            })
             .map(|segment| {
                 let (offset, size) = segment.file_range();
                 (offset, segment.address(), size)
@@ -330,10 +375,15 @@ fn read_exec_segments(file: &File) -> Option<Vec<(u64, u64, u64)>> {
 }
 
 fn read_unwind_sections(file: &File) -> Option<UnwindSections> {
-    let data = read_file(file)?;
-    let elf = object::File::parse(&*data).ok()?;
+    // Only the three sections are read (ReadCache reads the ranges parsed, at explicit
+    // offsets), never the whole file; a section above the budget is left out.
+    let cache = object::ReadCache::new(file);
+    let elf = object::File::parse(&cache).ok()?;
     let section = |name: &str| {
         let section = elf.section_by_name(name)?;
+        if section.size() > MAX_UNWIND_SECTION_BYTES {
+            return None;
+        }
         let bytes: Arc<[u8]> = Arc::from(section.data().ok()?);
         let range = section.address()..section.address() + section.size();
         Some((range, bytes))
@@ -355,6 +405,23 @@ fn read_unwind_sections(file: &File) -> Option<UnwindSections> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn load_bias_places_lld_and_gnu_ld_text_segments() {
+        // `cargo build --release` (lld): R-X at p_offset 0x13720, p_vaddr 0x14720, mapped
+        // from the page at file offset 0x13000.
+        let lld = [(0x13720, 0x14720, 0x3eb80)];
+        let start = 0x5555_5556_8000;
+        let bias = load_bias(&lld, start, 0x13000);
+        assert_eq!(bias, start - 0x14000);
+        // The instruction at link-time address 0x14800 is at file offset 0x13800.
+        assert_eq!(bias + 0x14800 - start + 0x13000, 0x13800);
+        // GNU ld: offset and address equal, page aligned.
+        let gnu = [(0x26000, 0x26000, 0x156000)];
+        assert_eq!(load_bias(&gnu, 0x7f00_0002_6000, 0x26000), 0x7f00_0000_0000);
+        // Unknown layout: the mapping's own start and offset.
+        assert_eq!(load_bias(&[], 0x40_1000, 0x1000), 0x40_0000);
+    }
 
     #[test]
     fn a_host_path_in_maps_is_opened_below_the_process_root_only() {
@@ -387,6 +454,20 @@ mod tests {
         .expect("fixture");
         let mut escaped = ModuleCache::new();
         assert_eq!(escaped.snapshot_process(&root, 42)[0].module, None);
+        // A FIFO (a container can swap one in for a mapped file) is not opened for reading:
+        // that would block until a writer came.
+        let fifo = std::ffi::CString::new(proc_dir.join("pipe").as_os_str().as_encoded_bytes())
+            .expect("path");
+        // SAFETY: mkfifo(3) with a valid NUL-terminated path; the result is checked.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0, "mkfifo");
+        std::fs::write(
+            root.join("proc/42/maps"),
+            "400000-401000 r-xp 00000000 fe:01 97 /bin/pipe\n",
+        )
+        .expect("fixture");
+        let mut piped = ModuleCache::new();
+        assert_eq!(piped.snapshot_process(&root, 42)[0].module, None);
+        assert_eq!(piped.unreadable, 1);
         // A file that is not ELF symbolizes to nothing, never an error.
         assert_eq!(cache.symbolize(0, &[0x10]), vec![None]);
         std::fs::remove_dir_all(&root).expect("cleanup");
