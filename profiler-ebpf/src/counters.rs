@@ -20,7 +20,10 @@ use crate::{
     atomics::{add_signed, raise, raise_signed},
     config::{flag_set, TRACK_WINDOWS},
     helpers::{count_drop, now_ns},
-    maps::{PROCESS_COUNTERS, SCRATCH, TARGET_COUNTERS, WINDOW_EPOCH, WINDOW_PEAKS},
+    maps::{
+        MM_OWNERS, PROCESS_COUNTERS, SCRATCH, TARGET_COUNTERS, WINDOW_EPOCH, WINDOW_PEAKS,
+        ZERO_TARGET,
+    },
 };
 
 fn positive(value: i64) -> u64 {
@@ -40,7 +43,10 @@ pub(crate) fn target_counters(target_id: u64) -> Option<NonNull<MemoryCounters>>
     {
         return Some(counters);
     }
-    let zero = MemoryCounters::default();
+    let zero = ZERO_TARGET.get_ptr(0)?;
+    // SAFETY: a per-CPU array value that nothing writes: valid for reads, all zero. The insert
+    // copies from it.
+    let zero: &MemoryCounters = unsafe { &*zero };
     // NOEXIST: another CPU may have created it in the meantime; then we use theirs.
     if TARGET_COUNTERS
         .insert(target_id, zero, BPF_NOEXIST as u64)
@@ -103,14 +109,82 @@ pub(crate) fn process_counters(tgid: u32, target_id: u64) -> Option<NonNull<Proc
         let process_ptr = process.as_ptr();
         // SAFETY: map value pointer from a successful lookup. Written only on a change (a
         // migration), so the hot paths do not dirty the entry's cache line for nothing.
-        unsafe {
-            if (*process_ptr).target_id != target_id {
-                (*process_ptr).target_id = target_id;
-            }
+        let moved_from = unsafe { (*process_ptr).target_id };
+        if moved_from != target_id {
+            migrate(tgid, process, moved_from, target_id);
         }
         return Some(process);
     }
     new_process_counters(tgid, target_id, 0, BPF_NOEXIST as u64)
+}
+
+/// A process moved to another target (runc exec, `kubectl exec`, CLONE_INTO_CGROUP, a
+/// systemd scope): its resident memory leaves the old target's sums and joins the new one's,
+/// and events of its address space raised by others (reclaim, teardown) follow it.
+#[inline(always)]
+fn migrate(tgid: u32, process: NonNull<ProcessCounters>, from: u64, to: u64) {
+    let process_ptr = process.as_ptr();
+    let old = TARGET_COUNTERS.get_ptr_mut(from).and_then(NonNull::new);
+    if let Some(new) = target_counters(to) {
+        for member in 0..rss_member::COUNT {
+            let counted = counted_resident(process_ptr, member);
+            if counted == 0 {
+                continue;
+            }
+            // SAFETY: field addresses within valid map values; `member` < COUNT.
+            unsafe {
+                if let Some(old) = old {
+                    add_signed(
+                        (&raw mut (*old.as_ptr()).rss_bytes)
+                            .cast::<i64>()
+                            .add(member),
+                        -counted,
+                    );
+                }
+                add_signed(
+                    (&raw mut (*new.as_ptr()).rss_bytes)
+                        .cast::<i64>()
+                        .add(member),
+                    counted,
+                );
+            }
+        }
+        raise_resident_peaks(new.as_ptr(), None);
+    }
+    // SAFETY: map value pointers from successful lookups.
+    unsafe {
+        (*process_ptr).target_id = to;
+        let mm_id = (*process_ptr).mm_id;
+        if mm_id != 0 {
+            if let Some(owner) = MM_OWNERS.get_ptr_mut(mm_id) {
+                if (*owner).tgid == tgid {
+                    (*owner).target_id = to;
+                }
+            }
+        }
+    }
+}
+
+/// What of a process's RSS counter `member` its target's sum holds: all of it, or on an
+/// inherited address space only what lies above the inherited size.
+#[inline(always)]
+fn counted_resident(process: *mut ProcessCounters, member: usize) -> i64 {
+    // SAFETY: field addresses within a valid map value; `member` < COUNT.
+    unsafe {
+        let now = core::ptr::read_volatile(
+            (&raw const (*process).counters.rss_bytes)
+                .cast::<i64>()
+                .add(member),
+        );
+        if (*process).inherited & inherited::ADDRESS_SPACE != 0 {
+            let base = (&raw const (*process).inherited_rss)
+                .cast::<i64>()
+                .add(member);
+            (now - *base).max(0)
+        } else {
+            now
+        }
+    }
 }
 
 /// Creates (or with `flags` = BPF_ANY, replaces) the entry of a process.

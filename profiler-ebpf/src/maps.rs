@@ -49,6 +49,11 @@ pub(crate) static WINDOW_EPOCH: Array<u64> = Array::with_max_entries(1, 0);
 #[map]
 pub(crate) static SCRATCH: PerCpuArray<ProcessCounters> = PerCpuArray::with_max_entries(1, 0);
 
+/// A zeroed target entry to insert from: never written, so it stays all zero, and the 240
+/// bytes do not land on the BPF stack (older verifiers count every inlined copy).
+#[map]
+pub(crate) static ZERO_TARGET: PerCpuArray<MemoryCounters> = PerCpuArray::with_max_entries(1, 0);
+
 /// tgid to the time its exit was reported (see `programs::process`). Entries are never
 /// removed: a claim older than a second is stale (the pid was reused), and LRU ages them out.
 #[map]

@@ -334,3 +334,64 @@ fn oom_victim_sizes_are_known_exactly_where_the_record_has_them() {
         );
     }
 }
+
+/// A process that faults 64 MiB in cgroup A, is moved to B (as runc exec or a systemd scope
+/// move processes), faults 32 MiB more there and exits: its memory follows it, and both
+/// targets' resident sums come back to about zero.
+#[test]
+fn a_process_moved_between_cgroups_takes_its_memory_along() {
+    let Some(_guard) = privileged("a_process_moved_between_cgroups_takes_its_memory_along") else {
+        return;
+    };
+    let Some(probes) = load(ExitTrackingChoice::Auto) else {
+        return;
+    };
+    let from = TestCgroup::new("moved-from");
+    let to = TestCgroup::new("moved-to");
+    let id = |cgroup: &TestCgroup| {
+        std::fs::metadata(unified_dir(cgroup))
+            .expect("cgroup dir")
+            .ino()
+    };
+    let (from_id, to_id) = (id(&from), id(&to));
+    let mut probes = probes;
+    probes.track_cgroup(from_id).expect("track");
+    probes.track_cgroup(to_id).expect("track");
+    let resident = |probes: &Probes, target: u64| {
+        probes
+            .target_counters(target)
+            .expect("read")
+            .map_or(0, |counters| counters.resident_bytes())
+    };
+    // 64 MiB, then (on "go") 32 MiB more for 300 ms, freed, and exit.
+    let program = workload("spike", false);
+    let mut child = ChildGuard(from.spawn(&program, &["64", "32", "300", "-1", "0"]));
+    common::wait_until("64 MiB resident in the first cgroup", 60, || {
+        resident(&probes, from_id) >= (64 * MIB) as i64
+    });
+    for procs in to.procs_files() {
+        std::fs::write(&procs, child.0.id().to_string()).expect("move the process");
+    }
+    std::io::Write::write_all(&mut child.0.stdin.take().expect("stdin"), b"go\n")
+        .expect("tell the workload to go on");
+    assert!(child.0.wait().expect("wait").success());
+    let (mut left_from, mut left_to) = (0, 0);
+    common::wait_until("both sums back to about zero", 10, || {
+        left_from = resident(&probes, from_id);
+        left_to = resident(&probes, to_id);
+        left_from.abs() < (2 * MIB) as i64 && left_to.abs() < (2 * MIB) as i64
+    });
+    let to_peak = probes
+        .target_counters(to_id)
+        .expect("read")
+        .expect("counted")
+        .resident_peak_bytes;
+    eprintln!(
+        "measured: left in the first cgroup {left_from}, in the second {left_to}; second's \
+         resident peak {to_peak}"
+    );
+    assert!(
+        to_peak >= 96 * MIB,
+        "the second cgroup's peak {to_peak} holds the 64 MiB that moved and the 32 it made"
+    );
+}
