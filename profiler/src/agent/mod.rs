@@ -337,6 +337,7 @@ fn find_pod(
 }
 impl Agent {
     fn tick(&mut self) -> Result<(), AgentError> {
+        let _timer = self.metrics.tick_seconds.start_timer();
         self.ticks += 1;
         let pods_guard = self.pods.as_ref().and_then(|(cache, _)| cache.lock().ok());
         let mut shared = self
