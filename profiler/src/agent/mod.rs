@@ -10,7 +10,10 @@ pub mod session;
 use std::{
     collections::HashMap,
     path::Path,
-    sync::{Arc, Mutex},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex,
+    },
     time::Duration,
 };
 
@@ -60,7 +63,8 @@ const POD_CAPACITY: usize = 1024;
 /// What the HTTP handlers read.
 pub struct Shared {
     containers: ContainerTable,
-    ready: bool,
+    /// Ticks done: the rendered report is reused until this moves.
+    tick: u64,
     drops: DropCounts,
     headroom: f64,
 }
@@ -141,8 +145,9 @@ struct Agent {
     resolver: CgroupResolver,
     hierarchies: Hierarchies,
     pods: Option<PodWatch>,
-    metrics: Metrics,
+    metrics: Arc<Metrics>,
     shared: Arc<Mutex<Shared>>,
+    ready: Arc<AtomicBool>,
     previous_drops: DropCounts,
     previous_bpf: HashMap<&'static str, (Duration, u64)>,
     started: std::time::Instant,
@@ -359,8 +364,9 @@ impl Agent {
         drop(pods_guard);
         let drops = self.probes.drops()?;
         shared.drops = drops;
-        shared.ready = true;
+        shared.tick = self.ticks;
         drop(shared);
+        self.ready.store(true, Ordering::Relaxed);
         self.export_self(drops, tracked);
         Ok(())
     }
@@ -409,7 +415,7 @@ impl Agent {
 pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
     let hierarchies = Hierarchies::discover(Path::new("/"))?;
     let registry = Registry::new();
-    let metrics = Metrics::new(&registry)?;
+    let metrics = Arc::new(Metrics::new(&registry)?);
     let mut probes = load_probes(&config)?;
     let seeded = seed_running_processes(&mut probes, &hierarchies, config.max_containers);
     tracing::info!(cgroups = seeded, "running processes seeded from /proc");
@@ -429,11 +435,19 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
             timeline_buckets: config.timeline_buckets,
             headroom: config.headroom,
         }),
-        ready: false,
+        tick: 0,
         drops: DropCounts::default(),
         headroom: config.headroom,
     }));
-    let servers = Servers::start(&config, registry, shared.clone()).await?;
+    let ready = Arc::new(AtomicBool::new(false));
+    let state = http::HttpState::new(
+        registry,
+        shared.clone(),
+        ready.clone(),
+        metrics.clone(),
+        config.http_limits(),
+    );
+    let servers = Servers::start(&config, state).await?;
     let mut agent = Agent {
         resolver: CgroupResolver::new(&hierarchies.unified, config.max_containers * 4),
         hierarchies,
@@ -442,6 +456,7 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
         pods,
         metrics,
         shared,
+        ready,
         previous_drops: DropCounts::default(),
         previous_bpf: HashMap::new(),
         started: std::time::Instant::now(),
@@ -496,19 +511,19 @@ struct Servers {
 }
 
 impl Servers {
-    async fn start(
-        config: &AgentConfig,
-        registry: Registry,
-        shared: Arc<Mutex<Shared>>,
-    ) -> Result<Self, AgentError> {
+    async fn start(config: &AgentConfig, state: http::HttpState) -> Result<Self, AgentError> {
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .map_err(|source| AgentError::Listen {
                 address: config.listen,
                 source,
             })?;
-        tracing::info!(address = %config.listen, "serving /metrics, /healthz, /readyz, /api/v1/report");
-        let http = tokio::spawn(http::serve(listener, Arc::new(registry), shared));
+        tracing::info!(
+            address = %config.listen,
+            api = if config.expose_api { "every address" } else { "loopback connections only" },
+            "serving /metrics, /healthz, /readyz, /api/v1/report"
+        );
+        let http = tokio::spawn(http::serve(listener, Arc::new(state)));
         let (session_sender, session_requests) = tokio::sync::mpsc::channel(8);
         let socket = match &config.socket {
             Some(path) => {

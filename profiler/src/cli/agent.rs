@@ -32,6 +32,11 @@ pub struct AgentArgs {
     #[arg(long, value_name = "N")]
     pub max_containers: Option<usize>,
 
+    /// Serve /api/v1/report (every tenant's names, limits and OOM kills) on every address
+    /// the agent listens on, not only to loopback connections (default off).
+    #[arg(long)]
+    pub expose_api: bool,
+
     /// Unix socket where `headroom capture --pod/--cgroup` asks this agent for sessions
     /// (default /run/headroom/agent.sock; "" turns sessions off).
     #[arg(long, value_name = "PATH")]
@@ -50,9 +55,18 @@ pub(super) fn run_agent(args: AgentArgs) -> anyhow::Result<u8> {
         interval: args.interval,
         max_containers: args.max_containers,
         socket: args.socket,
+        expose_api: args.expose_api.then_some(true),
         ..ConfigFile::default()
     })?;
-    let runtime = super::current_thread_runtime()?;
+    // Two workers serve HTTP and the session socket; the agent's own loop (ticks with their
+    // /proc and cgroup reads, ring draining, sessions) runs in `block_on` on this thread, so a
+    // slow tick never holds up /healthz or /metrics. Report rendering goes to the blocking pool.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(2)
+        .thread_name("headroom-agent")
+        .enable_all()
+        .build()?;
     runtime.block_on(crate::agent::run(config))?;
     Ok(0)
 }
