@@ -305,8 +305,14 @@ fn exported_metric_names() -> BTreeSet<String> {
         oom_kills: 1,
         recommended_request_bytes: Some(1),
         recommended_limit_bytes: Some(1),
+        unavailable: vec![("threads", "permission")],
     };
     metrics.set(&labels, &every_figure, &ContainerFigures::default());
+    metrics.reads_skipped.with_label_values(&["file_cap"]).inc();
+    metrics
+        .http_connections_closed
+        .with_label_values(&["timeout"])
+        .inc();
     metrics
         .dropped_events
         .with_label_values(&["ringbuf_full"])

@@ -37,6 +37,10 @@ pub struct AgentArgs {
     #[arg(long)]
     pub expose_api: bool,
 
+    /// HTTP connections served at once; more are closed at once (default 256).
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<usize>,
+
     /// Unix socket where `headroom capture --pod/--cgroup` asks this agent for sessions
     /// (default /run/headroom/agent.sock; "" turns sessions off).
     #[arg(long, value_name = "PATH")]
@@ -56,6 +60,7 @@ pub(super) fn run_agent(args: AgentArgs) -> anyhow::Result<u8> {
         max_containers: args.max_containers,
         socket: args.socket,
         expose_api: args.expose_api.then_some(true),
+        max_connections: args.max_connections,
         ..ConfigFile::default()
     })?;
     // Two workers serve HTTP and the session socket; the agent's own loop (ticks with their
