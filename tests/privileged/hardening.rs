@@ -9,7 +9,9 @@
 //!   alive, /healthz answers in under a second, and the stalled sockets are closed after the
 //!   header timeout;
 //! - more connections than the cap: the extra ones are closed at once, and the agent serves
-//!   again once the stalled ones time out.
+//!   again once the stalled ones time out;
+//! - with only the DaemonSet's capabilities (no SYS_PTRACE): every figure of another
+//!   container's root process is still exported.
 //!
 //! Needs root. Without it: SKIPPED, except in CI or under `cargo xtask test`, where it fails.
 
@@ -216,6 +218,91 @@ fn a_process_with_60000_mappings_is_skipped_and_counted_and_other_containers_sta
     assert!(agent.stop().success());
     drop(hostile);
     drop(quiet);
+}
+
+/// The capabilities deploy/headroom.yaml grants the agent's container (lower case).
+fn deployed_capabilities() -> Vec<String> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/headroom.yaml");
+    let text = std::fs::read_to_string(path).expect("deploy/headroom.yaml");
+    serde_yaml_ng::Deserializer::from_str(&text)
+        .filter_map(|document| {
+            let value = <serde_json::Value as serde::Deserialize>::deserialize(document).ok()?;
+            (value["kind"] == "DaemonSet").then_some(value)
+        })
+        .flat_map(|daemonset| {
+            daemonset["spec"]["template"]["spec"]["containers"][0]["securityContext"]
+                ["capabilities"]["add"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .filter_map(|c| c.as_str().map(str::to_lowercase))
+        .collect()
+}
+
+/// What SECURITY.md says works without SYS_PTRACE: with only the DaemonSet's capabilities,
+/// every figure of another container's root process (whose capabilities are not a subset of
+/// the agent's) is exported: threads, reserved address space (VmSize of /proc/PID/status, the
+/// kernel's truth), and thread stacks (the kernel lets CAP_PERFMON read /proc/PID/maps and
+/// smaps; only /proc/PID/root, which symbolization reads, needs SYS_PTRACE). No figure of it
+/// is marked unavailable.
+#[test]
+fn without_sys_ptrace_every_container_figure_is_still_exported() {
+    let Some(_guard) = privileged("without_sys_ptrace_every_container_figure") else {
+        return;
+    };
+    let capabilities = deployed_capabilities();
+    assert!(
+        !capabilities.iter().any(|c| c == "sys_ptrace"),
+        "the DaemonSet grants SYS_PTRACE: {capabilities:?}"
+    );
+    let (agent_cgroup, _) = limited_cgroup("hardening-noptrace");
+    let workload_cgroup = TestCgroup::new("hardening-noptrace-workload");
+    let child = spawn_mappings(&workload_cgroup, 16, 3);
+    let mut agent = Agent::builder()
+        .in_cgroup(&agent_cgroup)
+        .capabilities(&capabilities)
+        .start();
+    let label = format!("container=\"{}\"", workload_cgroup.path());
+    let vm_size = std::fs::read_to_string(format!("/proc/{}/status", child.0.id()))
+        .expect("status")
+        .lines()
+        .find_map(|line| line.strip_prefix("VmSize:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .expect("VmSize")
+        * 1024;
+    common::wait_until("the workload's thread stacks", 30, || {
+        !common::series(
+            &agent.metrics(),
+            "headroom_container_thread_stack_reserved_bytes",
+            &label,
+        )
+        .is_empty()
+    });
+    let metrics = agent.metrics();
+    let stacks = common::series(
+        &metrics,
+        "headroom_container_thread_stack_reserved_bytes",
+        &label,
+    );
+    assert!(stacks[0] >= (16 * MIB) as f64, "{stacks:?}");
+    assert_eq!(
+        common::series(&metrics, "headroom_container_threads", &label),
+        vec![3.0]
+    );
+    assert_eq!(
+        common::series(&metrics, "headroom_container_memory_reserved_bytes", &label),
+        vec![vm_size as f64]
+    );
+    assert!(
+        !metrics.lines().any(
+            |line| line.starts_with("headroom_container_figure_unavailable{")
+                && line.contains(&label)
+        ),
+        "{metrics}"
+    );
+    assert!(agent.stop().success());
+    drop(child);
 }
 
 /// Opens a connection that sends half a request head and then nothing.
