@@ -10,6 +10,7 @@
 //!   header timeout;
 //! - more connections than the cap: the extra ones are closed at once, and the agent serves
 //!   again once the stalled ones time out;
+//! - listening on every address: /api/v1/report answers only loopback connections;
 //! - with only the DaemonSet's capabilities (no SYS_PTRACE): every figure of another
 //!   container's root process is still exported.
 //!
@@ -303,6 +304,59 @@ fn without_sys_ptrace_every_container_figure_is_still_exported() {
     );
     assert!(agent.stop().success());
     drop(child);
+}
+
+/// A GET to `ip:port` that reads the status line only.
+fn status_via(ip: std::net::IpAddr, port: u16, path: &str) -> u16 {
+    let mut stream = TcpStream::connect((ip, port)).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .expect("request");
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|status| status.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The host's first non-loopback IPv4 address (what a pod IP is to Prometheus), if any.
+fn non_loopback_address() -> Option<std::net::IpAddr> {
+    // A UDP "connect" picks the source address of the default route without sending.
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    socket.connect("192.0.2.1:9").ok()?;
+    let ip = socket.local_addr().ok()?.ip();
+    (!ip.is_loopback() && !ip.is_unspecified()).then_some(ip)
+}
+
+/// Listening on every address as in the DaemonSet: /metrics answers on the host's own
+/// address, /api/v1/report only on loopback (403 elsewhere), unless --expose-api.
+#[test]
+fn the_report_answers_only_loopback_connections_unless_exposed() {
+    let Some(_guard) = privileged("the_report_answers_only_loopback_connections") else {
+        return;
+    };
+    let Some(outside) = non_loopback_address() else {
+        panic!("this host has no non-loopback IPv4 address to test from");
+    };
+    let loopback = std::net::IpAddr::from([127, 0, 0, 1]);
+    let agent = Agent::builder().address("0.0.0.0").start();
+    assert_eq!(status_via(outside, agent.port(), "/metrics"), 200);
+    assert_eq!(status_via(outside, agent.port(), "/healthz"), 200);
+    assert_eq!(status_via(outside, agent.port(), "/api/v1/report"), 403);
+    assert_eq!(status_via(loopback, agent.port(), "/api/v1/report"), 200);
+    drop(agent);
+    let exposed = Agent::builder()
+        .address("0.0.0.0")
+        .args(["--expose-api"])
+        .start();
+    assert_eq!(status_via(outside, exposed.port(), "/api/v1/report"), 200);
 }
 
 /// Opens a connection that sends half a request head and then nothing.
