@@ -58,6 +58,9 @@ pub enum AgentError {
     Session(#[from] session::SessionError),
 }
 
+/// Ring-buffer batches drained but not yet handled by the agent's loop (each is what the ring
+/// held at one wake-up, at most its capacity).
+const EVENT_BATCHES: usize = 16;
 /// Pods kept in the metadata cache.
 const POD_CAPACITY: usize = 1024;
 /// What the HTTP handlers read.
@@ -468,7 +471,27 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
         socket,
         mut session_requests,
     } = servers;
-    agent.serve(&mut events, &mut session_requests).await?;
+    // The ring is drained on a runtime worker, not on the agent's loop, so a slow tick does not
+    // let it fill: batches wait in a bounded channel (when that is full too, the drainer
+    // waits and the kernel counts what it drops).
+    let (batch_sender, mut batches) = tokio::sync::mpsc::channel(EVENT_BATCHES);
+    let drainer = tokio::spawn(async move {
+        loop {
+            match events.next_batch().await {
+                Ok(batch) => {
+                    if batch_sender.send(batch).await.is_err() {
+                        return;
+                    }
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "reading the event ring buffer failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    });
+    agent.serve(&mut batches, &mut session_requests).await?;
+    drainer.abort();
     tracing::info!("shutting down: detaching probes");
     // Sessions end with their reports, so a client never waits on a dead agent.
     agent.step_sessions(true);
@@ -541,11 +564,14 @@ impl Servers {
     }
 }
 
+/// One drain of the ring buffer.
+type EventBatch = Vec<Result<probes::ProbeEvent, probes::DecodeError>>;
+
 impl Agent {
     /// The agent's loop: ticks, ring-buffer draining, sessions, until SIGINT or SIGTERM.
     async fn serve(
         &mut self,
-        events: &mut probes::EventStream,
+        batches: &mut tokio::sync::mpsc::Receiver<EventBatch>,
         session_requests: &mut tokio::sync::mpsc::Receiver<session::SessionStart>,
     ) -> Result<(), AgentError> {
         let mut interrupts = signal(SignalKind::interrupt()).map_err(AgentError::Signals)?;
@@ -561,12 +587,9 @@ impl Agent {
                         tracing::warn!(error = %err, "agent tick failed");
                     }
                 }
-                // Process starts and exits, OOM kills and sessions' stack samples: drained
-                // always, so the ring never fills and drops mean real losses.
-                batch = events.next_batch() => match batch {
-                    Ok(batch) => self.record_events(&batch),
-                    Err(err) => tracing::warn!(error = %err, "reading the event ring buffer failed"),
-                },
+                // Process starts and exits, OOM kills and sessions' stack samples, drained by
+                // their own task so the ring never fills and drops mean real losses.
+                Some(batch) = batches.recv() => self.record_events(&batch),
                 Some(start) = session_requests.recv() => self.start_session(start),
                 _ = session_tick.tick(), if !self.sessions.is_empty() => self.step_sessions(false),
                 _ = interrupts.recv() => return Ok(()),
