@@ -315,6 +315,59 @@ pub async fn serve(listener: tokio::net::TcpListener, state: Arc<HttpState>) {
 mod tests {
     use super::*;
 
+    fn state(limits: HttpLimits) -> HttpState {
+        let registry = Registry::new();
+        let metrics = Arc::new(Metrics::new(&registry).expect("metrics"));
+        let shared = Arc::new(Mutex::new(Shared {
+            containers: super::super::containers::ContainerTable::new(
+                super::super::containers::TableSettings {
+                    max_containers: 8,
+                    interval: Duration::from_secs(1),
+                    timeline_buckets: 16,
+                    headroom: 0.25,
+                },
+            ),
+            tick: 1,
+            drops: Default::default(),
+            headroom: 0.25,
+        }));
+        HttpState::new(
+            registry,
+            shared,
+            Arc::new(AtomicBool::new(true)),
+            metrics,
+            limits,
+        )
+    }
+
+    /// Readers of one tick share one buffer (the same bytes, not copies); the next tick renders
+    /// a new one.
+    #[test]
+    fn the_report_is_rendered_once_per_tick_and_shared() {
+        let state = state(HttpLimits {
+            max_connections: 8,
+            report_max_bytes: 1 << 20,
+            expose_api: false,
+        });
+        let first = state.report_body().expect("rendered");
+        let second = state.report_body().expect("rendered");
+        assert_eq!(
+            first.as_ptr(),
+            second.as_ptr(),
+            "rendered twice in one tick"
+        );
+        let report: crate::report::CaptureReport =
+            serde_json::from_slice(&first).expect("a headroom.report/v1 document");
+        assert_eq!(report.schema, crate::report::REPORT_SCHEMA);
+        state.shared.lock().expect("lock").tick = 2;
+        let third = state.report_body().expect("rendered");
+        assert_ne!(
+            first.as_ptr(),
+            third.as_ptr(),
+            "not rendered again after a tick"
+        );
+    }
+
     #[test]
     fn a_report_past_the_cap_is_refused_with_the_fix() {
         let value: Vec<u32> = (0..1000).collect();

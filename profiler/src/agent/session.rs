@@ -50,6 +50,10 @@ pub const DEFAULT_SOCKET: &str = "/run/headroom/agent.sock";
 pub const PROTOCOL_VERSION: u32 = 1;
 /// Sessions at once: each keeps a timeline and up to `max_stacks` stacks.
 pub const MAX_SESSIONS: usize = 4;
+/// Most distinct stacks a session in the agent keeps: each holds up to 127 frames and their
+/// symbols until the session ends, inside the agent's memory limit (8,192 deep stacks were
+/// ~80 MB at session end). A standalone capture accepts more.
+pub const MAX_SESSION_STACKS: usize = 16_384;
 /// Longest session.
 pub const MAX_SESSION: Duration = Duration::from_secs(3600);
 /// Connections open at once (a session holds one; the rest are refused at [`MAX_SESSIONS`]).
@@ -140,6 +144,12 @@ impl SessionRequest {
             return Err(format!(
                 "a session through the agent needs --duration between 1ms and {} s",
                 MAX_SESSION.as_secs()
+            ));
+        }
+        if self.max_stacks > MAX_SESSION_STACKS {
+            return Err(format!(
+                "--max-stacks {} is more than a session through the agent keeps ({MAX_SESSION_STACKS}: the agent shares its memory limit with the node's monitoring); lower it, or run `headroom capture --standalone` for more",
+                self.max_stacks
             ));
         }
         if !(64 << 10..=1 << 30).contains(&self.fault_sample_bytes)
@@ -672,6 +682,9 @@ mod tests {
         let back: SessionRequest = serde_json::from_str(&text).expect("parse");
         assert_eq!(back, request());
         assert!(back.validate().is_ok());
+        let mut bad = request();
+        bad.max_stacks = MAX_SESSION_STACKS + 1;
+        assert!(bad.validate().unwrap_err().contains("--standalone"));
         let mut bad = request();
         bad.duration_ms = 0;
         assert!(bad.validate().unwrap_err().contains("--duration"));
