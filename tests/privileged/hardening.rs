@@ -10,6 +10,8 @@
 //!   header timeout;
 //! - more connections than the cap: the extra ones are closed at once, and the agent serves
 //!   again once the stalled ones time out;
+//! - under the DaemonSet's seccomp profile (loaded with libseccomp by
+//!   `apply_seccomp.py`): the agent works; PTRACE_ATTACH is refused even with SYS_PTRACE;
 //! - listening on every address: /api/v1/report answers only loopback connections;
 //! - with only the DaemonSet's capabilities (no SYS_PTRACE): every figure of another
 //!   container's root process is still exported.
@@ -304,6 +306,95 @@ fn without_sys_ptrace_every_container_figure_is_still_exported() {
     );
     assert!(agent.stop().success());
     drop(child);
+}
+
+/// `python3 tests/privileged/apply_seccomp.py deploy/seccomp/headroom.json`: a prefix that
+/// runs what follows under the DaemonSet's seccomp profile, loaded with libseccomp as a
+/// container runtime loads a Localhost profile.
+fn under_the_seccomp_profile() -> Vec<String> {
+    let repository = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    vec![
+        "python3".to_owned(),
+        repository
+            .join("tests/privileged/apply_seccomp.py")
+            .display()
+            .to_string(),
+        repository
+            .join("deploy/seccomp/headroom.json")
+            .display()
+            .to_string(),
+    ]
+}
+
+/// PTRACE_ATTACH (then detach) on `pid` from a process started with `prefix`: "ok" or the
+/// errno.
+fn ptrace_attach(prefix: &[String], pid: u32) -> String {
+    let script = "import ctypes,sys\nlibc=ctypes.CDLL(None,use_errno=True)\npid=int(sys.argv[1])\nr=libc.ptrace(16,pid,0,0)\nprint('ok' if r==0 else 'errno %d' % ctypes.get_errno())\nif r==0: libc.ptrace(17,pid,0,0)\n";
+    let (program, rest) = prefix.split_first().expect("a prefix");
+    let output = std::process::Command::new(program)
+        .args(rest)
+        .args(["python3", "-c", script, &pid.to_string()])
+        .output()
+        .expect("python3 runs");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+}
+
+/// The agent under the DaemonSet's seccomp profile with only its capabilities: ready, and its
+/// metrics and report answer. Under the same profile, even with SYS_PTRACE, PTRACE_ATTACH is
+/// refused (EPERM), where without the profile it succeeds.
+#[test]
+fn under_the_seccomp_profile_the_agent_works_and_ptrace_is_refused() {
+    let Some(_guard) = privileged("under_the_seccomp_profile") else {
+        return;
+    };
+    let mut target = ChildGuard(
+        std::process::Command::new("sleep")
+            .arg("60")
+            .spawn()
+            .expect("sleep"),
+    );
+    let profile = under_the_seccomp_profile();
+    let mut with_ptrace = vec![
+        "setpriv".to_owned(),
+        "--bounding-set".to_owned(),
+        "-all,+bpf,+perfmon,+sys_ptrace".to_owned(),
+        "--".to_owned(),
+    ];
+    with_ptrace.extend(profile.iter().cloned());
+    assert_eq!(ptrace_attach(&with_ptrace, target.0.id()), "errno 1");
+    assert_eq!(
+        ptrace_attach(&["env".to_owned()], target.0.id()),
+        "ok",
+        "without the profile root may attach: the check above would prove nothing"
+    );
+    let _ = target.0.kill();
+    let (agent_cgroup, _) = limited_cgroup("hardening-seccomp");
+    let mut agent = Agent::builder()
+        .in_cgroup(&agent_cgroup)
+        .capabilities(&deployed_capabilities())
+        .wrapped_in(&profile)
+        .start();
+    let seccomp = std::fs::read_to_string(format!("/proc/{}/status", agent.pid()))
+        .expect("status")
+        .lines()
+        .find_map(|line| line.strip_prefix("Seccomp:").map(|v| v.trim().to_owned()));
+    assert_eq!(
+        seccomp.as_deref(),
+        Some("2"),
+        "the agent runs under a filter"
+    );
+    let metrics = agent.metrics();
+    assert!(
+        metrics.contains("headroom_container_memory_resident_bytes{"),
+        "{metrics}"
+    );
+    assert_eq!(agent.get("/api/v1/report").map(|(s, _)| s), Some(200));
+    assert!(agent.stop().success());
 }
 
 /// A GET to `ip:port` that reads the status line only.
