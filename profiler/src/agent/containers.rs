@@ -50,6 +50,8 @@ pub struct TableSettings {
     pub interval: Duration,
     pub timeline_buckets: usize,
     pub headroom: f64,
+    /// Lines of tenant-sized files read per tick ([`TICK_READ_LINES`] in the agent).
+    pub read_lines: u64,
 }
 
 /// The node's filesystem as a tick reads it: cgroup mounts, the id → path resolver, /proc.
@@ -289,7 +291,7 @@ impl ContainerTable {
             .map(|(id, c)| (c.tasks_read, id))
             .collect();
         due.sort_unstable();
-        let mut budget = ReadBudget::new(TICK_READ_LINES);
+        let mut budget = ReadBudget::new(self.settings.read_lines);
         for (index, (_, id)) in due.into_iter().enumerate() {
             if let Some(container) = self.containers.get_mut(&id) {
                 container.read_tasks(node, &mut budget, tick, index == 0);
@@ -659,6 +661,7 @@ mod tests {
             interval: Duration::from_millis(100),
             timeline_buckets: 4096,
             headroom: 0.25,
+            read_lines: TICK_READ_LINES,
         })
     }
 
@@ -905,6 +908,63 @@ mod tests {
             Some(4096.0 * 1024.0)
         );
         assert_eq!(metric(&registry, "headroom_container_threads"), Some(3.0));
+    }
+
+    /// Two containers whose reads do not both fit the tick's budget: the one that waited is
+    /// read first, the other keeps a gap (`tick_budget`, not a zero) until the next tick, when
+    /// it goes first and is read in turn.
+    #[test]
+    fn reads_that_do_not_fit_the_budget_wait_and_go_first_next_time() {
+        let node = FakeNode::new("budget");
+        let second = node.root.join("test.slice/other.service");
+        fs::create_dir_all(&second).expect("second cgroup");
+        for file in ["memory.current", "memory.max"] {
+            fs::write(second.join(file), "1048576\n").expect("w");
+        }
+        fs::write(second.join("cgroup.procs"), "").expect("w");
+        fs::write(second.join("cgroup.threads"), "4\n5\n6\n").expect("w");
+        let ids = [node.id(), fs::metadata(&second).expect("dir").ino()];
+        let mut resolver = CgroupResolver::new(&node.root, 16);
+        let registry = Registry::new();
+        let metrics = Metrics::new(&registry).expect("metrics");
+        // Three lines of cgroup.threads each: room for one container and a bit.
+        let mut table = ContainerTable::new(TableSettings {
+            read_lines: 4,
+            ..table().settings
+        });
+        let mut kernel = FakeKernel::default();
+        for id in ids {
+            kernel.set_resident(id, MIB, 0, 3);
+        }
+        let read = |table: &ContainerTable| -> Vec<Option<u64>> {
+            ids.iter()
+                .map(|id| table.get(*id).expect("tracked").threads)
+                .collect()
+        };
+        tick(&mut table, &mut kernel, &node, &mut resolver, &metrics, 1);
+        let first = read(&table);
+        assert_eq!(
+            first.iter().filter(|t| **t == Some(3)).count(),
+            1,
+            "{first:?}"
+        );
+        let waiting = ids[first.iter().position(Option::is_none).expect("one waits")];
+        assert_eq!(
+            table.get(waiting).expect("tracked").gaps.threads,
+            Some(Skip::TickBudget)
+        );
+        let text = crate::exporters::encode(&registry).expect("encode");
+        assert!(
+            text.contains(r#"headroom_agent_reads_skipped_total{reason="tick_budget"}"#),
+            "{text}"
+        );
+        assert!(text.contains(r#"reason="tick_budget""#) && text.contains(r#"figure="threads""#));
+        tick(&mut table, &mut kernel, &node, &mut resolver, &metrics, 2);
+        assert_eq!(read(&table), [Some(3), Some(3)]);
+        assert_eq!(
+            table.get(waiting).expect("tracked").gaps,
+            TaskGaps::default()
+        );
     }
 
     #[test]

@@ -325,6 +325,7 @@ mod tests {
                     interval: Duration::from_secs(1),
                     timeline_buckets: 16,
                     headroom: 0.25,
+                    read_lines: 1024,
                 },
             ),
             tick: 1,

@@ -437,6 +437,7 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
             interval: config.interval,
             timeline_buckets: config.timeline_buckets,
             headroom: config.headroom,
+            read_lines: containers::TICK_READ_LINES,
         }),
         tick: 0,
         drops: DropCounts::default(),
