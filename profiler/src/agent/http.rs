@@ -17,7 +17,7 @@ use std::{
     convert::Infallible,
     sync::{
         atomic::{AtomicBool, Ordering},
-        Arc, Mutex,
+        Arc, Mutex, Weak,
     },
     time::Duration,
 };
@@ -56,11 +56,23 @@ pub struct HttpLimits {
     pub expose_api: bool,
 }
 
-/// The report as last rendered, and the tick it was rendered at.
+/// The report as last rendered, and the tick it was rendered at. Only a weak reference is
+/// kept: readers of one tick share one buffer, and it is freed when the last response using
+/// it is sent, so an idle agent holds no report between requests.
 #[derive(Default)]
 struct RenderedReport {
     tick: u64,
-    body: Option<Result<Bytes, String>>,
+    body: Weak<Vec<u8>>,
+    error: Option<String>,
+}
+
+/// A rendered report as a response body, without copying it.
+struct SharedBody(Arc<Vec<u8>>);
+
+impl AsRef<[u8]> for SharedBody {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
 }
 
 /// What the handlers read.
@@ -72,6 +84,10 @@ pub struct HttpState {
     pub metrics: Arc<Metrics>,
     pub limits: HttpLimits,
     rendered: Mutex<RenderedReport>,
+    /// Held while /metrics is encoded or a report rendered: each builds a copy of every
+    /// container's figures, and running them side by side on the runtime's threads raised
+    /// the agent's peak (tests/privileged/load.rs); one at a time, as on one thread before.
+    heavy: Mutex<()>,
 }
 
 impl HttpState {
@@ -89,11 +105,13 @@ impl HttpState {
             metrics,
             limits,
             rendered: Mutex::new(RenderedReport::default()),
+            heavy: Mutex::new(()),
         }
     }
 
-    /// The whole report as JSON, rendered once per tick: the first request after a tick renders
-    /// it (later ones wait for that render and share its buffer).
+    /// The whole report as JSON, rendered once per tick while anyone reads it: the first
+    /// request after a tick renders it, and requests during that render or while a response
+    /// of that tick is still being sent share its buffer.
     fn report_body(&self) -> Result<Bytes, String> {
         let mut rendered = self
             .rendered
@@ -105,36 +123,62 @@ impl HttpState {
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
             if rendered.tick == shared.tick {
-                if let Some(body) = &rendered.body {
-                    return body.clone();
+                if let Some(error) = &rendered.error {
+                    return Err(error.clone());
+                }
+                if let Some(body) = rendered.body.upgrade() {
+                    return Ok(Bytes::from_owner(SharedBody(body)));
                 }
             }
-            // Drop the previous tick's buffer before building the next one.
-            rendered.body = None;
             (shared.tick, shared.report(None))
         };
+        let heavy = self.heavy.lock().unwrap_or_else(|p| p.into_inner());
         let body = render_capped(&report, self.limits.report_max_bytes);
-        *rendered = RenderedReport {
-            tick,
-            body: Some(body.clone()),
-        };
-        body
+        drop(report);
+        drop(heavy);
+        match body {
+            Ok(json) => {
+                let json = Arc::new(json);
+                *rendered = RenderedReport {
+                    tick,
+                    body: Arc::downgrade(&json),
+                    error: None,
+                };
+                Ok(Bytes::from_owner(SharedBody(json)))
+            }
+            Err(error) => {
+                *rendered = RenderedReport {
+                    tick,
+                    body: Weak::new(),
+                    error: Some(error.clone()),
+                };
+                Err(error)
+            }
+        }
     }
 
     /// One container's report (`?cgroup=`), rendered per request: small by construction.
+    /// /metrics in Prometheus's text format, one encoding at a time.
+    fn metrics_body(&self) -> Result<Bytes, String> {
+        let _heavy = self.heavy.lock().unwrap_or_else(|p| p.into_inner());
+        exporters::encode(&self.registry)
+            .map(Bytes::from)
+            .map_err(|err| err.to_string())
+    }
+
     fn cgroup_report_body(&self, cgroup: &str) -> Result<Bytes, String> {
         let report = self
             .shared
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .report(Some(cgroup));
-        render_capped(&report, self.limits.report_max_bytes)
+        render_capped(&report, self.limits.report_max_bytes).map(Bytes::from)
     }
 }
 
 /// JSON of `value`, refused once it passes `max_bytes` (the writer stops there: a report
 /// larger than the cap never takes more than the cap).
-fn render_capped(value: &impl serde::Serialize, max_bytes: usize) -> Result<Bytes, String> {
+fn render_capped(value: &impl serde::Serialize, max_bytes: usize) -> Result<Vec<u8>, String> {
     struct Capped {
         bytes: Vec<u8>,
         max: usize,
@@ -156,7 +200,7 @@ fn render_capped(value: &impl serde::Serialize, max_bytes: usize) -> Result<Byte
         max: max_bytes,
     };
     match serde_json::to_writer(&mut writer, value) {
-        Ok(()) => Ok(Bytes::from(writer.bytes)),
+        Ok(()) => Ok(writer.bytes),
         Err(err) if err.is_io() => Err(format!(
             "the report is larger than report_max_bytes ({max_bytes} bytes): ask for one container with ?cgroup=/path, or raise report_max_bytes in the agent's configuration (and its memory limit)"
         )),
@@ -212,10 +256,15 @@ async fn route(
         return text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n".into());
     }
     match request.uri().path() {
-        "/metrics" => match exporters::encode(&state.registry) {
-            Ok(body) => respond(StatusCode::OK, "text/plain; version=0.0.4", Bytes::from(body)),
-            Err(err) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{err}\n")),
-        },
+        "/metrics" => {
+            let encoded = tokio::task::spawn_blocking(move || state.metrics_body())
+                .await
+                .unwrap_or_else(|err| Err(err.to_string()));
+            match encoded {
+                Ok(body) => respond(StatusCode::OK, "text/plain; version=0.0.4", body),
+                Err(err) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{err}\n")),
+            }
+        }
         "/healthz" => text(StatusCode::OK, "ok\n".into()),
         "/readyz" => {
             if state.ready.load(Ordering::Relaxed) {
