@@ -6,8 +6,9 @@
 //! [`HttpLimits::max_connections`] at once (more are closed at once), request headers within
 //! [`HEADER_TIMEOUT`] and [`MAX_REQUEST_BYTES`], and a connection lives at most
 //! [`CONNECTION_LIFETIME`] (idle keep-alive or a reader that never drains its response). The
-//! report is rendered at most once per tick, off the runtime's workers, into one shared buffer
-//! that every reader of that tick gets a reference to, and refused past
+//! report is rendered at most once per tick, off the runtime's worker, into one shared buffer
+//! that every reader of that tick gets a reference to (freed with the last response), and
+//! /metrics encoding and report rendering run one at a time; a report is refused past
 //! [`HttpLimits::report_max_bytes`]. `/api/v1/report` names every tenant's containers, limits
 //! and OOM kills: it answers only connections made to a loopback address (`kubectl
 //! port-forward`, `kubectl exec`) unless `expose_api` is set; `/metrics`, `/healthz` and
