@@ -64,6 +64,9 @@ pub struct ContainerFigures {
     pub oom_kills: u64,
     pub recommended_request_bytes: Option<u64>,
     pub recommended_limit_bytes: Option<u64>,
+    /// (figure, reason) of each figure that could not be read this time: exported as
+    /// `headroom_container_figure_unavailable`, instead of a zero.
+    pub unavailable: Vec<(&'static str, &'static str)>,
 }
 
 /// Every metric the agent exports.
@@ -94,6 +97,13 @@ pub struct Metrics {
     pub agent_resident_bytes: IntGauge,
     pub bpf_run_seconds: prometheus::CounterVec,
     pub bpf_runs: CounterVec,
+    /// Reads of /proc and cgroup files skipped or cut short, by reason.
+    pub reads_skipped: CounterVec,
+    /// How long each tick took (procfs and cgroup reads, the table, the export).
+    pub tick_seconds: prometheus::Histogram,
+    /// HTTP connections refused because the cap was reached, or closed by a timeout.
+    pub http_connections_closed: CounterVec,
+    unavailable: IntGaugeVec,
 }
 
 fn gauge(registry: &Registry, name: &str, help: &str) -> Result<IntGaugeVec, MetricsError> {
@@ -147,7 +157,39 @@ impl Metrics {
             &["program"],
         )?;
         registry.register(Box::new(bpf_run_seconds.clone()))?;
+        let tick_seconds = prometheus::Histogram::with_opts(
+            prometheus::HistogramOpts::new(
+                "headroom_agent_tick_seconds",
+                "Duration of each agent tick (kernel counters, cgroup and /proc reads, export); it runs off the thread that serves HTTP.",
+            )
+            .buckets(vec![0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]),
+        )?;
+        registry.register(Box::new(tick_seconds.clone()))?;
+        let mut unavailable_labels = LABELS.to_vec();
+        unavailable_labels.extend(["figure", "reason"]);
+        let unavailable = IntGaugeVec::new(
+            Opts::new(
+                "headroom_container_figure_unavailable",
+                "1 for each of a container's figures that could not be read this time (its series is absent, not 0), with the reason: permission, gone, file_cap, process_cap, tick_budget, line_too_long, unreadable.",
+            ),
+            &unavailable_labels,
+        )?;
+        registry.register(Box::new(unavailable.clone()))?;
         Ok(Self {
+            reads_skipped: counter(
+                registry,
+                "headroom_agent_reads_skipped_total",
+                "Reads of /proc and cgroup files skipped or cut short, by reason (file_cap, process_cap, tick_budget, line_too_long, permission, gone, unreadable).",
+                &["reason"],
+            )?,
+            http_connections_closed: counter(
+                registry,
+                "headroom_agent_http_connections_closed_total",
+                "HTTP connections the agent closed itself, by reason (connection_cap, timeout).",
+                &["reason"],
+            )?,
+            tick_seconds,
+            unavailable,
             charged: gauge(
                 registry,
                 "headroom_container_memory_charged_bytes",
@@ -301,11 +343,32 @@ impl Metrics {
         self.oom_kills
             .with_label_values(&values)
             .inc_by(figures.oom_kills.saturating_sub(previous.oom_kills));
+        for &(figure, reason) in &previous.unavailable {
+            if !figures.unavailable.contains(&(figure, reason)) {
+                let _ = self
+                    .unavailable
+                    .remove_label_values(&unavailable_values(&values, figure, reason));
+            }
+        }
+        for &(figure, reason) in &figures.unavailable {
+            self.unavailable
+                .with_label_values(&unavailable_values(&values, figure, reason))
+                .set(1);
+        }
     }
 
     /// Deletes every series of a container that went away.
     pub fn remove(&self, labels: &ContainerLabels) {
         let values = labels.values();
+        for figure in ["threads", "reserved_bytes", "thread_stack_bytes"] {
+            for reason in crate::procfs::Skip::ALL {
+                let _ = self.unavailable.remove_label_values(&unavailable_values(
+                    &values,
+                    figure,
+                    reason.label(),
+                ));
+            }
+        }
         for vec in [
             &self.charged,
             &self.charged_peak,
@@ -327,6 +390,12 @@ impl Metrics {
         let _ = self.threads_created.remove_label_values(&values);
         let _ = self.oom_kills.remove_label_values(&values);
     }
+}
+
+fn unavailable_values<'a>(values: &[&'a str; 5], figure: &'a str, reason: &'a str) -> [&'a str; 7] {
+    [
+        values[0], values[1], values[2], values[3], values[4], figure, reason,
+    ]
 }
 
 /// The registry in Prometheus's text format.

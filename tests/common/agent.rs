@@ -21,6 +21,7 @@ const GRACE: Duration = Duration::from_secs(10);
 /// `--interval 200ms`, sessions off (`--socket ""`), ready within 20 s.
 pub struct AgentBuilder {
     port: Option<u16>,
+    address: &'static str,
     interval: Option<String>,
     socket: Option<PathBuf>,
     args: Vec<OsString>,
@@ -34,6 +35,13 @@ impl AgentBuilder {
     /// the one before it).
     pub fn port(mut self, port: u16) -> Self {
         self.port = Some(port);
+        self
+    }
+
+    /// Listens on this IP (default 127.0.0.1), e.g. 0.0.0.0 to be reached on the host's own
+    /// addresses as Prometheus reaches a DaemonSet's pod.
+    pub fn address(mut self, address: &'static str) -> Self {
+        self.address = address;
         self
     }
 
@@ -114,7 +122,7 @@ impl AgentBuilder {
         command
             .arg("--socket")
             .arg(self.socket.as_deref().unwrap_or(Path::new("")));
-        command.args(["--listen", &format!("127.0.0.1:{port}")]);
+        command.args(["--listen", &format!("{}:{port}", self.address)]);
         command.args(&self.args);
         static STARTED: AtomicU32 = AtomicU32::new(0);
         let log = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
@@ -159,6 +167,7 @@ impl Agent {
     pub fn builder() -> AgentBuilder {
         AgentBuilder {
             port: None,
+            address: "127.0.0.1",
             interval: Some("200ms".to_owned()),
             socket: None,
             args: Vec::new(),

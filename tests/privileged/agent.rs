@@ -186,6 +186,20 @@ fn refusal_with_deployed_capabilities(capabilities: &[String]) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
+/// The capabilities deploy/overlays/ptrace adds to the DaemonSet (its JSON patch).
+fn overlay_capabilities() -> Vec<String> {
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/overlays/ptrace/kustomization.yaml");
+    let text = std::fs::read_to_string(path).expect("deploy/overlays/ptrace/kustomization.yaml");
+    let overlay: serde_json::Value = serde_yaml_ng::from_str(&text).expect("YAML");
+    let patch = overlay["patches"][0]["patch"].as_str().unwrap_or_default();
+    let operations: Vec<serde_json::Value> = serde_yaml_ng::from_str(patch).expect("patch");
+    operations
+        .iter()
+        .filter_map(|op| op["value"].as_str().map(str::to_lowercase))
+        .collect()
+}
+
 #[test]
 fn the_agent_works_with_only_the_capabilities_deploy_grants() {
     let Some(_guard) = privileged("the_agent_works_with_only_the_capabilities_deploy_grants")
@@ -221,9 +235,11 @@ fn capture_through_the_running_agent_returns_a_report_with_stacks() {
     let _ = std::fs::remove_dir_all(&dir);
     let socket = dir.join("run/agent.sock");
     let programs_before = loaded_programs_named("rss_stat");
-    // The agent runs with only the capabilities deploy/ grants, as in the DaemonSet; it is
-    // stopped on every path, a failed assertion included.
-    let capabilities = deployed_capabilities();
+    // The agent runs with only the capabilities deploy/ grants with the ptrace overlay (the
+    // one that symbolizes other users' stacks, which this test checks by name); it is stopped
+    // on every path, a failed assertion included.
+    let mut capabilities = deployed_capabilities();
+    capabilities.extend(overlay_capabilities());
     let _paranoid = common::PerfParanoidAtTwo::after_checking_the_refusal(|| {
         refusal_with_deployed_capabilities(&capabilities)
     });

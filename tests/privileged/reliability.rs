@@ -386,6 +386,23 @@ fn capture_works_with_only_the_capabilities_deploy_grants() {
         capabilities.contains(&"+bpf".to_owned()),
         "{capabilities:?}"
     );
+    // Symbol names of another user's process (this root workload has every capability) need
+    // the ptrace overlay's SYS_PTRACE (SECURITY.md): the test checks names, so it adds it.
+    let overlay = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/overlays/ptrace/kustomization.yaml"),
+    )
+    .expect("deploy/overlays/ptrace/kustomization.yaml");
+    let mut capabilities = capabilities;
+    capabilities.extend(
+        overlay
+            .lines()
+            .filter_map(|line| line.trim().strip_prefix("value: "))
+            .map(|c| format!("+{}", c.trim().to_lowercase())),
+    );
+    assert!(
+        capabilities.contains(&"+sys_ptrace".to_owned()),
+        "{capabilities:?}"
+    );
     // A command capture also creates a cgroup, which needs write access to the cgroup
     // filesystem (SECURITY.md); in the cluster, captures watch existing cgroups and pods.
     let program = workload("spike_source", false);

@@ -40,6 +40,9 @@ pub struct ConfigFile {
     pub timeline_buckets: Option<usize>,
     pub headroom: Option<String>,
     pub socket: Option<String>,
+    pub expose_api: Option<bool>,
+    pub max_connections: Option<usize>,
+    pub report_max_bytes: Option<String>,
 }
 
 /// Validated settings.
@@ -59,6 +62,13 @@ pub struct AgentConfig {
     pub headroom: f64,
     /// Unix socket for capture sessions through the agent; `None` turns them off.
     pub socket: Option<std::path::PathBuf>,
+    /// Serve `/api/v1/report` (every tenant's names, limits and OOM kills) on non-loopback
+    /// addresses too; off by default.
+    pub expose_api: bool,
+    /// HTTP connections served at once.
+    pub max_connections: usize,
+    /// Largest `/api/v1/report` body.
+    pub report_max_bytes: usize,
 }
 
 impl Default for AgentConfig {
@@ -72,11 +82,22 @@ impl Default for AgentConfig {
             timeline_buckets: 256,
             headroom: crate::sizing::DEFAULT_HEADROOM,
             socket: Some(super::session::DEFAULT_SOCKET.into()),
+            expose_api: false,
+            max_connections: 256,
+            report_max_bytes: 16 << 20,
         }
     }
 }
 
 impl AgentConfig {
+    pub fn http_limits(&self) -> super::http::HttpLimits {
+        super::http::HttpLimits {
+            max_connections: self.max_connections,
+            report_max_bytes: self.report_max_bytes,
+            expose_api: self.expose_api,
+        }
+    }
+
     /// Reads a file (when given) over the defaults.
     pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
         let Some(path) = path else {
@@ -196,6 +217,24 @@ impl AgentConfig {
             }
             self.timeline_buckets = buckets;
         }
+        if let Some(expose) = values.expose_api {
+            self.expose_api = expose;
+        }
+        if let Some(max) = values.max_connections {
+            if !(8..=65_536).contains(&max) {
+                return Err(invalid(
+                    "max_connections",
+                    &max.to_string(),
+                    "8 to 65536".into(),
+                ));
+            }
+            self.max_connections = max;
+        }
+        if let Some(size) = &values.report_max_bytes {
+            let bytes = crate::units::parse_bytes_within(size, 1 << 20, 1 << 30)
+                .map_err(|problem| invalid("report_max_bytes", size, problem))?;
+            self.report_max_bytes = usize::try_from(bytes).unwrap_or(usize::MAX);
+        }
         if let Some(headroom) = &values.headroom {
             self.headroom = parse_headroom(headroom)
                 .map_err(|problem| invalid("headroom", headroom, problem))?;
@@ -235,6 +274,8 @@ mod tests {
             ("headroom = \"lots\"", "headroom"),
             ("node = \"\"", "node"),
             ("socket = \"relative.sock\"", "socket"),
+            ("max_connections = 1", "max_connections"),
+            ("report_max_bytes = \"1k\"", "report_max_bytes"),
         ] {
             let err = AgentConfig::from_toml(text, "agent.toml").expect_err(text);
             assert!(err.to_string().starts_with(key), "{text}: {err}");

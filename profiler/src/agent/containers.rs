@@ -19,6 +19,7 @@ use crate::{
     exporters::{ContainerFigures, ContainerLabels, Metrics},
     probes::{KernelView, ProbeError},
     procfs,
+    procfs::{ReadBudget, Skip},
     recording::{
         ChargeBucket, ChargeFacts, KernelBucket, PeakPolicy, Recorder, TargetReportBuilder,
     },
@@ -30,8 +31,15 @@ use crate::{
 /// many ticks: they change rarely, and reading them for every container every tick was most
 /// of an idle agent's CPU with hundreds of containers. Recommendations are refreshed as often.
 pub const SLOW_READ_TICKS: u64 = 10;
-/// Processes of one container whose address space is read per slow tick.
-const MAX_PROCESSES_READ: usize = 256;
+/// Processes of one container whose address space is read per slow tick; a container with
+/// more has its reserved and thread-stack figures marked unavailable (`process_cap`), not
+/// summed over a part of it.
+const MAX_PROCESSES_READ: usize = 1024;
+/// Lines of /proc and cgroup files that grow with a tenant (cgroup.threads, cgroup.procs,
+/// /proc/PID/maps and smaps) read per tick, across every container: about 40,000 mappings of
+/// smaps, tens of milliseconds of the agent's CPU. Containers whose reads did not fit go first
+/// at the next slow tick, so every one is read in turn.
+pub const TICK_READ_LINES: u64 = 1 << 20;
 /// A cgroup whose path cannot be resolved is dropped after this long.
 const UNRESOLVED_GRACE: Duration = Duration::from_secs(60);
 
@@ -42,6 +50,8 @@ pub struct TableSettings {
     pub interval: Duration,
     pub timeline_buckets: usize,
     pub headroom: f64,
+    /// Lines of tenant-sized files read per tick ([`TICK_READ_LINES`] in the agent).
+    pub read_lines: u64,
 }
 
 /// The node's filesystem as a tick reads it: cgroup mounts, the id → path resolver, /proc.
@@ -68,6 +78,10 @@ pub struct Container {
     reserved_peak: u64,
     /// Thread stacks (reserved, resident) on the slow path.
     thread_stacks: Option<(u64, u64)>,
+    /// Why each slow-path figure that is `None` could not be read.
+    gaps: TaskGaps,
+    /// The tick of the last complete slow-path read; `None` before the first.
+    tasks_read: Option<u64>,
     /// The cgroup's charge files, opened once and re-read with pread each tick; None until
     /// they can be opened (retried every [`SLOW_READ_TICKS`]) or after a read fails.
     charge: Option<ChargeReader>,
@@ -184,6 +198,15 @@ impl ContainerTable {
                 container.observe(&node, counters, tick, elapsed_ms, self.settings.interval);
             }
         }
+        let skips = self.read_tasks(&node, tick, &seen);
+        for (reason, count) in skips.by_reason() {
+            if count > 0 {
+                metrics
+                    .reads_skipped
+                    .with_label_values(&[reason.label()])
+                    .inc_by(count);
+            }
+        }
         self.expire(kernel, node.hierarchies, &seen, metrics, tick)?;
         self.export(metrics, tick);
         metrics
@@ -242,6 +265,8 @@ impl ContainerTable {
                 reserved: None,
                 reserved_peak: 0,
                 thread_stacks: None,
+                gaps: TaskGaps::default(),
+                tasks_read: None,
                 charge: None,
                 charged_now: None,
                 limit: None,
@@ -252,6 +277,27 @@ impl ContainerTable {
             },
         );
         true
+    }
+
+    /// The slow-path reads of tasks (threads, reserved address space, thread stacks) under one
+    /// [`ReadBudget`] for the tick: containers never read, then those read longest ago, go
+    /// first. Returns what was skipped, by reason.
+    fn read_tasks(&mut self, node: &NodeFiles<'_>, tick: u64, seen: &[u64]) -> procfs::Skips {
+        let slow = tick.is_multiple_of(SLOW_READ_TICKS);
+        let mut due: Vec<(Option<u64>, u64)> = seen
+            .iter()
+            .filter_map(|id| Some((*id, self.containers.get(id)?)))
+            .filter(|(_, c)| slow || c.tasks_read.is_none())
+            .map(|(id, c)| (c.tasks_read, id))
+            .collect();
+        due.sort_unstable();
+        let mut budget = ReadBudget::new(self.settings.read_lines);
+        for (index, (_, id)) in due.into_iter().enumerate() {
+            if let Some(container) = self.containers.get_mut(&id) {
+                container.read_tasks(node, &mut budget, tick, index == 0);
+            }
+        }
+        budget.skips
     }
 
     /// Expires containers that are gone (their cgroup directory is), and their series.
@@ -318,6 +364,71 @@ impl ContainerTable {
     }
 }
 
+/// Why the slow-path figures that are missing could not be read.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct TaskGaps {
+    threads: Option<Skip>,
+    reserved: Option<Skip>,
+    thread_stacks: Option<Skip>,
+}
+
+impl TaskGaps {
+    /// (figure, reason) pairs for `headroom_container_figure_unavailable`.
+    fn unavailable(&self) -> Vec<(&'static str, &'static str)> {
+        [
+            ("threads", self.threads),
+            ("reserved_bytes", self.reserved),
+            ("thread_stack_bytes", self.thread_stacks),
+        ]
+        .into_iter()
+        .filter_map(|(figure, gap)| Some((figure, gap?.label())))
+        .collect()
+    }
+}
+
+/// Reserved address space (sum of VmSize) and thread stacks (reserved, resident) of these
+/// processes. A process that exits while it is read had nothing reserved by then and is left
+/// out; any other failure makes the figure unknown. Only processes with more than one thread
+/// have their maps read: a single thread's stack is the main stack, which the heuristic does
+/// not count.
+fn read_processes(
+    proc_root: &Path,
+    pids: &[u32],
+    budget: &mut ReadBudget,
+) -> (Result<u64, Skip>, Result<(u64, u64), Skip>) {
+    let mut reserved: Result<u64, Skip> = Ok(0);
+    let mut stacks: Result<(u64, u64), Skip> = Ok((0, 0));
+    for &pid in pids {
+        let threads = match procfs::reserved_and_threads(proc_root, pid, &mut budget.skips) {
+            Ok((bytes, threads)) => {
+                if let Ok(sum) = &mut reserved {
+                    *sum = sum.saturating_add(bytes);
+                }
+                threads
+            }
+            Err(Skip::Gone) => continue,
+            Err(reason) => {
+                reserved = Err(reason);
+                continue;
+            }
+        };
+        if threads < 2 || stacks.is_err() {
+            continue;
+        }
+        match procfs::thread_stacks(proc_root, pid, budget) {
+            Ok((r, s)) => {
+                if let Ok((reserved, resident)) = &mut stacks {
+                    *reserved = reserved.saturating_add(r);
+                    *resident = resident.saturating_add(s);
+                }
+            }
+            Err(Skip::Gone) => {}
+            Err(reason) => stacks = Err(reason),
+        }
+    }
+    (reserved, stacks)
+}
+
 impl Container {
     /// A pod that was not known yet may be now.
     fn rename(&mut self, pods: Option<&PodCache>, metrics: &Metrics) {
@@ -359,7 +470,7 @@ impl Container {
             self.charge = None;
         }
         if fresh || tick.is_multiple_of(SLOW_READ_TICKS) {
-            self.read_slow(node);
+            self.read_limits();
         }
         self.counters = counters;
         // The interval's kernel peak (v2 6.12+), or a new lifetime record: a spike between two
@@ -371,38 +482,81 @@ impl Container {
         );
     }
 
-    /// Threads, reserved address space and thread stacks from cgroupfs and /proc, and the
-    /// limit and OOM kills from the charge files: every [`SLOW_READ_TICKS`].
-    fn read_slow(&mut self, node: &NodeFiles<'_>) {
-        if let Some(path) = self.path.as_deref() {
-            let dir = node.hierarchies.unified.join(path.trim_start_matches('/'));
-            let threads = procfs::read_pids(&dir.join("cgroup.threads"), usize::MAX);
-            self.threads = dir
-                .join("cgroup.threads")
-                .exists()
-                .then_some(threads.len() as u64);
-            // The agent traces no mapping syscalls (they slow every syscall on the node):
-            // reserved address space is the processes' VmSize, sampled here.
-            let pids = procfs::read_pids(&dir.join("cgroup.procs"), MAX_PROCESSES_READ);
-            let reserved: u64 = pids
-                .iter()
-                .filter_map(|&pid| procfs::reserved_bytes(node.proc_root, pid))
-                .sum();
-            self.reserved = Some(reserved);
-            self.reserved_peak = self.reserved_peak.max(reserved);
-            self.thread_stacks = Some(
-                pids.iter()
-                    .filter_map(|&pid| procfs::thread_stacks(node.proc_root, pid))
-                    .fold((0, 0), |(reserved, resident), (r, s)| {
-                        (reserved + r, resident + s)
-                    }),
-            );
-        }
+    /// The limit and OOM kills from the charge files, every [`SLOW_READ_TICKS`].
+    fn read_limits(&mut self) {
         if let Some(charge) = &self.charge {
             self.limit = charge.limit();
             if let Some(kills) = charge.oom_kills() {
                 self.cgroup_oom_kills = self.cgroup_oom_kills.max(kills);
             }
+        }
+    }
+
+    /// Threads, reserved address space and thread stacks from cgroupfs and /proc, streamed
+    /// under `budget`. A figure that could not be read is `None` with its reason in `gaps`,
+    /// never a partial sum or a zero. When the budget runs out the container keeps its last
+    /// figures and is read first next time; `first` (the container that waited longest) is
+    /// read to the end or marked, so that one huge container cannot starve every other.
+    fn read_tasks(
+        &mut self,
+        node: &NodeFiles<'_>,
+        budget: &mut ReadBudget,
+        tick: u64,
+        first: bool,
+    ) {
+        let Some(path) = self.path.as_deref() else {
+            return;
+        };
+        if budget.exhausted() && !first {
+            budget.skips.add(Skip::TickBudget);
+            self.defer();
+            return;
+        }
+        let dir = node.hierarchies.unified.join(path.trim_start_matches('/'));
+        let threads = procfs::count_pids(&dir.join("cgroup.threads"), budget);
+        let (reserved, stacks) = match procfs::read_pids_bounded(
+            &dir.join("cgroup.procs"),
+            MAX_PROCESSES_READ,
+            budget,
+        ) {
+            Ok((_, true)) => {
+                budget.skips.add(Skip::ProcessCap);
+                (Err(Skip::ProcessCap), Err(Skip::ProcessCap))
+            }
+            Ok((pids, false)) => read_processes(node.proc_root, &pids, budget),
+            Err(reason) => (Err(reason), Err(reason)),
+        };
+        let out_of_budget =
+            [threads.err(), reserved.err(), stacks.err()].contains(&Some(Skip::TickBudget));
+        if out_of_budget && !first {
+            self.defer();
+            return;
+        }
+        self.gaps = TaskGaps {
+            threads: threads.err(),
+            reserved: reserved.err(),
+            thread_stacks: stacks.err(),
+        };
+        self.threads = threads.ok();
+        self.reserved = reserved.ok();
+        if let Some(reserved) = self.reserved {
+            self.reserved_peak = self.reserved_peak.max(reserved);
+        }
+        self.thread_stacks = stacks.ok();
+        self.tasks_read = Some(tick);
+    }
+
+    /// The reads did not fit this tick: the last figures stay; a figure never read is a gap.
+    fn defer(&mut self) {
+        let never = Some(Skip::TickBudget);
+        if self.threads.is_none() {
+            self.gaps.threads = self.gaps.threads.or(never);
+        }
+        if self.reserved.is_none() {
+            self.gaps.reserved = self.gaps.reserved.or(never);
+        }
+        if self.thread_stacks.is_none() {
+            self.gaps.thread_stacks = self.gaps.thread_stacks.or(never);
         }
     }
 
@@ -432,6 +586,7 @@ impl Container {
             reserved_peak_bytes: self.reserved.map(|_| self.reserved_peak),
             thread_stack_reserved_bytes: self.thread_stacks.map(|(reserved, _)| reserved),
             thread_stack_resident_bytes: self.thread_stacks.map(|(_, resident)| resident),
+            unavailable: self.gaps.unavailable(),
             recommended_request_bytes: self.recommendation.as_ref().map(|r| r.request_bytes),
             recommended_limit_bytes: self.recommendation.as_ref().map(|r| r.limit_bytes),
         }
@@ -506,6 +661,7 @@ mod tests {
             interval: Duration::from_millis(100),
             timeline_buckets: 4096,
             headroom: 0.25,
+            read_lines: TICK_READ_LINES,
         })
     }
 
@@ -690,6 +846,126 @@ mod tests {
         assert_eq!(table.len(), 0);
         assert_eq!(kernel.forgotten, vec![id]);
         assert!(metric(&registry, "headroom_container_memory_charged_bytes").is_none());
+    }
+
+    /// A process with more mappings than the agent reads: its container's thread-stack figure
+    /// is a gap with its reason (not a zero or a partial sum), the skip is counted, and the
+    /// figures that could be read are still exported.
+    #[test]
+    fn a_process_with_too_many_mappings_is_a_counted_gap_not_a_zero() {
+        let node = FakeNode::new("mappings");
+        let proc_root = node.root.join("procfs");
+        let pid_dir = proc_root.join("proc/4242");
+        fs::create_dir_all(&pid_dir).expect("fixture");
+        fs::write(pid_dir.join("status"), "VmSize:\t  4096 kB\nThreads:\t2\n").expect("w");
+        let mut maps = String::new();
+        for i in 0..(procfs::MAX_MAPPINGS_READ + 10) {
+            let start = 0x1000_0000 + i * 0x2000;
+            maps.push_str(&format!(
+                "{start:x}-{:x} r--p 00000000 00:00 0\n",
+                start + 0x1000
+            ));
+        }
+        fs::write(pid_dir.join("maps"), maps).expect("w");
+        node.write("cgroup.procs", "4242\n");
+        let mut resolver = CgroupResolver::new(&node.root, 16);
+        let registry = Registry::new();
+        let metrics = Metrics::new(&registry).expect("metrics");
+        let mut table = table();
+        let mut kernel = FakeKernel::default();
+        let id = node.id();
+        node.set_charge(64 * MIB);
+        kernel.set_resident(id, 60 * MIB, 0, 2);
+        let files = NodeFiles {
+            hierarchies: &node.hierarchies,
+            resolver: &mut resolver,
+            proc_root: &proc_root,
+        };
+        table
+            .tick(
+                &mut kernel,
+                files,
+                None,
+                &metrics,
+                (1, Duration::from_millis(100)),
+            )
+            .expect("tick");
+        let text = crate::exporters::encode(&registry).expect("encode");
+        assert!(
+            text.contains(r#"headroom_agent_reads_skipped_total{reason="file_cap"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"figure="thread_stack_bytes""#)
+                && text.contains(r#"reason="file_cap""#),
+            "{text}"
+        );
+        assert!(
+            !text.contains("headroom_container_thread_stack_reserved_bytes{"),
+            "{text}"
+        );
+        assert_eq!(
+            metric(&registry, "headroom_container_memory_reserved_bytes"),
+            Some(4096.0 * 1024.0)
+        );
+        assert_eq!(metric(&registry, "headroom_container_threads"), Some(3.0));
+    }
+
+    /// Two containers whose reads do not both fit the tick's budget: the one that waited is
+    /// read first, the other keeps a gap (`tick_budget`, not a zero) until the next tick, when
+    /// it goes first and is read in turn.
+    #[test]
+    fn reads_that_do_not_fit_the_budget_wait_and_go_first_next_time() {
+        let node = FakeNode::new("budget");
+        let second = node.root.join("test.slice/other.service");
+        fs::create_dir_all(&second).expect("second cgroup");
+        for file in ["memory.current", "memory.max"] {
+            fs::write(second.join(file), "1048576\n").expect("w");
+        }
+        fs::write(second.join("cgroup.procs"), "").expect("w");
+        fs::write(second.join("cgroup.threads"), "4\n5\n6\n").expect("w");
+        let ids = [node.id(), fs::metadata(&second).expect("dir").ino()];
+        let mut resolver = CgroupResolver::new(&node.root, 16);
+        let registry = Registry::new();
+        let metrics = Metrics::new(&registry).expect("metrics");
+        // Three lines of cgroup.threads each: room for one container and a bit.
+        let mut table = ContainerTable::new(TableSettings {
+            read_lines: 4,
+            ..table().settings
+        });
+        let mut kernel = FakeKernel::default();
+        for id in ids {
+            kernel.set_resident(id, MIB, 0, 3);
+        }
+        let read = |table: &ContainerTable| -> Vec<Option<u64>> {
+            ids.iter()
+                .map(|id| table.get(*id).expect("tracked").threads)
+                .collect()
+        };
+        tick(&mut table, &mut kernel, &node, &mut resolver, &metrics, 1);
+        let first = read(&table);
+        assert_eq!(
+            first.iter().filter(|t| **t == Some(3)).count(),
+            1,
+            "{first:?}"
+        );
+        let waiting = ids[first.iter().position(Option::is_none).expect("one waits")];
+        assert_eq!(
+            table.get(waiting).expect("tracked").gaps.threads,
+            Some(Skip::TickBudget)
+        );
+        let text = crate::exporters::encode(&registry).expect("encode");
+        assert!(
+            text.contains(r#"headroom_agent_reads_skipped_total{reason="tick_budget"}"#),
+            "{text}"
+        );
+        assert!(text.contains(r#"reason="tick_budget""#) && text.contains(r#"figure="threads""#));
+        tick(&mut table, &mut kernel, &node, &mut resolver, &metrics, 2);
+        assert_eq!(read(&table), [Some(3), Some(3)]);
+        assert_eq!(
+            table.get(waiting).expect("tracked").gaps,
+            TaskGaps::default()
+        );
     }
 
     #[test]

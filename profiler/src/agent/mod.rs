@@ -10,7 +10,10 @@ pub mod session;
 use std::{
     collections::HashMap,
     path::Path,
-    sync::{Arc, Mutex},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex,
+    },
     time::Duration,
 };
 
@@ -55,12 +58,16 @@ pub enum AgentError {
     Session(#[from] session::SessionError),
 }
 
+/// Ring-buffer batches drained but not yet handled by the agent's loop (each is what the ring
+/// held at one wake-up, at most its capacity).
+const EVENT_BATCHES: usize = 16;
 /// Pods kept in the metadata cache.
 const POD_CAPACITY: usize = 1024;
 /// What the HTTP handlers read.
 pub struct Shared {
     containers: ContainerTable,
-    ready: bool,
+    /// Ticks done: the rendered report is reused until this moves.
+    tick: u64,
     drops: DropCounts,
     headroom: f64,
 }
@@ -142,8 +149,9 @@ struct Agent {
     resolver: CgroupResolver,
     hierarchies: Hierarchies,
     pods: Option<PodWatch>,
-    metrics: Metrics,
+    metrics: Arc<Metrics>,
     shared: Arc<Mutex<Shared>>,
+    ready: Arc<AtomicBool>,
     previous_drops: DropCounts,
     previous_bpf: HashMap<&'static str, (Duration, u64)>,
     started: std::time::Instant,
@@ -338,6 +346,7 @@ fn find_pod(
 }
 impl Agent {
     fn tick(&mut self) -> Result<(), AgentError> {
+        let _timer = self.metrics.tick_seconds.start_timer();
         self.ticks += 1;
         let pods_guard = self.pods.as_ref().and_then(|(cache, _)| cache.lock().ok());
         let mut shared = self
@@ -359,8 +368,9 @@ impl Agent {
         drop(pods_guard);
         let drops = self.probes.drops()?;
         shared.drops = drops;
-        shared.ready = true;
+        shared.tick = self.ticks;
         drop(shared);
+        self.ready.store(true, Ordering::Relaxed);
         self.export_self(drops, tracked);
         Ok(())
     }
@@ -409,7 +419,7 @@ impl Agent {
 pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
     let hierarchies = Hierarchies::discover(Path::new("/"))?;
     let registry = Registry::new();
-    let metrics = Metrics::new(&registry)?;
+    let metrics = Arc::new(Metrics::new(&registry)?);
     let mut probes = load_probes(&config)?;
     let seeded = seed_running_processes(&mut probes, &hierarchies, config.max_containers);
     tracing::info!(cgroups = seeded, "running processes seeded from /proc");
@@ -428,12 +438,21 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
             interval: config.interval,
             timeline_buckets: config.timeline_buckets,
             headroom: config.headroom,
+            read_lines: containers::TICK_READ_LINES,
         }),
-        ready: false,
+        tick: 0,
         drops: DropCounts::default(),
         headroom: config.headroom,
     }));
-    let servers = Servers::start(&config, registry, shared.clone()).await?;
+    let ready = Arc::new(AtomicBool::new(false));
+    let state = http::HttpState::new(
+        registry,
+        shared.clone(),
+        ready.clone(),
+        metrics.clone(),
+        config.http_limits(),
+    );
+    let servers = Servers::start(&config, state).await?;
     let mut agent = Agent {
         resolver: CgroupResolver::new(&hierarchies.unified, config.max_containers * 4),
         hierarchies,
@@ -442,6 +461,7 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
         pods,
         metrics,
         shared,
+        ready,
         previous_drops: DropCounts::default(),
         previous_bpf: HashMap::new(),
         started: std::time::Instant::now(),
@@ -453,7 +473,27 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
         socket,
         mut session_requests,
     } = servers;
-    agent.serve(&mut events, &mut session_requests).await?;
+    // The ring is drained on a runtime worker, not on the agent's loop, so a slow tick does not
+    // let it fill: batches wait in a bounded channel (when that is full too, the drainer
+    // waits and the kernel counts what it drops).
+    let (batch_sender, mut batches) = tokio::sync::mpsc::channel(EVENT_BATCHES);
+    let drainer = tokio::spawn(async move {
+        loop {
+            match events.next_batch().await {
+                Ok(batch) => {
+                    if batch_sender.send(batch).await.is_err() {
+                        return;
+                    }
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "reading the event ring buffer failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    });
+    agent.serve(&mut batches, &mut session_requests).await?;
+    drainer.abort();
     tracing::info!("shutting down: detaching probes");
     // Sessions end with their reports, so a client never waits on a dead agent.
     agent.step_sessions(true);
@@ -496,19 +536,19 @@ struct Servers {
 }
 
 impl Servers {
-    async fn start(
-        config: &AgentConfig,
-        registry: Registry,
-        shared: Arc<Mutex<Shared>>,
-    ) -> Result<Self, AgentError> {
+    async fn start(config: &AgentConfig, state: http::HttpState) -> Result<Self, AgentError> {
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .map_err(|source| AgentError::Listen {
                 address: config.listen,
                 source,
             })?;
-        tracing::info!(address = %config.listen, "serving /metrics, /healthz, /readyz, /api/v1/report");
-        let http = tokio::spawn(http::serve(listener, Arc::new(registry), shared));
+        tracing::info!(
+            address = %config.listen,
+            api = if config.expose_api { "every address" } else { "loopback connections only" },
+            "serving /metrics, /healthz, /readyz, /api/v1/report"
+        );
+        let http = tokio::spawn(http::serve(listener, Arc::new(state)));
         let (session_sender, session_requests) = tokio::sync::mpsc::channel(8);
         let socket = match &config.socket {
             Some(path) => {
@@ -526,11 +566,14 @@ impl Servers {
     }
 }
 
+/// One drain of the ring buffer.
+type EventBatch = Vec<Result<probes::ProbeEvent, probes::DecodeError>>;
+
 impl Agent {
     /// The agent's loop: ticks, ring-buffer draining, sessions, until SIGINT or SIGTERM.
     async fn serve(
         &mut self,
-        events: &mut probes::EventStream,
+        batches: &mut tokio::sync::mpsc::Receiver<EventBatch>,
         session_requests: &mut tokio::sync::mpsc::Receiver<session::SessionStart>,
     ) -> Result<(), AgentError> {
         let mut interrupts = signal(SignalKind::interrupt()).map_err(AgentError::Signals)?;
@@ -546,12 +589,9 @@ impl Agent {
                         tracing::warn!(error = %err, "agent tick failed");
                     }
                 }
-                // Process starts and exits, OOM kills and sessions' stack samples: drained
-                // always, so the ring never fills and drops mean real losses.
-                batch = events.next_batch() => match batch {
-                    Ok(batch) => self.record_events(&batch),
-                    Err(err) => tracing::warn!(error = %err, "reading the event ring buffer failed"),
-                },
+                // Process starts and exits, OOM kills and sessions' stack samples, drained by
+                // their own task so the ring never fills and drops mean real losses.
+                Some(batch) = batches.recv() => self.record_events(&batch),
                 Some(start) = session_requests.recv() => self.start_session(start),
                 _ = session_tick.tick(), if !self.sessions.is_empty() => self.step_sessions(false),
                 _ = interrupts.recv() => return Ok(()),

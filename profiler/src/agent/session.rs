@@ -10,8 +10,12 @@
 //! `{"stop":true}` (Ctrl-C); closing the connection also stops the session. The agent answers
 //! with [`ServerMessage`]s: `started`, `progress` (every 500 ms), then `finished` or `error`.
 //!
-//! Access: the socket is created mode 0600 in a 0700 directory, and each connection's peer
-//! credentials are checked: only root and the agent's own user may start sessions.
+//! Access: the socket is created mode 0600 in a directory forced to 0700 (whoever created it:
+//! the DaemonSet's emptyDir is 0777), and each connection's peer credentials are checked:
+//! only root and the agent's own user may start sessions. A shared sticky directory such as
+//! /tmp, a symlink, or a directory of another user is refused. At most [`MAX_CONNECTIONS`]
+//! connections are open at once, and one that sends no request line within
+//! [`FIRST_LINE_TIMEOUT`] is closed.
 
 use std::{
     os::unix::fs::{FileTypeExt as _, PermissionsExt as _},
@@ -46,8 +50,16 @@ pub const DEFAULT_SOCKET: &str = "/run/headroom/agent.sock";
 pub const PROTOCOL_VERSION: u32 = 1;
 /// Sessions at once: each keeps a timeline and up to `max_stacks` stacks.
 pub const MAX_SESSIONS: usize = 4;
+/// Most distinct stacks a session in the agent keeps: each holds up to 127 frames and their
+/// symbols until the session ends, inside the agent's memory limit (8,192 deep stacks were
+/// ~80 MB at session end). A standalone capture accepts more.
+pub const MAX_SESSION_STACKS: usize = 16_384;
 /// Longest session.
 pub const MAX_SESSION: Duration = Duration::from_secs(3600);
+/// Connections open at once (a session holds one; the rest are refused at [`MAX_SESSIONS`]).
+pub const MAX_CONNECTIONS: usize = 16;
+/// A connection must send its request line within this long.
+pub const FIRST_LINE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest request line accepted.
 const MAX_REQUEST_BYTES: usize = 64 * 1024;
 /// The charge is sampled this often during a session ...
@@ -65,6 +77,8 @@ pub enum SessionError {
         #[source]
         source: std::io::Error,
     },
+    #[error("the socket directory {path} {problem}; choose a directory of its own, e.g. /run/headroom, with --socket")]
+    SharedDirectory { path: String, problem: &'static str },
     #[error("{path} exists and is not a socket; remove it or choose another path with --socket")]
     NotASocket { path: String },
     #[error("cannot listen on {path} (is another agent running?)")]
@@ -132,12 +146,12 @@ impl SessionRequest {
                 MAX_SESSION.as_secs()
             ));
         }
-        let max_stacks = crate::stacks::MAX_STACKS_LIMIT;
-        if !(16..=max_stacks).contains(&self.max_stacks) {
+        if !(16..=MAX_SESSION_STACKS).contains(&self.max_stacks) {
             // Each kept stack holds up to 127 frames in the agent's memory until the end.
             return Err(format!(
-                "--max-stacks {} is out of range: a session keeps 16 to {max_stacks} stacks",
-                self.max_stacks
+                "--max-stacks {} is out of range: a session through the agent keeps 16 to {MAX_SESSION_STACKS} stacks (the agent shares its memory limit with the node's monitoring); lower it, or run `headroom capture --standalone` for up to {}",
+                self.max_stacks,
+                crate::stacks::MAX_STACKS_LIMIT
             ));
         }
         if !(64 << 10..=1 << 30).contains(&self.fault_sample_bytes)
@@ -216,9 +230,12 @@ pub fn listen(path: &Path) -> Result<UnixListener, SessionError> {
         };
         if !parent.exists() {
             std::fs::create_dir_all(parent).map_err(directory_error)?;
-            std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o700))
-                .map_err(directory_error)?;
         }
+        check_socket_directory(parent)?;
+        // Forced whoever made it: a 0777 emptyDir would let anyone on the node replace the
+        // socket with their own.
+        std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o700))
+            .map_err(directory_error)?;
     }
     match std::fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_socket() => {
@@ -255,13 +272,53 @@ pub fn listen(path: &Path) -> Result<UnixListener, SessionError> {
     Ok(listener)
 }
 
-/// Accepts connections until the task is aborted.
+/// Refuses a directory that is not the agent's own to lock down: a symlink, a shared sticky
+/// directory (/tmp), or one owned by another user.
+fn check_socket_directory(dir: &Path) -> Result<(), SessionError> {
+    use std::os::unix::fs::MetadataExt as _;
+    let refuse = |problem| SessionError::SharedDirectory {
+        path: dir.display().to_string(),
+        problem,
+    };
+    let meta = std::fs::symlink_metadata(dir).map_err(|source| SessionError::Directory {
+        path: dir.display().to_string(),
+        source,
+    })?;
+    if meta.file_type().is_symlink() {
+        return Err(refuse("is a symbolic link"));
+    }
+    if !meta.is_dir() {
+        return Err(refuse("is not a directory"));
+    }
+    if meta.mode() & 0o1000 != 0 {
+        return Err(refuse("is a shared sticky directory (like /tmp)"));
+    }
+    // SAFETY: geteuid(2) cannot fail.
+    if meta.uid() != unsafe { libc::geteuid() } {
+        return Err(refuse("belongs to another user"));
+    }
+    Ok(())
+}
+
+/// Accepts connections until the task is aborted; past [`MAX_CONNECTIONS`] a connection is
+/// closed at once.
 pub async fn serve(listener: UnixListener, sessions: mpsc::Sender<SessionStart>) {
+    let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(10)).await;
             continue;
         };
-        tokio::spawn(handle_connection(stream, sessions.clone()));
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            tracing::warn!("refusing a session connection: {MAX_CONNECTIONS} are open");
+            drop(stream);
+            continue;
+        };
+        let sessions = sessions.clone();
+        tokio::spawn(async move {
+            handle_connection(stream, sessions).await;
+            drop(permit);
+        });
     }
 }
 
@@ -292,7 +349,17 @@ async fn handle_connection(stream: UnixStream, sessions: mpsc::Sender<SessionSta
         return;
     }
     let mut lines = BufReader::new(read.take(MAX_REQUEST_BYTES as u64 * 4)).lines();
-    let request = match lines.next_line().await {
+    let first = match tokio::time::timeout(FIRST_LINE_TIMEOUT, lines.next_line()).await {
+        Ok(first) => first,
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!(
+                "no request within {} s; send it as the first line",
+                FIRST_LINE_TIMEOUT.as_secs()
+            ),
+        )),
+    };
+    let request = match first {
         Ok(Some(line)) if line.len() <= MAX_REQUEST_BYTES => {
             serde_json::from_str::<SessionRequest>(&line).map_err(|err| err.to_string())
         }
@@ -629,12 +696,15 @@ mod tests {
         assert_eq!(back, request());
         assert!(back.validate().is_ok());
         let mut bad = request();
+        bad.max_stacks = MAX_SESSION_STACKS + 1;
+        assert!(bad.validate().unwrap_err().contains("--standalone"));
+        let mut bad = request();
         bad.duration_ms = 0;
         assert!(bad.validate().unwrap_err().contains("--duration"));
         // 1e6 stacks of 127 frames would hold ~1 GB in the agent until the session ends.
         let mut bad = request();
         bad.max_stacks = 1_000_000;
-        assert!(bad.validate().unwrap_err().contains("16 to 65536"));
+        assert!(bad.validate().unwrap_err().contains("16 to 16384"));
         let mut bad = request();
         bad.version = 99;
         assert!(bad
@@ -671,6 +741,30 @@ mod tests {
         drop(listener);
         // The file stays after the listener is gone; a new agent replaces it.
         assert!(listen(&path).is_ok());
+        // A directory someone else made loosely is locked down when the agent takes it.
+        std::fs::set_permissions(dir.join("sub"), std::fs::Permissions::from_mode(0o777))
+            .expect("chmod");
+        drop(listen(&path).expect("listen again"));
+        let dir_mode = std::fs::metadata(dir.join("sub"))
+            .expect("dir")
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(dir_mode, 0o700);
+        // A shared sticky directory is refused, not locked down.
+        let sticky = dir.join("sticky");
+        std::fs::create_dir(&sticky).expect("dir");
+        std::fs::set_permissions(&sticky, std::fs::Permissions::from_mode(0o1777)).expect("chmod");
+        let err = listen(&sticky.join("agent.sock")).expect_err("sticky");
+        assert!(err.to_string().contains("sticky"), "{err}");
+        assert_eq!(
+            std::fs::metadata(&sticky)
+                .expect("dir")
+                .permissions()
+                .mode()
+                & 0o7777,
+            0o1777
+        );
         let regular = dir.join("not-a-socket");
         std::fs::write(&regular, b"x").expect("file");
         assert!(matches!(

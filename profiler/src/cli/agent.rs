@@ -32,6 +32,15 @@ pub struct AgentArgs {
     #[arg(long, value_name = "N")]
     pub max_containers: Option<usize>,
 
+    /// Serve /api/v1/report (every tenant's names, limits and OOM kills) on every address
+    /// the agent listens on, not only to loopback connections (default off).
+    #[arg(long)]
+    pub expose_api: bool,
+
+    /// HTTP connections served at once; more are closed at once (default 256).
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<usize>,
+
     /// Unix socket where `headroom capture --pod/--cgroup` asks this agent for sessions
     /// (default /run/headroom/agent.sock; "" turns sessions off).
     #[arg(long, value_name = "PATH")]
@@ -50,9 +59,30 @@ pub(super) fn run_agent(args: AgentArgs) -> anyhow::Result<u8> {
         interval: args.interval,
         max_containers: args.max_containers,
         socket: args.socket,
+        expose_api: args.expose_api.then_some(true),
+        max_connections: args.max_connections,
         ..ConfigFile::default()
     })?;
-    let runtime = super::current_thread_runtime()?;
+    // glibc gives each thread that allocates its own malloc arena (up to 8 per core), each
+    // keeping freed memory of its own; the agent lives in a 56 MiB limit. Two arenas keep the
+    // runtime's threads from contending on one lock without multiplying that slack.
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt(3) only sets a malloc tunable; no other thread exists yet.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+    // One worker serves HTTP, the session socket and the ring drainer; the agent's own loop
+    // (ticks with their /proc and cgroup reads, sessions) runs in `block_on` on this thread, so
+    // a slow tick never holds up /healthz. /metrics encoding and report rendering go to one
+    // blocking thread, one at a time: with two workers and two blocking threads they ran side
+    // by side and the agent's charge peak under tests/privileged/load.rs rose from 48 to
+    // 58-68 MiB; with one of each it was 47 MiB (the DaemonSet's limit is 56 MiB).
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .max_blocking_threads(1)
+        .thread_name("headroom-agent")
+        .enable_all()
+        .build()?;
     runtime.block_on(crate::agent::run(config))?;
     Ok(0)
 }

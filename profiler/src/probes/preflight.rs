@@ -27,8 +27,9 @@ const TRACEFS_MOUNTS: [&str; 2] = ["sys/kernel/tracing", "sys/kernel/debug/traci
 pub enum PreflightError {
     #[error(
         "headroom lacks {missing} to load and attach its eBPF probes. Run it as root, or grant \
-         the capabilities: `sudo setcap cap_bpf,cap_perfmon,cap_sys_admin+ep $(command -v headroom)` \
-         (in Kubernetes: securityContext.capabilities.add [BPF, PERFMON, SYS_ADMIN])"
+         the capabilities: `sudo setcap cap_bpf,cap_perfmon+ep $(command -v headroom)` \
+         (in Kubernetes: securityContext.capabilities.add [BPF, PERFMON]; SYS_ADMIN only on \
+         kernels before 5.8, which have neither; see SECURITY.md)"
     )]
     MissingCapabilities { missing: String },
     #[error(

@@ -3,7 +3,12 @@
 
 use std::path::Path;
 
-use super::{read_proc_file, resident_in_ranges, ProcfsError};
+use std::ops::ControlFlow;
+
+use super::{
+    lines::{for_each_line, Limits, ReadBudget, Skip},
+    proc_path, read_proc_file, resident_in_ranges_bounded, ProcfsError,
+};
 
 /// Largest guard mapping the thread-stack heuristic accepts below a stack.
 const MAX_STACK_GUARD_BYTES: u64 = 1 << 20;
@@ -97,49 +102,98 @@ pub fn read_maps(root: &Path, pid: u32) -> Option<String> {
     read_proc_file(root, Some(pid), "maps").ok()
 }
 
-/// Thread stacks as glibc and musl lay them out, found in a /proc/PID/maps text: an anonymous
-/// private read-write mapping directly above a no-access guard mapping (the stack grows down
-/// towards its guard). Returns the stack ranges, guard included. A heuristic for the agent,
-/// which traces no mmap calls: runtimes with their own stack layout (Go, the JVM) are not
-/// recognised.
-pub fn thread_stack_ranges(maps: &str) -> Vec<(u64, u64)> {
-    let mut ranges = Vec::new();
-    let mut guard: Option<(u64, u64)> = None;
-    for line in maps.lines() {
+/// Most mappings of one process the agent reads: a process may hold 65,530 (the default
+/// `vm.max_map_count`) or far more; one with more thread stacks than this reads as a gap.
+pub const MAX_MAPPINGS_READ: u64 = 16_384;
+/// Most thread stacks kept for one process (each range is 16 bytes).
+const MAX_STACKS: usize = 16_384;
+
+/// Thread stacks as glibc and musl lay them out, found one /proc/PID/maps line at a time: an
+/// anonymous private read-write mapping directly above a no-access guard mapping (the stack
+/// grows down towards its guard). A heuristic for the agent, which traces no mmap calls:
+/// runtimes with their own stack layout (Go, the JVM) are not recognised.
+#[derive(Debug, Default)]
+pub struct StackFinder {
+    ranges: Vec<(u64, u64)>,
+    guard: Option<(u64, u64)>,
+    overflow: bool,
+}
+
+impl StackFinder {
+    /// Takes the next maps line.
+    pub fn line(&mut self, line: &str) {
         let Ok(mapping) = parse_maps_line(line) else {
-            guard = None;
-            continue;
+            self.guard = None;
+            return;
         };
         let anonymous = mapping.anonymous();
-        match guard {
+        match self.guard {
             Some((guard_start, guard_end))
                 if anonymous && mapping.perms.starts_with("rw-p") && mapping.start == guard_end =>
             {
-                ranges.push((guard_start, mapping.end));
-                guard = None;
+                if self.ranges.len() < MAX_STACKS {
+                    self.ranges.push((guard_start, mapping.end));
+                } else {
+                    self.overflow = true;
+                }
+                self.guard = None;
             }
             _ => {
                 let small = mapping
                     .end
                     .checked_sub(mapping.start)
                     .is_some_and(|length| length <= MAX_STACK_GUARD_BYTES);
-                guard = (anonymous && mapping.perms.starts_with("---p") && small)
+                self.guard = (anonymous && mapping.perms.starts_with("---p") && small)
                     .then_some((mapping.start, mapping.end));
             }
         }
     }
-    ranges
+
+    /// The stack ranges found, guard included; `Err` when there were more than could be kept.
+    pub fn finish(self) -> Result<Vec<(u64, u64)>, Skip> {
+        if self.overflow {
+            Err(Skip::ProcessCap)
+        } else {
+            Ok(self.ranges)
+        }
+    }
 }
 
-/// Thread-stack (reserved, resident) of a process with more than one thread.
-pub fn thread_stacks(root: &Path, pid: u32) -> Option<(u64, u64)> {
-    let maps = read_maps(root, pid)?;
-    let ranges = thread_stack_ranges(&maps);
+/// [`StackFinder`] over a whole /proc/PID/maps text.
+pub fn thread_stack_ranges(maps: &str) -> Vec<(u64, u64)> {
+    let mut finder = StackFinder::default();
+    for line in maps.lines() {
+        finder.line(line);
+    }
+    finder.ranges
+}
+
+/// Thread-stack (reserved, resident) of a process, from /proc/PID/maps and smaps streamed
+/// under `budget` and [`MAX_MAPPINGS_READ`]: `Err` names why the figure is not known (a cap,
+/// the budget, no permission, or the process went away), and is counted in `budget.skips`.
+pub fn thread_stacks(root: &Path, pid: u32, budget: &mut ReadBudget) -> Result<(u64, u64), Skip> {
+    let mut finder = StackFinder::default();
+    let limits = Limits {
+        max_lines: MAX_MAPPINGS_READ,
+        ..Limits::default()
+    };
+    for_each_line(
+        &proc_path(root, Some(pid), "maps"),
+        limits,
+        budget,
+        |line| {
+            finder.line(line);
+            ControlFlow::Continue(())
+        },
+    )?;
+    let ranges = finder
+        .finish()
+        .inspect_err(|&reason| budget.skips.add(reason))?;
     let reserved = ranges.iter().fold(0u64, |sum, (low, high)| {
         sum.saturating_add(high.saturating_sub(*low))
     });
-    let resident = resident_in_ranges(root, pid, &ranges)?;
-    Some((reserved, resident))
+    let resident = resident_in_ranges_bounded(root, pid, &ranges, budget)?;
+    Ok((reserved, resident))
 }
 
 #[cfg(test)]

@@ -5,8 +5,9 @@
 //! - [`smaps`]: resident bytes of chosen mappings (/proc/PID/smaps);
 //! - [`status`]: /proc/PID/status counters (threads, resident members, VmSize);
 //! - [`tree`]: process trees from /proc/PID/stat;
+//! - [`lines`]: streaming, capped reads under a per-tick budget, and why a read was skipped;
 //!
-//! plus the pid lists of cgroup files (`cgroup.procs`, `cgroup.threads`).
+//! plus the pid lists of cgroup files (`cgroup.procs`, `cgroup.threads`), streamed.
 
 use std::{
     fs, io,
@@ -15,15 +16,21 @@ use std::{
 
 use thiserror::Error;
 
+pub mod lines;
 mod maps;
 mod smaps;
 mod status;
 mod tree;
 
-pub use maps::{parse_maps_line, read_maps, thread_stack_ranges, thread_stacks, MapsLine};
-pub use smaps::{resident_in_ranges, smaps_rss_in_ranges};
+pub use lines::{ReadBudget, Skip, Skips};
+pub use maps::{
+    parse_maps_line, read_maps, thread_stack_ranges, thread_stacks, MapsLine, StackFinder,
+    MAX_MAPPINGS_READ,
+};
+pub use smaps::{resident_in_ranges, resident_in_ranges_bounded, smaps_rss_in_ranges};
 pub use status::{
-    parse_status_resident, parse_status_vm_size, reserved_bytes, resident_by_member, thread_count,
+    parse_status_resident, parse_status_vm_size, reserved_and_threads, reserved_bytes,
+    resident_by_member, thread_count,
 };
 pub use tree::{parent_pid, process_tree};
 
@@ -59,16 +66,52 @@ pub fn process_exists(root: &Path, pid: u32) -> bool {
 }
 
 /// The pids (or thread ids) listed in a `cgroup.procs` or `cgroup.threads` file, at most
-/// `limit` of them; empty when the file is gone or unreadable.
+/// `limit` of them; empty when the file is gone or unreadable. Streamed: a cgroup with a
+/// million tasks costs `limit` entries, not the file.
 pub fn read_pids(file: &Path, limit: usize) -> Vec<u32> {
-    fs::read_to_string(file)
-        .map(|text| {
-            text.lines()
-                .filter_map(|line| line.trim().parse().ok())
-                .take(limit)
-                .collect()
-        })
+    read_pids_bounded(file, limit, &mut ReadBudget::unlimited())
+        .map(|(pids, _)| pids)
         .unwrap_or_default()
+}
+
+/// Limits of a pid list line (a pid is at most 7 digits; garbage longer than this is skipped).
+const PID_LINE: lines::Limits = lines::Limits {
+    max_line_bytes: 32,
+    max_lines: u64::MAX,
+};
+
+/// The first `limit` pids of a `cgroup.procs` or `cgroup.threads` file, and whether there were
+/// more; `Err` when the file could not be read (counted in `budget.skips`). Reading stops at
+/// the first pid past `limit`, so the budget pays for `limit + 1` lines at most.
+pub fn read_pids_bounded(
+    file: &Path,
+    limit: usize,
+    budget: &mut ReadBudget,
+) -> Result<(Vec<u32>, bool), Skip> {
+    let mut pids = Vec::new();
+    let mut more = false;
+    lines::for_each_line(file, PID_LINE, budget, |line| {
+        if let Ok(pid) = line.trim().parse() {
+            if pids.len() >= limit {
+                more = true;
+                return std::ops::ControlFlow::Break(());
+            }
+            pids.push(pid);
+        }
+        std::ops::ControlFlow::Continue(())
+    })?;
+    Ok((pids, more))
+}
+
+/// The number of pids in a `cgroup.procs` or `cgroup.threads` file, counted without keeping
+/// them (a line costs the budget like any other).
+pub fn count_pids(file: &Path, budget: &mut ReadBudget) -> Result<u64, Skip> {
+    let mut count = 0u64;
+    lines::for_each_line(file, PID_LINE, budget, |line| {
+        count += u64::from(line.trim().parse::<u32>().is_ok());
+        std::ops::ControlFlow::Continue(())
+    })?;
+    Ok(count)
 }
 
 /// The process's command name (/proc/PID/comm).

@@ -1,17 +1,30 @@
 //! /proc/PID/smaps: resident bytes of the mappings in chosen address ranges.
 
-use std::path::Path;
+use std::{ops::ControlFlow, path::Path};
 
-use super::read_proc_file;
+use super::{
+    lines::{for_each_line, Limits, ReadBudget, Skip},
+    maps::MAX_MAPPINGS_READ,
+    proc_path,
+};
 
-/// Sums the `Rss:` of the mappings in a /proc/PID/smaps text whose start lies in one of
-/// `ranges` (half-open `[start, end)`).
-pub fn smaps_rss_in_ranges(smaps: &str, ranges: &[(u64, u64)]) -> u64 {
-    let mut total: u64 = 0;
-    let mut counting = false;
-    for line in smaps.lines() {
+/// Lines of one mapping in /proc/PID/smaps: a header and about 25 fields on 6.x kernels.
+const SMAPS_LINES_PER_MAPPING: u64 = 32;
+
+/// Sums the `Rss:` of smaps mappings whose start lies in one of `ranges` (half-open
+/// `[start, end)`), one line at a time.
+#[derive(Debug, Default)]
+struct RssInRanges {
+    total: u64,
+    counting: bool,
+}
+
+impl RssInRanges {
+    /// Takes the next smaps line; `Break` once a mapping starts at or above `end` (smaps is
+    /// sorted by address, so nothing after it can be in a range).
+    fn line(&mut self, line: &str, ranges: &[(u64, u64)], end: u64) -> ControlFlow<()> {
         if let Some(rss) = line.strip_prefix("Rss:") {
-            if counting {
+            if self.counting {
                 // A value too large to be bytes is as unreadable as garbage: counted as 0.
                 let bytes = rss
                     .trim()
@@ -21,9 +34,9 @@ pub fn smaps_rss_in_ranges(smaps: &str, ranges: &[(u64, u64)]) -> u64 {
                     .ok()
                     .and_then(|kib| kib.checked_mul(1024))
                     .unwrap_or(0);
-                total = total.saturating_add(bytes);
+                self.total = self.total.saturating_add(bytes);
             }
-            continue;
+            return ControlFlow::Continue(());
         }
         // A mapping header starts with `start-end `; attribute lines start with a capital.
         let header_start = line
@@ -31,21 +44,58 @@ pub fn smaps_rss_in_ranges(smaps: &str, ranges: &[(u64, u64)]) -> u64 {
             .filter(|(start, _)| !start.is_empty() && start.bytes().all(|b| b.is_ascii_hexdigit()))
             .and_then(|(start, _)| u64::from_str_radix(start, 16).ok());
         if let Some(start) = header_start {
-            counting = ranges
+            if start >= end {
+                return ControlFlow::Break(());
+            }
+            self.counting = ranges
                 .iter()
                 .any(|&(low, high)| start >= low && start < high);
         }
+        ControlFlow::Continue(())
     }
-    total
 }
 
-/// Resident bytes of a process's mappings that start inside `ranges`.
-pub fn resident_in_ranges(root: &Path, pid: u32, ranges: &[(u64, u64)]) -> Option<u64> {
-    if ranges.is_empty() {
-        return Some(0);
+/// Sums the `Rss:` of the mappings in a /proc/PID/smaps text whose start lies in one of
+/// `ranges` (half-open `[start, end)`).
+pub fn smaps_rss_in_ranges(smaps: &str, ranges: &[(u64, u64)]) -> u64 {
+    let mut sum = RssInRanges::default();
+    for line in smaps.lines() {
+        if sum.line(line, ranges, u64::MAX).is_break() {
+            break;
+        }
     }
-    let smaps = read_proc_file(root, Some(pid), "smaps").ok()?;
-    Some(smaps_rss_in_ranges(&smaps, ranges))
+    sum.total
+}
+
+/// Resident bytes of a process's mappings that start inside `ranges`, /proc/PID/smaps streamed
+/// without a budget (a capture's own processes).
+pub fn resident_in_ranges(root: &Path, pid: u32, ranges: &[(u64, u64)]) -> Option<u64> {
+    resident_in_ranges_bounded(root, pid, ranges, &mut ReadBudget::unlimited()).ok()
+}
+
+/// [`resident_in_ranges`] under `budget` and [`MAX_MAPPINGS_READ`] mappings; reading stops
+/// after the highest range. `Err` names why the figure is not known.
+pub fn resident_in_ranges_bounded(
+    root: &Path,
+    pid: u32,
+    ranges: &[(u64, u64)],
+    budget: &mut ReadBudget,
+) -> Result<u64, Skip> {
+    let Some(end) = ranges.iter().map(|&(_, high)| high).max() else {
+        return Ok(0);
+    };
+    let limits = Limits {
+        max_lines: MAX_MAPPINGS_READ * SMAPS_LINES_PER_MAPPING,
+        ..Limits::default()
+    };
+    let mut sum = RssInRanges::default();
+    for_each_line(
+        &proc_path(root, Some(pid), "smaps"),
+        limits,
+        budget,
+        |line| sum.line(line, ranges, end),
+    )?;
+    Ok(sum.total)
 }
 
 #[cfg(test)]

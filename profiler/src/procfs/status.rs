@@ -2,7 +2,10 @@
 
 use std::path::Path;
 
-use super::read_proc_file;
+use super::{
+    lines::{read_small, Skip, Skips},
+    proc_path, read_proc_file,
+};
 
 /// The `Threads:` count of /proc/PID/status.
 pub fn thread_count(root: &Path, pid: u32) -> Option<u64> {
@@ -50,6 +53,38 @@ pub fn reserved_bytes(root: &Path, pid: u32) -> Option<u64> {
     parse_status_vm_size(&status)
 }
 
+/// Most of a /proc/PID/status the agent reads: about 1.5 KB, but its `Groups:` line grows
+/// with a process's supplementary groups (up to 65,536 of them).
+const MAX_STATUS_BYTES: u64 = 64 * 1024;
+
+/// Reserved address space (VmSize) and thread count (Threads) of a process, /proc/PID/status
+/// read under a size cap; `Err` names why they are not known (the process went away, no
+/// permission, or the file is not a status file), counted in `skips`. A kernel thread has no
+/// address space and no VmSize line: 0.
+pub fn reserved_and_threads(root: &Path, pid: u32, skips: &mut Skips) -> Result<(u64, u64), Skip> {
+    let status = read_small(
+        &proc_path(root, Some(pid), "status"),
+        MAX_STATUS_BYTES,
+        skips,
+    )?;
+    let threads = status
+        .lines()
+        .find_map(|line| line.strip_prefix("Threads:"))
+        .and_then(|count| count.trim().parse().ok());
+    let reserved = match parse_status_vm_size(&status) {
+        Some(bytes) => Some(bytes),
+        None if !status.lines().any(|line| line.starts_with("VmSize:")) => Some(0),
+        None => None,
+    };
+    match (reserved, threads) {
+        (Some(reserved), Some(threads)) => Ok((reserved, threads)),
+        _ => {
+            skips.add(Skip::Unreadable);
+            Err(Skip::Unreadable)
+        }
+    }
+}
+
 /// VmSize of a /proc/PID/status text, in bytes.
 pub fn parse_status_vm_size(status: &str) -> Option<u64> {
     status
@@ -80,6 +115,27 @@ mod tests {
         // A value too large to be bytes is skipped, not overflowed.
         let status = "RssAnon:\t99999999999999999 kB\nRssFile:\t4 kB\n";
         assert_eq!(parse_status_resident(status), [4096, 0, 0, 0]);
+    }
+
+    #[test]
+    fn reserved_and_threads_name_why_they_are_unknown() {
+        let root = std::env::temp_dir().join(format!("headroom-status-{}", std::process::id()));
+        std::fs::create_dir_all(root.join("proc/5")).expect("fixture");
+        std::fs::create_dir_all(root.join("proc/6")).expect("fixture");
+        std::fs::create_dir_all(root.join("proc/7")).expect("fixture");
+        std::fs::write(root.join("proc/5/status"), "VmSize:\t 8 kB\nThreads:\t3\n").expect("w");
+        std::fs::write(root.join("proc/6/status"), "Name:\tkthreadd\nThreads:\t1\n").expect("w");
+        std::fs::write(root.join("proc/7/status"), "VmSize:\tlots\nThreads:\t1\n").expect("w");
+        let mut skips = Skips::default();
+        assert_eq!(reserved_and_threads(&root, 5, &mut skips), Ok((8192, 3)));
+        assert_eq!(reserved_and_threads(&root, 6, &mut skips), Ok((0, 1)));
+        assert_eq!(
+            reserved_and_threads(&root, 7, &mut skips),
+            Err(Skip::Unreadable)
+        );
+        assert_eq!(reserved_and_threads(&root, 8, &mut skips), Err(Skip::Gone));
+        assert_eq!((skips.get(Skip::Unreadable), skips.get(Skip::Gone)), (1, 1));
+        std::fs::remove_dir_all(&root).expect("cleanup");
     }
 
     #[test]
