@@ -196,8 +196,10 @@ fn kubepods_processes_are_attributed_to_their_pod_and_container_and_others_to_th
     assert_eq!(pod["kubernetes"]["qos"], "burstable");
     assert_eq!(pod["activity"]["threads_created"], 5);
     let resident = pod["resident"]["peak_bytes"].as_u64().expect("resident");
+    // Before 6.2 each thread caches up to 64 pages of RSS changes before rss_stat sees them
+    // (6 tasks here: 1.5 MiB); from 6.2 the counters are exact per event.
     assert!(
-        (64 * MIB..80 * MIB).contains(&resident),
+        (62 * MIB..80 * MIB).contains(&resident),
         "container resident peak {resident}"
     );
     let charged = pod["memory"]["peak_bytes"].as_u64().expect("charged");
