@@ -436,7 +436,8 @@ mod tests {
         let recommendation = target.recommendation.as_ref().expect("recommended");
         assert_eq!(recommendation.worst_peak_source, PeakKind::Spike);
         assert_eq!(recommendation.limit_bytes, 500 * MIB);
-        assert_eq!(recommendation.request_bytes, 100 * MIB);
+        // The 100 MiB steady state, raised to 500 / 3: the limit/request ratio is at most 3.
+        assert_eq!(recommendation.request_bytes, 167 * MIB);
         assert_eq!(target.threads.peak, Some(3));
     }
 

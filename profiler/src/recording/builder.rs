@@ -287,6 +287,7 @@ impl TargetReportBuilder {
                 working_set_peak_bytes: buckets.iter().map(|b| b.working_set).max().unwrap_or(0),
                 limit_bytes: facts.limit,
                 sampled_peak_bytes: recorder.sampled_charge_peak(),
+                peak_before_capture: None,
             }
         });
         // Spikes of the charge; of resident memory for process trees, which have no cgroup.

@@ -88,6 +88,9 @@ pub struct Recorder {
     record_charge_peak: Option<u64>,
     resident_peak: u64,
     anon_peak: u64,
+    /// Highest charge sampled since the last bucket closed: the working set at the bucket's
+    /// peak is estimated from it (see [`Recorder::close_bucket`]).
+    bucket_sampled_peak: u64,
 }
 
 impl Recorder {
@@ -100,6 +103,7 @@ impl Recorder {
             record_charge_peak: None,
             resident_peak: 0,
             anon_peak: 0,
+            bucket_sampled_peak: 0,
         }
     }
 
@@ -111,6 +115,7 @@ impl Recorder {
     /// One charge sample between bucket closes.
     pub fn sample_charge(&mut self, elapsed_ms: u64, current: u64) {
         self.sampled_charge_peak = self.sampled_charge_peak.max(current);
+        self.bucket_sampled_peak = self.bucket_sampled_peak.max(current);
         self.timeline.record(
             elapsed_ms,
             &BucketPeaks {
@@ -148,9 +153,20 @@ impl Recorder {
                 .interval_peak
                 .map_or(0, IntervalPeak::bytes)
                 .max(charge.current);
-            peaks.working_set = charge.working_set;
+            // The working set is read once, at the bucket's end; a burst between two reads
+            // shows only in the charge. The inactive file pages at the end stand for those at
+            // the bucket's charge peak (cache moves slowly next to an allocation burst), so the
+            // bucket's working set is at least its charge peak less them.
+            if charge.working_set > 0 {
+                let inactive_file = charge.current.saturating_sub(charge.working_set);
+                let bucket_peak = peaks.charged.max(self.bucket_sampled_peak);
+                peaks.working_set = charge
+                    .working_set
+                    .max(bucket_peak.saturating_sub(inactive_file));
+            }
             self.sampled_charge_peak = self.sampled_charge_peak.max(charge.current);
         }
+        self.bucket_sampled_peak = 0;
         self.timeline.record(elapsed_ms, &peaks);
     }
 
@@ -193,6 +209,7 @@ impl Recorder {
             anon_peak_bytes: self.anon_peak,
             file_peak_bytes: now.file_peak_bytes,
             current_bytes: now.resident_bytes().max(0) as u64,
+            peak_before_capture: None,
         }
     }
 }
@@ -205,6 +222,7 @@ impl ResidentMemory {
             anon_peak_bytes: counters.anon_peak_bytes,
             file_peak_bytes: counters.file_peak_bytes,
             current_bytes: counters.resident_bytes().max(0) as u64,
+            peak_before_capture: None,
         }
     }
 }
@@ -230,7 +248,8 @@ mod tests {
         );
         let bucket = recorder.timeline().buckets()[0];
         assert_eq!(bucket.charged, 300 * MIB);
-        assert_eq!(bucket.working_set, 90 * MIB);
+        // The 300 MiB sample less the 10 MiB of inactive file cache read at the bucket's end.
+        assert_eq!(bucket.working_set, 290 * MIB);
         assert_eq!(recorder.sampled_charge_peak(), 300 * MIB);
         assert_eq!(recorder.window_charge_peak(), None);
     }
