@@ -23,6 +23,9 @@ pub struct ChargeReader {
     /// for where per-descriptor resets do not work, and its value at the last reading.
     lifetime_peak: Option<fs::File>,
     last_lifetime_peak: u64,
+    /// The lifetime high-water mark when the reader was opened, read before anything could
+    /// reset a window: what the cgroup reached before it was watched.
+    peak_at_open: Option<u64>,
 }
 
 /// The highest charge of an interval, and how it is known.
@@ -101,25 +104,29 @@ impl ChargeReader {
     pub fn open(unified_dir: &Path, memory_v1_dir: Option<&Path>) -> Option<Self> {
         if let Ok(current) = fs::File::open(unified_dir.join("memory.current")) {
             let lifetime_peak = fs::File::open(unified_dir.join("memory.peak")).ok();
+            let peak_at_open = lifetime_peak.as_ref().and_then(read_number);
             return Some(Self {
                 version: ChargeVersion::V2,
                 dir: unified_dir.to_path_buf(),
                 current,
                 window_peak: open_window_peak(&unified_dir.join("memory.peak")),
-                last_lifetime_peak: lifetime_peak.as_ref().and_then(read_number).unwrap_or(0),
+                last_lifetime_peak: peak_at_open.unwrap_or(0),
                 lifetime_peak,
+                peak_at_open,
             });
         }
         let dir = memory_v1_dir?;
         let current = fs::File::open(dir.join("memory.usage_in_bytes")).ok()?;
         let lifetime_peak = fs::File::open(dir.join("memory.max_usage_in_bytes")).ok();
+        let peak_at_open = lifetime_peak.as_ref().and_then(read_number);
         Some(Self {
             version: ChargeVersion::V1,
             dir: dir.to_path_buf(),
             current,
             window_peak: None,
-            last_lifetime_peak: lifetime_peak.as_ref().and_then(read_number).unwrap_or(0),
+            last_lifetime_peak: peak_at_open.unwrap_or(0),
             lifetime_peak,
+            peak_at_open,
         })
     }
 
@@ -175,6 +182,15 @@ impl ChargeReader {
                 read("memory.max_usage_in_bytes").map(|peak| (peak, "memory.max_usage_in_bytes"))
             }
         }
+    }
+
+    /// The cgroup's lifetime high-water mark when this reader was opened, and its file.
+    pub fn peak_at_open(&self) -> Option<(u64, &'static str)> {
+        let file = match self.version {
+            ChargeVersion::V2 => "memory.peak",
+            ChargeVersion::V1 => "memory.max_usage_in_bytes",
+        };
+        self.peak_at_open.map(|peak| (peak, file))
     }
 
     /// Inactive file pages, which the kubelet subtracts to get the working set.
@@ -272,6 +288,10 @@ mod tests {
             Some((4 << 20, "memory.max_usage_in_bytes"))
         );
         assert_eq!(reader.inactive_file(), Some(4096));
+        assert_eq!(
+            reader.peak_at_open(),
+            Some((4 << 20, "memory.max_usage_in_bytes"))
+        );
         assert_eq!(reader.limit(), None);
         assert_eq!(reader.oom_kills(), Some(2));
         fs::write(

@@ -23,7 +23,8 @@ mod tree;
 pub use maps::{parse_maps_line, read_maps, thread_stack_ranges, thread_stacks, MapsLine};
 pub use smaps::{resident_in_ranges, smaps_rss_in_ranges};
 pub use status::{
-    parse_status_resident, parse_status_vm_size, reserved_bytes, resident_by_member, thread_count,
+    parse_status_resident, parse_status_vm_size, peak_resident_bytes, reserved_bytes,
+    resident_by_member, thread_count,
 };
 pub use tree::{parent_pid, process_tree};
 
