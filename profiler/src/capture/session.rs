@@ -495,6 +495,10 @@ mod tests {
             let at_ms = bucket * 100;
             let charge = if bucket < 20 { 300 * MIB } else { 100 * MIB };
             let window_peak = if bucket == 70 { 400 * MIB } else { charge };
+            if bucket == 70 {
+                // The spike is anonymous memory: the kernel's rss window sees it too.
+                kernel.set_resident(TARGET, window_peak - 10 * MIB, 10 * MIB, 3);
+            }
             kernel.set_resident(TARGET, charge - 10 * MIB, 10 * MIB, 3);
             cgroup.set_charge(charge, window_peak);
             session.sample_charge(at_ms);

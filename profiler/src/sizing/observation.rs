@@ -110,7 +110,7 @@ impl Observation {
             None => Basis::Resident,
         };
         let resolution_ms = t.timeline.resolution_ms.max(1);
-        let series: Vec<u64> = buckets.iter().map(|b| pick(basis, b)).collect();
+        let series = basis_series(basis, buckets);
         let alive = alive_span(buckets);
         let alive_series = &series[alive.clone()];
         let offset_seconds = (alive.start as u64 * resolution_ms) as f64 / 1000.0;
@@ -173,6 +173,7 @@ impl Observation {
             page_cache_peak_bytes: if basis == Basis::WorkingSet {
                 buckets
                     .iter()
+                    .filter(|b| b.working_set > 0)
                     .map(|b| b.charged.saturating_sub(b.working_set))
                     .max()
                     .unwrap_or(0)
@@ -266,6 +267,27 @@ fn pick(basis: Basis, bucket: &BucketPeaks) -> u64 {
         Basis::WorkingSet => bucket.working_set,
         Basis::Resident => bucket.resident,
     }
+}
+
+/// The series sizing reads, bucket by bucket. The working set is read when a bucket closes; a
+/// bucket the timer skipped (its charge came from samples alone) has none, and stands at its
+/// charge less the cache of the last bucket that was read (cache moves slowly), not at 0.
+fn basis_series(basis: Basis, buckets: &[BucketPeaks]) -> Vec<u64> {
+    if basis != Basis::WorkingSet {
+        return buckets.iter().map(|b| pick(basis, b)).collect();
+    }
+    let mut cache = 0;
+    buckets
+        .iter()
+        .map(|b| {
+            if b.working_set > 0 {
+                cache = b.charged.saturating_sub(b.working_set);
+                b.working_set
+            } else {
+                b.charged.saturating_sub(cache)
+            }
+        })
+        .collect()
 }
 
 /// The buckets from the first to the last one in which the target had a task (all of them
