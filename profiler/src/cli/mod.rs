@@ -58,8 +58,9 @@ pub enum Command {
     Capture(CaptureArgs),
     /// Recommend a memory request and limit from saved capture reports (`--format json`).
     ///
-    /// Several reports are taken as replicas of one workload: the highest peaks across them,
-    /// and their steady states pooled, make one recommendation.
+    /// Several reports are taken as replicas of one workload, each counting the same: the
+    /// highest peaks across them and the steady state of the replica that holds the most make
+    /// one recommendation.
     Recommend(RecommendArgs),
     /// Run the node agent: probes loaded once, every container tracked, and /metrics,
     /// /healthz, /readyz and /api/v1/report served over HTTP, until SIGINT or SIGTERM.

@@ -73,8 +73,8 @@ pub(super) fn run_recommend(args: RecommendArgs) -> anyhow::Result<u8> {
     Ok(0)
 }
 
-/// Reads every report and merges their targets into one observation (highest peaks, pooled
-/// steady states); errors name the file they come from.
+/// Reads every report and merges their targets into one observation (highest peaks, the worst
+/// replica's steady state); errors name the file they come from.
 fn merge_reports(paths: &[PathBuf]) -> anyhow::Result<Observation> {
     let mut observations = Vec::new();
     for path in paths {
