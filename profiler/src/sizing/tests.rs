@@ -124,6 +124,23 @@ fn too_short_an_observation_lowers_confidence() {
 }
 
 #[test]
+fn a_few_seconds_of_data_is_low_confidence_even_with_startup_seen() {
+    let mut o = observation(vec![100 * MIB; 40]);
+    o.duration_seconds = 6.0;
+    assert_eq!(recommend(&o, 0.25).0.confidence, Confidence::Low);
+    // A long capture whose target had only 10 buckets after startup: what is present counts.
+    let mut o = observation(vec![100 * MIB; 10]);
+    o.duration_seconds = 600.0;
+    let (r, _) = recommend(&o, 0.25);
+    assert_ne!(r.confidence, Confidence::High);
+    assert!(
+        r.confidence_reasons[0].contains("10 buckets"),
+        "{:?}",
+        r.confidence_reasons
+    );
+}
+
+#[test]
 fn no_limit_set_is_flagged_and_a_low_limit_is_an_oom_risk() {
     let mut o = observation(vec![100 * MIB; 600]);
     o.current_limit_bytes = None;
