@@ -335,3 +335,83 @@ fn a_late_cgroup_capture_covers_the_peak_before_it() {
     );
     assert_eq!(recommendation(&run)["worst_peak_source"], "before_capture");
 }
+
+/// Runs `headroom capture -- sizing ARGS` with the report kept at `path` (for `recommend`).
+fn capture_to(path: &Path, args: &[&str]) -> std::process::Output {
+    let program = workload("sizing", false);
+    let output = headroom()
+        .args(["capture", "--format", "json", "--output"])
+        .arg(path)
+        .arg("--")
+        .arg(&program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run headroom");
+    assert!(path.exists(), "{}", String::from_utf8_lossy(&output.stderr));
+    output
+}
+
+/// Two replicas: one holds 50 MiB for 20 s, the other 160 MiB for about a second. Each counts
+/// the same, so the request covers the second (pooling their buckets would let the long one
+/// outvote it: 160 MiB would be under 5 % of the buckets).
+#[test]
+fn the_worst_of_two_replicas_governs() {
+    let Some(_guard) = privileged("the_worst_of_two_replicas_governs") else {
+        return;
+    };
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let long = dir.join(format!("sizing-replica-long-{}.json", std::process::id()));
+    let short = dir.join(format!("sizing-replica-short-{}.json", std::process::id()));
+    capture_to(&long, &["peak", "50", "50", "20000"]);
+    let output = capture_to(&short, &["peak", "160", "160", "1200"]);
+    let held = key_value(&String::from_utf8_lossy(&output.stdout), "hwm_bytes");
+    let recommended = headroom()
+        .args(["recommend", "--format", "json"])
+        .arg(&long)
+        .arg(&short)
+        .output()
+        .expect("run headroom recommend");
+    let _ = std::fs::remove_file(&long);
+    let _ = std::fs::remove_file(&short);
+    assert!(
+        recommended.status.success(),
+        "{}",
+        String::from_utf8_lossy(&recommended.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&recommended.stdout).expect("JSON");
+    let request = json["recommendation"]["request_bytes"]
+        .as_u64()
+        .expect("a request");
+    assert!(
+        request as f64 >= held as f64 * 0.9,
+        "request {request} vs the short replica's {held}: {}",
+        json["recommendation"]["reasons"]
+    );
+}
+
+/// A program that holds 8 MiB for 0.6 s: too little to size from. Both values stand at the
+/// 32 MiB floor, and confidence is Low.
+#[test]
+fn a_too_short_capture_gets_the_floors_and_low_confidence() {
+    let Some(_guard) = privileged("a_too_short_capture_gets_the_floors_and_low_confidence") else {
+        return;
+    };
+    let program = program();
+    let run = capture_with(&[], &[&program, "peak", "8", "8", "600"]);
+    let held = key_value(&stdout(&run), "hwm_bytes");
+    assert!(held < 20 * MIB, "{held}");
+    assert_eq!(
+        run.target("/recommendation/limit_bytes"),
+        32 * MIB,
+        "{}",
+        reasons(&run)
+    );
+    assert_eq!(run.target("/recommendation/request_bytes"), 32 * MIB);
+    assert_eq!(recommendation(&run)["confidence"], "low");
+    assert!(
+        reasons(&run).contains("to the 32Mi floor"),
+        "{}",
+        reasons(&run)
+    );
+}

@@ -3,7 +3,7 @@
 //! growth is a leak.
 //!
 //! **Baseline.** Each bucket's baseline is the lowest bucket maximum within
-//! [`BASELINE_WINDOW_MS`] around it (centred). Bursts that recur at most every 2 s and last
+//! [`BASELINE_WINDOW_MS`] around it (centred; at most a quarter of the series). Bursts that recur at most every 2 s and last
 //! less than that leave at least one quiet bucket in every such window, so the baseline is the
 //! level memory returns to between bursts, however busy the service is.
 //!
@@ -46,9 +46,11 @@ pub(super) fn spike_tolerance(level: u64) -> u64 {
     (level / 10).max(8 * MIB)
 }
 
-/// The centred sliding minimum over [`BASELINE_WINDOW_MS`].
+/// The centred sliding minimum over [`BASELINE_WINDOW_MS`], or a quarter of the series when
+/// that is shorter: in a run of a second or two, a 3 s window would make the first bucket the
+/// baseline of everything.
 pub(super) fn baseline(series: &[u64], resolution_ms: u64) -> Vec<u64> {
-    let half = (BASELINE_WINDOW_MS / resolution_ms.max(1) / 2) as usize;
+    let half = ((BASELINE_WINDOW_MS / resolution_ms.max(1) / 2) as usize).min(series.len() / 8);
     (0..series.len())
         .map(|i| {
             let from = i.saturating_sub(half);
