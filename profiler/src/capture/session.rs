@@ -70,6 +70,8 @@ pub struct CaptureSession {
     stacks: Option<StackCollector>,
     /// The kernel's high-water mark read when watching began (targets already running).
     peak_before_capture: Option<PeakBeforeCapture>,
+    /// PSI memory `full` stall total when watching began.
+    pressure_at_start: Option<u64>,
 }
 
 impl CaptureSession {
@@ -81,8 +83,13 @@ impl CaptureSession {
         stacks: Option<StackCollector>,
     ) -> Self {
         let peak_before_capture = peak_before_capture(&watched, proc_root);
+        let pressure_at_start = watched
+            .charge
+            .as_ref()
+            .and_then(ChargeReader::pressure_full_us);
         Self {
             peak_before_capture,
+            pressure_at_start,
             table: ProcessTable::new(watched.target_id, limits.max_processes),
             regions: RegionTracker::new(limits.max_regions),
             recorder: Recorder::new(limits.bucket_ms, limits.timeline_buckets),
@@ -297,6 +304,14 @@ impl CaptureSession {
             .stacks(self.stacks.take().map(StackCollector::finish))
             .build();
         let mut target = target;
+        let pressure = watched
+            .charge
+            .as_ref()
+            .and_then(ChargeReader::pressure_full_us)
+            .map(|now| now.saturating_sub(self.pressure_at_start.unwrap_or(0)));
+        if let Some(memory) = target.memory.as_mut() {
+            memory.pressure_full_us = pressure;
+        }
         if let Some(before) = self.peak_before_capture.take() {
             match target.memory.as_mut() {
                 Some(memory) => memory.peak_before_capture = Some(before),

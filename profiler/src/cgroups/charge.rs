@@ -81,6 +81,18 @@ pub fn parse_key(text: &str, key: &str) -> Option<u64> {
     })
 }
 
+/// The `total=` of one line (`some` or `full`) of a PSI file such as memory.pressure:
+/// `full avg10=0.00 avg60=0.00 avg300=0.00 total=12345`. Public for the fuzz targets.
+pub fn parse_pressure_total(text: &str, kind: &str) -> Option<u64> {
+    text.lines().find_map(|line| {
+        let rest = line.strip_prefix(kind)?.strip_prefix(' ')?;
+        rest.split_whitespace()
+            .find_map(|field| field.strip_prefix("total="))?
+            .parse()
+            .ok()
+    })
+}
+
 /// Opens v2 memory.peak for per-descriptor windows and starts the first window now, so the
 /// first interval does not report the cgroup's lifetime peak. None where the kernel does not
 /// reset per descriptor (before 6.12 the file is read-only).
@@ -193,6 +205,19 @@ impl ChargeReader {
         self.peak_at_open.map(|peak| (peak, file))
     }
 
+    /// Microseconds all of the cgroup's tasks were stalled on memory at once, over its life
+    /// (PSI `memory.pressure`, the `full` line's total): reclaim that held the workload up.
+    /// None on v1 and where the kernel has no PSI.
+    pub fn pressure_full_us(&self) -> Option<u64> {
+        match self.version {
+            ChargeVersion::V2 => parse_pressure_total(
+                &fs::read_to_string(self.dir.join("memory.pressure")).ok()?,
+                "full",
+            ),
+            ChargeVersion::V1 => None,
+        }
+    }
+
     /// Inactive file pages, which the kubelet subtracts to get the working set.
     pub fn inactive_file(&self) -> Option<u64> {
         let key = match self.version {
@@ -261,6 +286,11 @@ mod tests {
         assert_eq!(parse_number(b"268435456\n"), Some(268_435_456));
         assert_eq!(parse_number(b"max\n"), None);
         assert_eq!(parse_number(&[0xff, b'1']), None);
+        let pressure = "some avg10=0.00 avg60=0.00 avg300=0.00 total=5000\nfull avg10=1.50 avg60=0.20 avg300=0.05 total=1234\n";
+        assert_eq!(parse_pressure_total(pressure, "full"), Some(1234));
+        assert_eq!(parse_pressure_total(pressure, "some"), Some(5000));
+        assert_eq!(parse_pressure_total("fullx total=3\n", "full"), None);
+        assert_eq!(parse_pressure_total("", "full"), None);
     }
 
     #[test]
@@ -317,9 +347,15 @@ mod tests {
             "low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n",
         )
         .expect("fixture");
+        fs::write(
+            dir.join("memory.pressure"),
+            "some avg10=0.00 avg60=0.00 avg300=0.00 total=90\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=40\n",
+        )
+        .expect("fixture");
         let reader = ChargeReader::open(&dir, None).expect("v2 reader");
         assert_eq!(reader.version(), ChargeVersion::V2);
         assert_eq!(reader.current(), Some(123));
+        assert_eq!(reader.pressure_full_us(), Some(40));
         assert_eq!(reader.limit(), Some(256 << 20));
         assert_eq!(reader.oom_kills(), Some(1));
         fs::remove_dir_all(&base).expect("cleanup");

@@ -288,6 +288,7 @@ impl TargetReportBuilder {
                 limit_bytes: facts.limit,
                 sampled_peak_bytes: recorder.sampled_charge_peak(),
                 peak_before_capture: None,
+                pressure_full_us: None,
             }
         });
         // Spikes of the charge; of resident memory for process trees, which have no cgroup.

@@ -52,6 +52,10 @@ pub struct ChargedMemory {
     /// already running): what the target reached before it was watched.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub peak_before_capture: Option<PeakBeforeCapture>,
+    /// Microseconds all the cgroup's tasks stalled on memory at once during the capture (PSI
+    /// memory.pressure `full`); null without per-cgroup PSI (cgroup v1, kernels without it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pressure_full_us: Option<u64>,
 }
 
 /// A kernel high-water mark read when a capture of a running target began.

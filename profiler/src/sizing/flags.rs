@@ -48,17 +48,37 @@ pub(super) fn current_settings_flags(
     steady_p95: Option<u64>,
     headroom: f64,
 ) -> Vec<Flag> {
-    // A charge that reached the limit with no OOM kill is page cache filling the room it has
-    // (the kernel reclaimed it instead of killing): no risk, whatever the charge says.
+    // A charge that reached the limit with no OOM kill and no memory pressure is page cache
+    // filling the room it has (the kernel reclaimed it instead of killing): no risk, whatever
+    // the charge says.
+    let stalled = o.pressure_full_us.unwrap_or(0) > 0;
     let cache_at_limit = o.ooms.is_empty()
+        && !stalled
         && o.basis == Basis::Charged
         && o.current_limit_bytes
             .is_some_and(|limit| worst_peak <= limit && worst_peak as f64 >= limit as f64 * 0.95);
     current_limit_flag(o.current_limit_bytes, worst_peak, limit_bytes, headroom)
         .filter(|flag| !(cache_at_limit && flag.kind == FlagKind::OomRisk))
+        .or_else(|| pressure_flag(o))
         .into_iter()
         .chain(current_request_flag(o.current_request_bytes, steady_p95))
         .collect()
+}
+
+/// The charge sat at the limit and the whole workload stalled on memory (PSI `full`): the
+/// working set fits, but reclaim of the cache it re-reads is holding it up.
+fn pressure_flag(o: &Observation) -> Option<Flag> {
+    let stalled_us = o.pressure_full_us.filter(|&us| us > 0)?;
+    let limit = o.current_limit_bytes?;
+    (o.charge_peak_bytes as f64 >= limit as f64 * 0.95).then(|| Flag {
+        kind: FlagKind::OomRisk,
+        message: format!(
+            "the charge reached the current limit {} and all tasks stalled {:.1} ms on memory (PSI memory.pressure full): reclaim is holding the service up; raise the limit by the page cache it re-reads (up to {})",
+            quantity(limit),
+            stalled_us as f64 / 1000.0,
+            format_bytes(o.page_cache_peak_bytes)
+        ),
+    })
 }
 
 /// No limit, a limit below the worst peak (OOM kills), or one with less than the headroom.

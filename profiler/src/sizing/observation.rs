@@ -79,6 +79,8 @@ pub struct Observation {
     pub charge_peak_bytes: u64,
     /// The kernel's high-water mark from before the capture, where the target was running.
     pub peak_before_capture: Option<PeakBeforeCapture>,
+    /// Microseconds all tasks stalled on memory during the capture (PSI `full`), where known.
+    pub pressure_full_us: Option<u64>,
     /// How many replicas this observation stands for, and which one set the steady state.
     pub replicas: usize,
     pub steady_from: Option<String>,
@@ -182,6 +184,7 @@ impl Observation {
             },
             charge_peak_bytes: t.memory.as_ref().map_or(0, |m| m.peak_bytes),
             peak_before_capture,
+            pressure_full_us: t.memory.as_ref().and_then(|m| m.pressure_full_us),
             replicas: 1,
             steady_from: None,
         }
@@ -235,6 +238,7 @@ impl Observation {
                 .page_cache_peak_bytes
                 .max(other.page_cache_peak_bytes);
             merged.charge_peak_bytes = merged.charge_peak_bytes.max(other.charge_peak_bytes);
+            merged.pressure_full_us = merged.pressure_full_us.max(other.pressure_full_us);
             if other
                 .peak_before_capture
                 .as_ref()

@@ -232,6 +232,50 @@ fn page_cache_under_a_limit_is_not_sized_and_does_not_ratchet() {
 }
 
 #[test]
+fn a_charge_at_the_limit_is_cache_unless_the_workload_stalled_on_memory() {
+    // A charge-only report: the charge sat at the 96 MiB limit, no OOM kill.
+    let mut o = observation(vec![96 * MIB; 600]);
+    o.startup_peak_bytes = 96 * MIB;
+    o.charge_peak_bytes = 96 * MIB;
+    o.current_limit_bytes = Some(96 * MIB);
+    let (r, _) = recommend(&o, 0.25);
+    assert!(
+        r.flags.iter().all(|f| f.kind != FlagKind::OomRisk),
+        "{:?}",
+        r.flags
+    );
+    // The same with PSI saying every task stalled 250 ms: a risk.
+    o.pressure_full_us = Some(250_000);
+    let (r, _) = recommend(&o, 0.25);
+    assert!(
+        r.flags.iter().any(|f| f.kind == FlagKind::OomRisk),
+        "{:?}",
+        r.flags
+    );
+    // With a working-set basis the limit is not in question, but the stall is.
+    o.basis = Basis::WorkingSet;
+    o.steady_series = vec![40 * MIB; 600];
+    o.peak_bytes = 40 * MIB;
+    o.startup_peak_bytes = 40 * MIB;
+    o.page_cache_peak_bytes = 56 * MIB;
+    let (r, _) = recommend(&o, 0.25);
+    assert!(
+        r.flags
+            .iter()
+            .any(|f| f.kind == FlagKind::OomRisk && f.message.contains("stalled 250.0 ms")),
+        "{:?}",
+        r.flags
+    );
+    o.pressure_full_us = Some(0);
+    let (r, _) = recommend(&o, 0.25);
+    assert!(
+        r.flags.iter().all(|f| f.kind != FlagKind::OomRisk),
+        "{:?}",
+        r.flags
+    );
+}
+
+#[test]
 fn an_oom_kill_is_a_lower_bound_with_low_confidence_and_a_re_run_advice() {
     let mut o = observation(vec![100 * MIB; 600]);
     o.startup_peak_bytes = 110 * MIB;
