@@ -23,8 +23,6 @@ pub enum PeakKind {
     Oom,
     /// The kernel's high-water mark from before the capture began.
     BeforeCapture,
-    /// The configured minimum (`--min`) or the 32 MiB floor.
-    Floor,
 }
 
 /// Which memory series sizing read.
@@ -130,7 +128,6 @@ super::schema_words!(PeakKind {
     Spike => "spike",
     Oom => "oom",
     BeforeCapture => "before_capture",
-    Floor => "floor",
 });
 
 super::schema_words!(Basis {

@@ -149,7 +149,7 @@ fn limit_reason(o: &Observation, worst: &WorstPeak, covered: u64, headroom: f64)
             "limit {limit} = startup peak {peak} × {factor:.2} (the peak{}; startup ended at {end:.1} s)",
             at_seconds(o.startup_peak_at_seconds),
         ),
-        (PeakKind::Startup | PeakKind::Floor, None) => format!(
+        (PeakKind::Startup, None) => format!(
             "limit {limit} = highest {} seen {peak} × {factor:.2} (startup did not end during the capture)",
             basis_name(o.basis),
         ),
@@ -180,7 +180,7 @@ fn limit_reason(o: &Observation, worst: &WorstPeak, covered: u64, headroom: f64)
                 format_bytes(before.reclaimable_bytes),
             )
         }
-        (PeakKind::Steady | PeakKind::Floor, _) => {
+        (PeakKind::Steady, _) => {
             format!("limit {limit} = peak after startup {peak} × {factor:.2}")
         }
     }
