@@ -276,7 +276,7 @@ fn pick(basis: Basis, bucket: &BucketPeaks) -> u64 {
 /// The series sizing reads, bucket by bucket. The working set is read when a bucket closes; a
 /// bucket the timer skipped (its charge came from samples alone) has none, and stands at its
 /// charge less the cache of the last bucket that was read (cache moves slowly), not at 0.
-fn basis_series(basis: Basis, buckets: &[BucketPeaks]) -> Vec<u64> {
+pub(super) fn basis_series(basis: Basis, buckets: &[BucketPeaks]) -> Vec<u64> {
     if basis != Basis::WorkingSet {
         return buckets.iter().map(|b| pick(basis, b)).collect();
     }

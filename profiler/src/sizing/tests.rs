@@ -318,6 +318,31 @@ fn the_peak_before_a_late_capture_counts_in_the_limit() {
 }
 
 #[test]
+fn a_bucket_without_a_working_set_read_keeps_the_last_cache_not_zero() {
+    use crate::report::BucketPeaks;
+    let bucket = |charged, working_set| BucketPeaks {
+        charged: charged * MIB,
+        working_set: working_set * MIB,
+        ..BucketPeaks::default()
+    };
+    // 60 MiB of cache; the third bucket's close was skipped, its charge from samples only.
+    let buckets = [
+        bucket(100, 40),
+        bucket(100, 40),
+        bucket(130, 0),
+        bucket(100, 40),
+    ];
+    assert_eq!(
+        super::observation::basis_series(Basis::WorkingSet, &buckets),
+        vec![40 * MIB, 40 * MIB, 70 * MIB, 40 * MIB]
+    );
+    assert_eq!(
+        super::observation::basis_series(Basis::Charged, &buckets)[2],
+        130 * MIB
+    );
+}
+
+#[test]
 fn policy_floors_caps_and_ratio() {
     let tiny = observation(vec![2 * MIB; 600]);
     let (r, _) = recommend(&tiny, 0.25);
@@ -539,6 +564,31 @@ mod properties {
             if kill.is_some() {
                 prop_assert_eq!(r.confidence, Confidence::Low);
             }
+        }
+    }
+
+    proptest! {
+        /// On the working set, what is set now never moves the recommendation: a capture
+        /// under the recommended limit recommends it again (no ratchet).
+        #[test]
+        fn the_current_limit_never_moves_the_recommendation(
+            steady in vec(1u64..1024, 20..200),
+            startup in 0u64..2048,
+            cache in 0u64..4096,
+            current in 1u64..8192,
+        ) {
+            let mut o = build(steady, startup, 0);
+            o.basis = Basis::WorkingSet;
+            o.page_cache_peak_bytes = cache * MIB;
+            o.current_limit_bytes = None;
+            let free = recommend(&o, 0.25).0;
+            o.current_limit_bytes = Some(current * MIB);
+            o.charge_peak_bytes = current * MIB;
+            let under = recommend(&o, 0.25).0;
+            prop_assert_eq!(free.limit_bytes, under.limit_bytes);
+            prop_assert_eq!(free.request_bytes, under.request_bytes);
+            o.current_limit_bytes = Some(free.limit_bytes);
+            prop_assert!(recommend(&o, 0.25).0.flags.iter().all(|f| f.kind != FlagKind::OomRisk));
         }
     }
 
