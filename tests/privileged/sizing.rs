@@ -415,3 +415,63 @@ fn a_too_short_capture_gets_the_floors_and_low_confidence() {
         reasons(&run)
     );
 }
+
+/// The same for a process tree: a program peaks at 200 MiB resident and settles at 40 MiB
+/// before `capture --pid` starts; its VmHWM is the peak before the capture, and the limit
+/// covers it.
+#[test]
+fn a_late_pid_capture_covers_the_peak_before_it() {
+    let Some(_guard) = privileged("a_late_pid_capture_covers_the_peak_before_it") else {
+        return;
+    };
+    let program = workload("sizing", false);
+    let mut child = common::ChildGuard(
+        std::process::Command::new(&program)
+            .args(["peak", "200", "40", "8000"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn workload"),
+    );
+    let mut hwm = 0;
+    for line in BufReader::new(child.0.stdout.take().expect("piped stdout")).lines() {
+        let line = line.expect("workload output");
+        if let Some(value) = line.strip_prefix("hwm_bytes ") {
+            hwm = value.trim().parse().expect("a number");
+        }
+        if line.starts_with("settled") {
+            break;
+        }
+    }
+    assert!(hwm >= 200 * MIB, "{hwm}");
+    let pid = child.0.id().to_string();
+    let report = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("sizing-late-pid-{}.json", std::process::id()));
+    let output = headroom()
+        .args(["capture", "--format", "json", "--output"])
+        .arg(&report)
+        .args(["--pid", &pid, "--duration", "3s"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run headroom");
+    let _ = child.0.kill();
+    let _ = child.0.wait();
+    let text = std::fs::read_to_string(&report).unwrap_or_else(|err| {
+        panic!(
+            "no report ({err}): {}",
+            String::from_utf8_lossy(&output.stderr)
+        )
+    });
+    let _ = std::fs::remove_file(&report);
+    let run = Captured {
+        output,
+        report: serde_json::from_str(&text).expect("JSON"),
+    };
+    assert_eq!(run.target("/resident/peak_before_capture/bytes"), hwm);
+    let limit = run.target("/recommendation/limit_bytes");
+    assert!(
+        limit as f64 >= 1.2 * hwm as f64,
+        "limit {limit} vs the program's earlier peak {hwm}: {}",
+        reasons(&run)
+    );
+    assert_eq!(recommendation(&run)["worst_peak_source"], "before_capture");
+}
