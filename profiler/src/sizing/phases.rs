@@ -106,6 +106,9 @@ fn startup_end(series: &[u64], resolution_ms: u64) -> Option<usize> {
         return None;
     }
     let base = baseline(&series[..checked_end], resolution_ms);
+    // The level memory holds in the second half: a cache released before then is startup, a
+    // baseline that keeps rising never settles, and a slow shutdown at the very end does not
+    // become the steady state.
     let level = median(&base[checked_end / 2..]);
     let floor = level.saturating_sub(stable_tolerance(level));
     let settled_above = |k: usize| base[k] >= floor;
@@ -316,6 +319,17 @@ mod tests {
         let per_second = found.bytes_per_hour / 3600.0 / MIB as f64;
         assert!((per_second - 1.0).abs() < 0.1, "{per_second} MiB/s");
         assert!(found.level_at_end >= 100 * MIB);
+    }
+
+    #[test]
+    fn a_cache_released_late_is_startup_and_the_level_after_it_is_steady() {
+        // 100 ms buckets: 300 MiB for 25 s, then 100 MiB for the last 35 s.
+        let mut series = vec![300 * MIB; 250];
+        series.extend(vec![100 * MIB; 350]);
+        let phases = read_phases(&series, 100, 0.0);
+        assert_eq!(phases.startup_end, Some(250));
+        assert_eq!(phases.startup_peak, 300 * MIB);
+        assert!(phases.spikes.is_empty());
     }
 
     #[test]
