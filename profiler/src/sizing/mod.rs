@@ -8,7 +8,7 @@
 //! so captures under a limit do not ratchet it up. Reports without a working-set series are
 //! sized from the charge; process trees (no cgroup) from resident memory.
 //!
-//! **Phases** (`phases.rs`): a baseline (lowest bucket within 3 s) that survives bursts
+//! **Phases** (`phases.rs`): a baseline (20th percentile within 3 s) that survives bursts
 //! recurring every 0.5-2 s; startup ends when the baseline holds still; spikes are buckets
 //! above the baseline; the steady state is the buckets between spikes; a leak is a baseline
 //! that keeps rising in most of eight parts, never a single step, still rising at the end.

@@ -2,7 +2,7 @@
 //! bursts recur every half second to two seconds, each burst is a spike, and only sustained
 //! growth is a leak.
 //!
-//! **Baseline.** Each bucket's baseline is the lowest bucket maximum within
+//! **Baseline.** Each bucket's baseline is the 20th percentile of the bucket maxima within
 //! [`BASELINE_WINDOW_MS`] around it (centred; at most a quarter of the series). Bursts that recur at most every 2 s and last
 //! less than that leave at least one quiet bucket in every such window, so the baseline is the
 //! level memory returns to between bursts, however busy the service is.
@@ -46,16 +46,22 @@ pub(super) fn spike_tolerance(level: u64) -> u64 {
     (level / 10).max(8 * MIB)
 }
 
-/// The centred sliding minimum over [`BASELINE_WINDOW_MS`], or a quarter of the series when
-/// that is shorter: in a run of a second or two, a 3 s window would make the first bucket the
-/// baseline of everything.
+/// The centred sliding 20th percentile over [`BASELINE_WINDOW_MS`], or a quarter of the
+/// series when that is shorter (in a run of a second or two, a 3 s window would make the first
+/// bucket the baseline of everything). A low percentile rather than the minimum: bursts fill
+/// well under 80 % of any window, while one bucket read low (a working set caught mid-reclaim)
+/// does not drag 3 s of baseline down with it.
 pub(super) fn baseline(series: &[u64], resolution_ms: u64) -> Vec<u64> {
     let half = ((BASELINE_WINDOW_MS / resolution_ms.max(1) / 2) as usize).min(series.len() / 8);
+    let mut window = Vec::with_capacity(2 * half + 1);
     (0..series.len())
         .map(|i| {
             let from = i.saturating_sub(half);
             let to = (i + half + 1).min(series.len());
-            series[from..to].iter().copied().min().unwrap_or(0)
+            window.clear();
+            window.extend_from_slice(&series[from..to]);
+            window.sort_unstable();
+            window.get((window.len() - 1) / 5).copied().unwrap_or(0)
         })
         .collect()
 }
