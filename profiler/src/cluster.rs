@@ -328,6 +328,8 @@ impl FleetSeries {
                 .map(|_| OomSeen {
                     seconds: 0.0,
                     charge_before_bytes: self.limits.get(key).copied().unwrap_or(peak) as u64,
+                    limit_bytes: self.limits.get(key).map(|v| *v as u64),
+                    victim_bytes: 0,
                 })
                 .collect(),
             current_limit_bytes: self.limits.get(key).map(|v| *v as u64),
@@ -339,6 +341,8 @@ impl FleetSeries {
                 .replicas
                 .get(key)
                 .map_or(0, |r| (*r as u64).saturating_sub(1)),
+            replicas: 1,
+            ..Observation::default()
         }
     }
 }

@@ -462,51 +462,71 @@ fn the_exported_recommendation_is_what_headroom_recommend_makes_of_the_agents_re
         cgroup.path().trim_start_matches('/')
     );
     // Metrics, report, metrics: the report is the state both metric reads saw only when they
-    // agree (a tick in between could change the recommendation); otherwise read again.
-    let mut compared = None;
-    for _attempt in 0..50 {
-        let before = exported_recommendation(&agent.metrics(), &label).expect("exported");
-        let (status, report) = agent.get(&path).expect("report");
-        assert_eq!(status, 200, "{report}");
-        let after = exported_recommendation(&agent.metrics(), &label).expect("exported");
-        if before == after {
-            compared = Some((before, report));
-            break;
+    // agree (a tick in between could change the recommendation); otherwise read again. The
+    // export is refreshed every slow tick (2 s here) while the report is built when asked, so
+    // while the recommendation still moves (startup just settled, the steady state is a few
+    // buckets long) the two can differ for a refresh: compare again until they agree, for at
+    // most 20 s, and fail with the last pair.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let (exported_request, exported_limit, request, limit, recommended, in_report) = loop {
+        let mut compared = None;
+        for _attempt in 0..50 {
+            let before = exported_recommendation(&agent.metrics(), &label).expect("exported");
+            let (status, report) = agent.get(&path).expect("report");
+            assert_eq!(status, 200, "{report}");
+            let after = exported_recommendation(&agent.metrics(), &label).expect("exported");
+            if before == after {
+                compared = Some((before, report));
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(150));
         }
-        std::thread::sleep(std::time::Duration::from_millis(150));
-    }
-    let ((exported_request, exported_limit), report) =
-        compared.expect("two metric reads around a report never agreed in 50 tries");
-    let parsed: serde_json::Value = serde_json::from_str(&report).expect("JSON report");
-    assert_eq!(
-        parsed["targets"].as_array().map(Vec::len),
-        Some(1),
-        "{report}"
-    );
-    std::fs::write(&file, &report).expect("write the report");
-    let output = headroom()
-        .arg("recommend")
-        .arg(&file)
-        .args(["--format", "json"])
-        .output()
-        .expect("run headroom recommend");
-    let _ = std::fs::remove_file(&file);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let json: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
-    let recommended = &json["recommendation"];
-    let request = recommended["request_bytes"].as_u64().expect("request");
-    let limit = recommended["limit_bytes"].as_u64().expect("limit");
-    let in_report = &parsed["targets"][0]["recommendation"];
-    eprintln!(
-        "exported: request {exported_request} limit {exported_limit}; \
-         headroom recommend on /api/v1/report: request {request} limit {limit}; \
-         the report's own recommendation: request {} limit {}",
-        in_report["request_bytes"], in_report["limit_bytes"]
-    );
+        let ((exported_request, exported_limit), report) =
+            compared.expect("two metric reads around a report never agreed in 50 tries");
+        let parsed: serde_json::Value = serde_json::from_str(&report).expect("JSON report");
+        assert_eq!(
+            parsed["targets"].as_array().map(Vec::len),
+            Some(1),
+            "{report}"
+        );
+        std::fs::write(&file, &report).expect("write the report");
+        let output = headroom()
+            .arg("recommend")
+            .arg(&file)
+            .args(["--format", "json"])
+            .output()
+            .expect("run headroom recommend");
+        let _ = std::fs::remove_file(&file);
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let json: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
+        let recommended = json["recommendation"].clone();
+        let request = recommended["request_bytes"].as_u64().expect("request");
+        let limit = recommended["limit_bytes"].as_u64().expect("limit");
+        let in_report = parsed["targets"][0]["recommendation"].clone();
+        eprintln!(
+            "exported: request {exported_request} limit {exported_limit}; \
+             headroom recommend on /api/v1/report: request {request} limit {limit}; \
+             the report's own recommendation: request {} limit {}",
+            in_report["request_bytes"], in_report["limit_bytes"]
+        );
+        if (request, limit) == (exported_request, exported_limit)
+            || std::time::Instant::now() >= deadline
+        {
+            break (
+                exported_request,
+                exported_limit,
+                request,
+                limit,
+                recommended,
+                in_report,
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    };
 
     let _ = child.0.kill();
     let _ = child.0.wait();

@@ -755,9 +755,10 @@ mod tests {
             ),
             Some(recommendation.request_bytes as f64)
         );
-        // The startup peak sets the limit; the request is near the 120 MiB steady state.
+        // The startup peak sets the limit; the request is the 120 MiB steady state raised to
+        // 375 / 3 (the limit/request ratio is at most 3).
         assert_eq!(recommendation.limit_bytes, 375 * MIB);
-        assert_eq!(recommendation.request_bytes, 120 * MIB);
+        assert_eq!(recommendation.request_bytes, 125 * MIB);
         assert_eq!(
             metric(&registry, "headroom_container_memory_charged_peak_bytes"),
             Some((300 * MIB) as f64)

@@ -134,8 +134,8 @@ pub struct CaptureOptions {
     /// Bound on tracked mapping regions (about 80 bytes each).
     pub max_regions: usize,
     pub analysis: AnalysisConfig,
-    /// Headroom over the worst realistic peak for the recommended limit.
-    pub headroom: f64,
+    /// How the recommendation is sized: headroom, floor and maximum, limit/request ratio.
+    pub policy: crate::sizing::Policy,
     /// Stack sampling where memory is made; `None` turns it off.
     pub stacks: Option<StackSettings>,
     /// Ring buffer size for mapping, process and stack events.
@@ -156,7 +156,7 @@ impl CaptureOptions {
             timeline_buckets: 2048,
             max_regions: 262_144,
             analysis: AnalysisConfig::default(),
-            headroom: crate::sizing::DEFAULT_HEADROOM,
+            policy: crate::sizing::Policy::default(),
             stacks: Some(StackSettings::default()),
             ring_buffer_bytes: profiler_common::capacity::EVENTS_BYTES,
             metadata: MetadataSource::Auto,
@@ -246,7 +246,7 @@ pub async fn run(options: &CaptureOptions) -> Result<CaptureReport, CaptureError
             target.attribution = attribution_of(target.cgroup.as_deref(), metadata.as_ref());
         }
     }
-    crate::sizing::recommend_report(&mut report, options.headroom);
+    crate::sizing::recommend_report_with(&mut report, &options.policy);
     if let Some(cgroup) = cgroup {
         cgroup.remove()?;
     }

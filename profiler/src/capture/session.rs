@@ -14,8 +14,8 @@ use crate::{
         TargetReportBuilder,
     },
     report::{
-        Attribution, CaptureReport, DropCounts, ExitSummary, KubernetesMeta, OomKill, ReportMode,
-        TargetKind, TimelineExcerpt, REPORT_SCHEMA,
+        Attribution, CaptureReport, DropCounts, ExitSummary, KubernetesMeta, OomKill,
+        PeakBeforeCapture, ReportMode, TargetKind, TimelineExcerpt, REPORT_SCHEMA,
     },
     stacks::StackCollector,
 };
@@ -70,6 +70,10 @@ pub struct CaptureSession {
     stack_resident_peak: u64,
     oom_events: Vec<OomKill>,
     stacks: Option<StackCollector>,
+    /// The kernel's high-water mark read when watching began (targets already running).
+    peak_before_capture: Option<PeakBeforeCapture>,
+    /// PSI memory `full` stall total when watching began.
+    pressure_at_start: Option<u64>,
 }
 
 impl CaptureSession {
@@ -80,7 +84,14 @@ impl CaptureSession {
         started_ns: u64,
         stacks: Option<StackCollector>,
     ) -> Self {
+        let peak_before_capture = peak_before_capture(&watched, proc_root);
+        let pressure_at_start = watched
+            .charge
+            .as_ref()
+            .and_then(ChargeReader::pressure_full_us);
         Self {
+            peak_before_capture,
+            pressure_at_start,
             table: ProcessTable::new(watched.target_id, limits.max_processes),
             regions: RegionTracker::new(limits.max_regions),
             recorder: Recorder::new(limits.bucket_ms, limits.timeline_buckets),
@@ -299,6 +310,21 @@ impl CaptureSession {
             .kernel_entries(kernel.kernel_entries(target_id)?)
             .stacks(self.stacks.take().map(StackCollector::finish))
             .build();
+        let mut target = target;
+        let pressure = watched
+            .charge
+            .as_ref()
+            .and_then(ChargeReader::pressure_full_us)
+            .map(|now| now.saturating_sub(self.pressure_at_start.unwrap_or(0)));
+        if let Some(memory) = target.memory.as_mut() {
+            memory.pressure_full_us = pressure;
+        }
+        if let Some(before) = self.peak_before_capture.take() {
+            match target.memory.as_mut() {
+                Some(memory) => memory.peak_before_capture = Some(before),
+                None => target.resident.peak_before_capture = Some(before),
+            }
+        }
         let report = CaptureReport {
             schema: REPORT_SCHEMA.to_owned(),
             mode: ReportMode::Target,
@@ -312,6 +338,39 @@ impl CaptureSession {
         };
         Ok((report, self.watched.session.take()))
     }
+}
+
+/// What a running target reached before the capture: its cgroup's lifetime high-water mark
+/// (v2 memory.peak, v1 memory.max_usage_in_bytes) with the inactive file cache at the start,
+/// or for a process tree the sum of its processes' VmHWM (each one's own resident mark; the
+/// sum is at least their highest moment together). None for a command the capture starts, and
+/// where the kernel keeps no mark.
+fn peak_before_capture(watched: &Watched, proc_root: &Path) -> Option<PeakBeforeCapture> {
+    if watched.kind == TargetKind::Command {
+        return None;
+    }
+    if let Some(charge) = &watched.charge {
+        let (bytes, file) = charge.peak_at_open()?;
+        return Some(PeakBeforeCapture {
+            bytes,
+            reclaimable_bytes: charge.inactive_file().unwrap_or(0).min(bytes),
+            source: file.to_owned(),
+        });
+    }
+    let marks: Vec<u64> = watched
+        .root_pids
+        .iter()
+        .filter_map(|&pid| procfs::peak_resident_bytes(proc_root, pid))
+        .collect();
+    (!marks.is_empty()).then(|| PeakBeforeCapture {
+        bytes: marks.iter().sum(),
+        reclaimable_bytes: 0,
+        source: format!(
+            "VmHWM of {} process{}",
+            marks.len(),
+            if marks.len() == 1 { "" } else { "es" }
+        ),
+    })
 }
 
 /// Drops since the session began are what the session lost.
@@ -411,6 +470,43 @@ mod tests {
         }
     }
 
+    /// A cgroup watched after it peaked at 311 MiB (10 MiB of it inactive file cache then):
+    /// the mark read at the start is reported and counted in the limit.
+    #[test]
+    fn a_late_cgroup_capture_counts_the_peak_before_it() {
+        let cgroup = FakeCgroup::new("late");
+        cgroup.write("memory.current", &format!("{}\n", 100 * MIB));
+        cgroup.write("memory.peak", &format!("{}\n", 311 * MIB));
+        cgroup.write("memory.stat", &format!("inactive_file {}\n", 10 * MIB));
+        let mut session = session(Some(cgroup.reader()), TargetKind::Cgroup);
+        let mut kernel = FakeKernel::default();
+        for bucket in 0..300u64 {
+            kernel.set_resident(TARGET, 90 * MIB, 10 * MIB, 2);
+            cgroup.set_charge(100 * MIB, 100 * MIB);
+            session.sample_charge(bucket * 100);
+            session
+                .close_bucket(&mut kernel, bucket * 100 + 99)
+                .expect("bucket");
+        }
+        let (mut report, _) = session.finish(&kernel, end()).expect("report");
+        crate::sizing::recommend_report(&mut report, 0.25);
+        let target = &report.targets[0];
+        let before = target
+            .memory
+            .as_ref()
+            .and_then(|m| m.peak_before_capture.clone())
+            .expect("the mark at the start");
+        assert_eq!(
+            (before.bytes, before.reclaimable_bytes),
+            (311 * MIB, 10 * MIB)
+        );
+        assert_eq!(before.source, "memory.peak");
+        let recommendation = target.recommendation.as_ref().expect("recommended");
+        assert_eq!(recommendation.worst_peak_source, PeakKind::BeforeCapture);
+        assert_eq!(recommendation.worst_peak_bytes, 301 * MIB);
+        assert!(recommendation.limit_bytes as f64 >= 1.2 * (301 * MIB) as f64);
+    }
+
     /// 2 s of startup at 300 MiB, then 100 MiB steady with one 50 ms spike to 400 MiB that
     /// only the kernel's windowed peak sees (it falls between two samples).
     #[test]
@@ -422,6 +518,10 @@ mod tests {
             let at_ms = bucket * 100;
             let charge = if bucket < 20 { 300 * MIB } else { 100 * MIB };
             let window_peak = if bucket == 70 { 400 * MIB } else { charge };
+            if bucket == 70 {
+                // The spike is anonymous memory: the kernel's rss window sees it too.
+                kernel.set_resident(TARGET, window_peak - 10 * MIB, 10 * MIB, 3);
+            }
             kernel.set_resident(TARGET, charge - 10 * MIB, 10 * MIB, 3);
             cgroup.set_charge(charge, window_peak);
             session.sample_charge(at_ms);
@@ -444,7 +544,8 @@ mod tests {
         let recommendation = target.recommendation.as_ref().expect("recommended");
         assert_eq!(recommendation.worst_peak_source, PeakKind::Spike);
         assert_eq!(recommendation.limit_bytes, 500 * MIB);
-        assert_eq!(recommendation.request_bytes, 100 * MIB);
+        // The 100 MiB steady state, raised to 500 / 3: the limit/request ratio is at most 3.
+        assert_eq!(recommendation.request_bytes, 167 * MIB);
         assert_eq!(target.threads.peak, Some(3));
     }
 

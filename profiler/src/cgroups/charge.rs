@@ -23,6 +23,9 @@ pub struct ChargeReader {
     /// for where per-descriptor resets do not work, and its value at the last reading.
     lifetime_peak: Option<fs::File>,
     last_lifetime_peak: u64,
+    /// The lifetime high-water mark when the reader was opened, read before anything could
+    /// reset a window: what the cgroup reached before it was watched.
+    peak_at_open: Option<u64>,
 }
 
 /// The highest charge of an interval, and how it is known.
@@ -78,6 +81,18 @@ pub fn parse_key(text: &str, key: &str) -> Option<u64> {
     })
 }
 
+/// The `total=` of one line (`some` or `full`) of a PSI file such as memory.pressure:
+/// `full avg10=0.00 avg60=0.00 avg300=0.00 total=12345`. Public for the fuzz targets.
+pub fn parse_pressure_total(text: &str, kind: &str) -> Option<u64> {
+    text.lines().find_map(|line| {
+        let rest = line.strip_prefix(kind)?.strip_prefix(' ')?;
+        rest.split_whitespace()
+            .find_map(|field| field.strip_prefix("total="))?
+            .parse()
+            .ok()
+    })
+}
+
 /// Opens v2 memory.peak for per-descriptor windows and starts the first window now, so the
 /// first interval does not report the cgroup's lifetime peak. None where the kernel does not
 /// reset per descriptor (before 6.12 the file is read-only).
@@ -101,25 +116,29 @@ impl ChargeReader {
     pub fn open(unified_dir: &Path, memory_v1_dir: Option<&Path>) -> Option<Self> {
         if let Ok(current) = fs::File::open(unified_dir.join("memory.current")) {
             let lifetime_peak = fs::File::open(unified_dir.join("memory.peak")).ok();
+            let peak_at_open = lifetime_peak.as_ref().and_then(read_number);
             return Some(Self {
                 version: ChargeVersion::V2,
                 dir: unified_dir.to_path_buf(),
                 current,
                 window_peak: open_window_peak(&unified_dir.join("memory.peak")),
-                last_lifetime_peak: lifetime_peak.as_ref().and_then(read_number).unwrap_or(0),
+                last_lifetime_peak: peak_at_open.unwrap_or(0),
                 lifetime_peak,
+                peak_at_open,
             });
         }
         let dir = memory_v1_dir?;
         let current = fs::File::open(dir.join("memory.usage_in_bytes")).ok()?;
         let lifetime_peak = fs::File::open(dir.join("memory.max_usage_in_bytes")).ok();
+        let peak_at_open = lifetime_peak.as_ref().and_then(read_number);
         Some(Self {
             version: ChargeVersion::V1,
             dir: dir.to_path_buf(),
             current,
             window_peak: None,
-            last_lifetime_peak: lifetime_peak.as_ref().and_then(read_number).unwrap_or(0),
+            last_lifetime_peak: peak_at_open.unwrap_or(0),
             lifetime_peak,
+            peak_at_open,
         })
     }
 
@@ -174,6 +193,28 @@ impl ChargeReader {
             ChargeVersion::V1 => {
                 read("memory.max_usage_in_bytes").map(|peak| (peak, "memory.max_usage_in_bytes"))
             }
+        }
+    }
+
+    /// The cgroup's lifetime high-water mark when this reader was opened, and its file.
+    pub fn peak_at_open(&self) -> Option<(u64, &'static str)> {
+        let file = match self.version {
+            ChargeVersion::V2 => "memory.peak",
+            ChargeVersion::V1 => "memory.max_usage_in_bytes",
+        };
+        self.peak_at_open.map(|peak| (peak, file))
+    }
+
+    /// Microseconds all of the cgroup's tasks were stalled on memory at once, over its life
+    /// (PSI `memory.pressure`, the `full` line's total): reclaim that held the workload up.
+    /// None on v1 and where the kernel has no PSI.
+    pub fn pressure_full_us(&self) -> Option<u64> {
+        match self.version {
+            ChargeVersion::V2 => parse_pressure_total(
+                &fs::read_to_string(self.dir.join("memory.pressure")).ok()?,
+                "full",
+            ),
+            ChargeVersion::V1 => None,
         }
     }
 
@@ -245,6 +286,11 @@ mod tests {
         assert_eq!(parse_number(b"268435456\n"), Some(268_435_456));
         assert_eq!(parse_number(b"max\n"), None);
         assert_eq!(parse_number(&[0xff, b'1']), None);
+        let pressure = "some avg10=0.00 avg60=0.00 avg300=0.00 total=5000\nfull avg10=1.50 avg60=0.20 avg300=0.05 total=1234\n";
+        assert_eq!(parse_pressure_total(pressure, "full"), Some(1234));
+        assert_eq!(parse_pressure_total(pressure, "some"), Some(5000));
+        assert_eq!(parse_pressure_total("fullx total=3\n", "full"), None);
+        assert_eq!(parse_pressure_total("", "full"), None);
     }
 
     #[test]
@@ -272,6 +318,10 @@ mod tests {
             Some((4 << 20, "memory.max_usage_in_bytes"))
         );
         assert_eq!(reader.inactive_file(), Some(4096));
+        assert_eq!(
+            reader.peak_at_open(),
+            Some((4 << 20, "memory.max_usage_in_bytes"))
+        );
         assert_eq!(reader.limit(), None);
         assert_eq!(reader.oom_kills(), Some(2));
         fs::write(
@@ -297,9 +347,15 @@ mod tests {
             "low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n",
         )
         .expect("fixture");
+        fs::write(
+            dir.join("memory.pressure"),
+            "some avg10=0.00 avg60=0.00 avg300=0.00 total=90\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=40\n",
+        )
+        .expect("fixture");
         let reader = ChargeReader::open(&dir, None).expect("v2 reader");
         assert_eq!(reader.version(), ChargeVersion::V2);
         assert_eq!(reader.current(), Some(123));
+        assert_eq!(reader.pressure_full_us(), Some(40));
         assert_eq!(reader.limit(), Some(256 << 20));
         assert_eq!(reader.oom_kills(), Some(1));
         fs::remove_dir_all(&base).expect("cleanup");

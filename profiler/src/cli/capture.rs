@@ -32,7 +32,7 @@ fn capture_options(args: &CaptureArgs) -> anyhow::Result<CaptureOptions> {
     options.duration = args.duration;
     options.max_processes = args.max_processes as usize;
     options.memory_limit = args.memory_limit;
-    options.headroom = args.sizing.headroom;
+    options.policy = args.sizing.policy()?;
     options.stacks = args.stacks.settings();
     options.ring_buffer_bytes = args.ring_buffer;
     options.metadata = args.metadata;

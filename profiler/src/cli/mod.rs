@@ -20,7 +20,7 @@ pub use self::{
     recommend::RecommendArgs,
 };
 pub use crate::report::Format;
-use crate::units::parse_headroom;
+use crate::units::{parse_bytes, parse_headroom};
 
 /// headroom: measures what a workload really needs in memory (charged, resident and reserved;
 /// startup peaks, steady state, spikes, thread stacks) with eBPF probes, to size Kubernetes
@@ -58,8 +58,9 @@ pub enum Command {
     Capture(CaptureArgs),
     /// Recommend a memory request and limit from saved capture reports (`--format json`).
     ///
-    /// Several reports are taken as replicas of one workload: the highest peaks across them,
-    /// and their steady states pooled, make one recommendation.
+    /// Several reports are taken as replicas of one workload, each counting the same: the
+    /// highest peaks across them and the steady state of the replica that holds the most make
+    /// one recommendation.
     Recommend(RecommendArgs),
     /// Run the node agent: probes loaded once, every container tracked, and /metrics,
     /// /healthz, /readyz and /api/v1/report served over HTTP, until SIGINT or SIGTERM.
@@ -76,11 +77,59 @@ pub struct SizingArgs {
     #[arg(long, value_name = "FRACTION", default_value = "25%", value_parser = parse_headroom)]
     pub headroom: f64,
 
+    /// Neither the request nor the limit below SIZE (e.g. 64Mi); never below 32Mi.
+    #[arg(long, value_name = "SIZE", value_parser = parse_bytes)]
+    pub min_memory: Option<u64>,
+
+    /// The limit not above SIZE (e.g. 2Gi); a worst peak above it is flagged oom_risk.
+    #[arg(long, value_name = "SIZE", value_parser = parse_bytes)]
+    pub max_memory: Option<u64>,
+
+    /// The limit at most N times the request (the request is raised to limit ÷ N).
+    #[arg(long, value_name = "N", default_value_t = crate::sizing::DEFAULT_MAX_RATIO)]
+    pub max_limit_ratio: f64,
+
     /// The container: with --pod, the one to watch; with --format yaml, the name for a
     /// strategic-merge patch of the owning workload (`kubectl patch deploy/NAME --type
     /// strategic -p "$(cat patch.yaml)"`) instead of a bare `resources:` block.
     #[arg(long, value_name = "NAME")]
     pub container: Option<String>,
+}
+
+impl SizingArgs {
+    /// The sizing policy these flags ask for; an error names the flag that is wrong.
+    pub fn policy(&self) -> anyhow::Result<crate::sizing::Policy> {
+        if !(self.max_limit_ratio >= 1.0 && self.max_limit_ratio.is_finite()) {
+            anyhow::bail!(
+                "--max-limit-ratio {} is below 1: the limit cannot be smaller than the request (use 1 for request = limit)",
+                self.max_limit_ratio
+            );
+        }
+        if let (Some(min), Some(max)) = (self.min_memory, self.max_memory) {
+            if min > max {
+                anyhow::bail!(
+                    "--min-memory {} is above --max-memory {}: lower the minimum or raise the maximum",
+                    crate::units::quantity(min),
+                    crate::units::quantity(max)
+                );
+            }
+        }
+        if let Some(max) = self
+            .max_memory
+            .filter(|&max| max < crate::sizing::FLOOR_BYTES)
+        {
+            anyhow::bail!(
+                "--max-memory {} is below the 32Mi floor: give at least 32Mi",
+                crate::units::quantity(max)
+            );
+        }
+        Ok(crate::sizing::Policy {
+            headroom: self.headroom,
+            min_bytes: self.min_memory,
+            max_bytes: self.max_memory,
+            max_ratio: self.max_limit_ratio,
+        })
+    }
 }
 
 /// headroom's own failure exit code (like `env` and container runtimes).

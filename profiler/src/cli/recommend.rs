@@ -67,14 +67,14 @@ pub(super) fn run_recommend(args: RecommendArgs) -> anyhow::Result<u8> {
         merged.current_limit_bytes = args.current_limit;
     }
     merged.current_request_bytes = args.current_request;
-    let (recommendation, checklist) = sizing::recommend(&merged, args.sizing.headroom);
+    let (recommendation, checklist) = sizing::recommend_with(&merged, &args.sizing.policy()?);
     let rendered = render_for_reports(&args, &merged.name, &recommendation, &checklist)?;
     emit(args.output.as_deref(), &rendered, false)?;
     Ok(0)
 }
 
-/// Reads every report and merges their targets into one observation (highest peaks, pooled
-/// steady states); errors name the file they come from.
+/// Reads every report and merges their targets into one observation (highest peaks, the worst
+/// replica's steady state); errors name the file they come from.
 fn merge_reports(paths: &[PathBuf]) -> anyhow::Result<Observation> {
     let mut observations = Vec::new();
     for path in paths {
@@ -156,8 +156,9 @@ fn render_workloads(
 ) -> anyhow::Result<String> {
     let mut rendered = String::new();
     let mut json = Vec::new();
+    let policy = args.sizing.policy()?;
     for (key, observation) in workloads {
-        let (recommendation, checklist) = sizing::recommend(observation, args.sizing.headroom);
+        let (recommendation, checklist) = sizing::recommend_with(observation, &policy);
         match args.format {
             Format::Table => {
                 rendered.push_str(&format!("{}\n", observation.name));

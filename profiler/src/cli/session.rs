@@ -78,7 +78,7 @@ fn session_request(args: &CaptureArgs, options: &CaptureOptions) -> Option<Sessi
         max_stacks: stacks.max_stacks,
         format: args.format,
         patch_container: args.sizing.container.clone(),
-        headroom: options.headroom,
+        headroom: options.policy.headroom,
     })
 }
 

@@ -29,8 +29,8 @@ pub use maps::{
 };
 pub use smaps::{resident_in_ranges, resident_in_ranges_bounded, smaps_rss_in_ranges};
 pub use status::{
-    parse_status_resident, parse_status_vm_size, reserved_and_threads, reserved_bytes,
-    resident_by_member, thread_count,
+    parse_status_resident, parse_status_vm_size, peak_resident_bytes, reserved_and_threads,
+    reserved_bytes, resident_by_member, thread_count,
 };
 pub use tree::{parent_pid, process_tree};
 

@@ -87,9 +87,20 @@ pub fn reserved_and_threads(root: &Path, pid: u32, skips: &mut Skips) -> Result<
 
 /// VmSize of a /proc/PID/status text, in bytes.
 pub fn parse_status_vm_size(status: &str) -> Option<u64> {
+    parse_status_kib(status, "VmSize:")
+}
+
+/// A process's resident high-water mark over its life (VmHWM of /proc/PID/status), in bytes.
+pub fn peak_resident_bytes(root: &Path, pid: u32) -> Option<u64> {
+    let status = read_proc_file(root, Some(pid), "status").ok()?;
+    parse_status_kib(&status, "VmHWM:")
+}
+
+/// A `Key:   N kB` line of a /proc/PID/status text, in bytes.
+fn parse_status_kib(status: &str, key: &str) -> Option<u64> {
     status
         .lines()
-        .find_map(|line| line.strip_prefix("VmSize:"))
+        .find_map(|line| line.strip_prefix(key))
         .and_then(|rest| {
             rest.trim()
                 .trim_end_matches("kB")

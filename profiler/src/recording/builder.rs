@@ -287,6 +287,8 @@ impl TargetReportBuilder {
                 working_set_peak_bytes: buckets.iter().map(|b| b.working_set).max().unwrap_or(0),
                 limit_bytes: facts.limit,
                 sampled_peak_bytes: recorder.sampled_charge_peak(),
+                peak_before_capture: None,
+                pressure_full_us: None,
             }
         });
         // Spikes of the charge; of resident memory for process trees, which have no cgroup.

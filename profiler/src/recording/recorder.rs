@@ -13,7 +13,10 @@ use crate::{
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct KernelBucket {
     pub resident: u64,
+    /// Highest anonymous resident within the bucket.
     pub anon: u64,
+    /// Anonymous resident at the bucket's end.
+    pub anon_now: u64,
     pub reserved: u64,
     pub tasks: u64,
 }
@@ -26,6 +29,8 @@ impl KernelBucket {
         Self {
             resident: self.resident.max(start.resident),
             anon: self.anon.max(start.anon),
+            // A figure at the bucket's end, not a peak.
+            anon_now: self.anon_now,
             reserved: self.reserved.max(start.reserved),
             tasks: self.tasks.max(start.tasks),
         }
@@ -45,12 +50,14 @@ impl KernelBucket {
             Some(window) => Self {
                 resident: window.resident_peak_bytes.max(resident),
                 anon: window.anon_peak_bytes.max(anon),
+                anon_now: anon,
                 reserved: 0,
                 tasks: baseline_tasks.saturating_add_signed(window.live_tasks_peak.max(live_tasks)),
             },
             None => Self {
                 resident,
                 anon,
+                anon_now: anon,
                 reserved: 0,
                 tasks: baseline_tasks.saturating_add_signed(live_tasks),
             },
@@ -100,6 +107,9 @@ pub struct Recorder {
     record_charge_peak: Option<u64>,
     resident_peak: u64,
     anon_peak: u64,
+    /// Highest charge sampled since the last bucket closed: the working set at the bucket's
+    /// peak is estimated from it (see [`Recorder::close_bucket`]).
+    bucket_sampled_peak: u64,
 }
 
 impl Recorder {
@@ -112,6 +122,7 @@ impl Recorder {
             record_charge_peak: None,
             resident_peak: 0,
             anon_peak: 0,
+            bucket_sampled_peak: 0,
         }
     }
 
@@ -123,6 +134,7 @@ impl Recorder {
     /// One charge sample between bucket closes.
     pub fn sample_charge(&mut self, elapsed_ms: u64, current: u64) {
         self.sampled_charge_peak = self.sampled_charge_peak.max(current);
+        self.bucket_sampled_peak = self.bucket_sampled_peak.max(current);
         self.timeline.record(
             elapsed_ms,
             &BucketPeaks {
@@ -160,9 +172,23 @@ impl Recorder {
                 .interval_peak
                 .map_or(0, IntervalPeak::bytes)
                 .max(charge.current);
-            peaks.working_set = charge.working_set;
+            // The working set is read once, at the bucket's end; an allocation burst between
+            // two reads shows in the charge and, exactly, in the kernel's anonymous peak of
+            // the window. The bucket's working set is the one at its end plus that burst
+            // (anon peak over anon at the end), never more than its charge peak less the
+            // inactive file cache at the end. The charge alone would not do: under a limit
+            // it touches the limit between reclaims with no working set behind it.
+            if charge.working_set > 0 {
+                let inactive_file = charge.current.saturating_sub(charge.working_set);
+                let bucket_peak = peaks.charged.max(self.bucket_sampled_peak);
+                let burst = kernel.anon.saturating_sub(kernel.anon_now);
+                peaks.working_set = charge.working_set.max(
+                    (charge.working_set + burst).min(bucket_peak.saturating_sub(inactive_file)),
+                );
+            }
             self.sampled_charge_peak = self.sampled_charge_peak.max(charge.current);
         }
+        self.bucket_sampled_peak = 0;
         self.timeline.record(elapsed_ms, &peaks);
     }
 
@@ -205,6 +231,7 @@ impl Recorder {
             anon_peak_bytes: self.anon_peak,
             file_peak_bytes: now.file_peak_bytes,
             current_bytes: now.resident_bytes().max(0) as u64,
+            peak_before_capture: None,
         }
     }
 }
@@ -217,6 +244,7 @@ impl ResidentMemory {
             anon_peak_bytes: counters.anon_peak_bytes,
             file_peak_bytes: counters.file_peak_bytes,
             current_bytes: counters.resident_bytes().max(0) as u64,
+            peak_before_capture: None,
         }
     }
 }
@@ -242,9 +270,30 @@ mod tests {
         );
         let bucket = recorder.timeline().buckets()[0];
         assert_eq!(bucket.charged, 300 * MIB);
+        // No anonymous burst in the bucket: the charge's 300 MiB sample was not working set.
         assert_eq!(bucket.working_set, 90 * MIB);
         assert_eq!(recorder.sampled_charge_peak(), 300 * MIB);
         assert_eq!(recorder.window_charge_peak(), None);
+    }
+
+    #[test]
+    fn an_anonymous_burst_between_reads_raises_the_buckets_working_set() {
+        let mut recorder = Recorder::new(50, 100);
+        recorder.sample_charge(10, 300 * MIB);
+        let kernel = KernelBucket {
+            anon: 250 * MIB,
+            anon_now: 50 * MIB,
+            ..KernelBucket::default()
+        };
+        let charge = ChargeBucket {
+            interval_peak: None,
+            current: 100 * MIB,
+            working_set: 90 * MIB,
+        };
+        recorder.close_bucket(49, kernel, Some(charge));
+        // 90 MiB at the end + the 200 MiB anonymous burst, within the charge peak less the
+        // 10 MiB of inactive file cache.
+        assert_eq!(recorder.timeline().buckets()[0].working_set, 290 * MIB);
     }
 
     #[test]

@@ -48,6 +48,34 @@ pub struct ChargedMemory {
     pub limit_bytes: Option<u64>,
     /// Highest sampled charge (every `sample_interval_ms`).
     pub sampled_peak_bytes: u64,
+    /// The cgroup's lifetime high-water mark read when the capture began (targets that were
+    /// already running): what the target reached before it was watched.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peak_before_capture: Option<PeakBeforeCapture>,
+    /// Microseconds all the cgroup's tasks stalled on memory at once during the capture (PSI
+    /// memory.pressure `full`); null without per-cgroup PSI (cgroup v1, kernels without it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pressure_full_us: Option<u64>,
+}
+
+/// A kernel high-water mark read when a capture of a running target began.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PeakBeforeCapture {
+    /// The mark itself.
+    pub bytes: u64,
+    /// Of it, what was reclaimable file cache at the start (v2 `inactive_file`, v1
+    /// `total_inactive_file`); 0 for resident marks, which hold no cache.
+    pub reclaimable_bytes: u64,
+    /// Where it was read (memory.peak, memory.max_usage_in_bytes, VmHWM).
+    pub source: String,
+}
+
+impl PeakBeforeCapture {
+    /// What sizing counts: the mark less the cache that was reclaimable at the start.
+    pub fn demand_bytes(&self) -> u64 {
+        self.bytes.saturating_sub(self.reclaimable_bytes)
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -60,6 +88,10 @@ pub struct ResidentMemory {
     pub file_peak_bytes: u64,
     /// At the end of the capture.
     pub current_bytes: u64,
+    /// For process trees that were already running: the sum of their processes' VmHWM (each
+    /// one's own resident high-water mark) when the capture began.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peak_before_capture: Option<PeakBeforeCapture>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

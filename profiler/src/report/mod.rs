@@ -20,8 +20,8 @@ pub use activity::{
 };
 pub use identity::{Attribution, KubernetesMeta, Qos, Runtime};
 pub use memory::{
-    BucketPeaks, ChargedMemory, OomKill, PeakSource, ReservedBytes, ReservedMemory, ResidentMemory,
-    ResidentPhases, Spike, Threads, TimelineExcerpt,
+    BucketPeaks, ChargedMemory, OomKill, PeakBeforeCapture, PeakSource, ReservedBytes,
+    ReservedMemory, ResidentMemory, ResidentPhases, Spike, Threads, TimelineExcerpt,
 };
 pub use recommendation::{
     Basis, Checklist, ChecklistItem, Confidence, Flag, FlagKind, PeakKind, Recommendation,

@@ -21,14 +21,21 @@ pub enum PeakKind {
     Steady,
     Spike,
     Oom,
+    /// The kernel's high-water mark from before the capture began.
+    BeforeCapture,
 }
 
 /// Which memory series sizing read.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Basis {
-    /// A cgroup's charge: what the OOM killer compares with the limit.
+    /// A cgroup's charge: what the OOM killer compares with the limit (reports without a
+    /// working-set series).
+    #[default]
     Charged,
+    /// A cgroup's working set: the charge less inactive file cache, which the kernel reclaims
+    /// before it OOM-kills and which the kubelet leaves out before it evicts.
+    WorkingSet,
     /// A process tree's resident memory (it has no cgroup of its own).
     Resident,
 }
@@ -72,6 +79,23 @@ pub struct Recommendation {
     pub flags: Vec<Flag>,
     #[serde(default)]
     pub warnings: Vec<String>,
+    /// The steady state sizing found (median of the buckets between spikes after startup).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub steady_bytes: Option<u64>,
+    /// Spikes sizing found above the steady baseline.
+    #[serde(default)]
+    pub spikes: u64,
+    /// Highest reclaimable page cache in the charge (charge minus working set), not sized.
+    #[serde(default)]
+    pub page_cache_peak_bytes: u64,
+    /// A sustained rise: its rate, and how long until the recommended limit at that rate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leak_bytes_per_hour: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seconds_to_limit: Option<f64>,
+    /// After an OOM kill: the demand is known only to be above this (the lower bound).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oom_floor_bytes: Option<u64>,
 }
 
 /// One question of the seed's checklist, answered from data.
@@ -103,9 +127,11 @@ super::schema_words!(PeakKind {
     Steady => "steady",
     Spike => "spike",
     Oom => "oom",
+    BeforeCapture => "before_capture",
 });
 
 super::schema_words!(Basis {
     Charged => "charged",
+    WorkingSet => "working_set",
     Resident => "resident",
 });

@@ -1,22 +1,34 @@
 //! The seed's checklist, each question answered from what was observed, with the evidence.
 
 use super::{
+    limit::WorstPeak,
+    trend::SteadyState,
     wording::{at_seconds, basis_name, plural},
     Observation,
 };
 use crate::{
-    report::{Basis, Checklist, ChecklistItem},
-    units::format_bytes,
+    report::{Checklist, ChecklistItem},
+    units::{format_bytes, quantity},
 };
 
 /// Answers the five questions for an observation sized with `limit_bytes` and `headroom`.
-pub(super) fn checklist(o: &Observation, limit_bytes: u64, headroom: f64) -> Checklist {
+pub(super) fn checklist(
+    o: &Observation,
+    worst: &WorstPeak,
+    limit_bytes: u64,
+    headroom: f64,
+    steady: &SteadyState,
+) -> Checklist {
     Checklist {
         startup_peaks_measured: startup_peaks_measured(o),
         real_traffic_spikes_observed: real_traffic_spikes_observed(o),
-        allocator_reserved_memory_included: allocator_reserved_memory_included(o),
-        headroom_added: headroom_added(headroom),
-        limits_far_enough_from_averages: limits_far_enough_from_averages(o, limit_bytes),
+        allocator_reserved_memory_included: allocator_reserved_memory_included(o, limit_bytes),
+        headroom_added: headroom_added(worst, limit_bytes, headroom),
+        limits_far_enough_from_averages: limits_far_enough_from_averages(
+            worst,
+            limit_bytes,
+            steady,
+        ),
     }
 }
 
@@ -62,42 +74,66 @@ fn real_traffic_spikes_observed(o: &Observation) -> ChecklistItem {
     }
 }
 
-/// Yes when sized from the cgroup charge, which counts what the allocator keeps after a free.
-fn allocator_reserved_memory_included(o: &Observation) -> ChecklistItem {
+/// Memory an allocator or runtime keeps is in the figures once touched; what it has only
+/// reserved is not. Yes unless the writable address space reserved (less no-access arenas
+/// and guards) exceeds the limit: then a runtime heap or arenas can grow past it.
+fn allocator_reserved_memory_included(o: &Observation, limit_bytes: u64) -> ChecklistItem {
+    let writable_reserved = o.reserved_peak_bytes.saturating_sub(o.no_access_peak_bytes);
+    let answer = writable_reserved <= limit_bytes;
     ChecklistItem {
-        answer: o.basis == Basis::Charged,
+        answer,
         evidence: format!(
-            "sized from the {}, which counts memory the allocator keeps after the program frees it; address space reserved {} ({} of it no-access arenas and guards), resident peak {}",
+            "sized from the {}, which counts what the allocator keeps after a free once touched; writable address space reserved {} ({} the limit {}; {} more no-access), resident peak {}{}",
             basis_name(o.basis),
-            format_bytes(o.reserved_peak_bytes),
+            format_bytes(writable_reserved),
+            if answer { "within" } else { "beyond" },
+            quantity(limit_bytes),
             format_bytes(o.no_access_peak_bytes),
-            format_bytes(o.resident_peak_bytes)
+            format_bytes(o.resident_peak_bytes),
+            if answer {
+                ""
+            } else {
+                ": a runtime heap (-Xmx, GOMEMLIMIT) or allocator arenas sized to that reservation can grow past the limit"
+            }
         ),
     }
 }
 
-/// Yes for any headroom above zero.
-fn headroom_added(headroom: f64) -> ChecklistItem {
+/// Yes when the limit is at least the worst peak × (1 + headroom) with headroom above zero
+/// (a `--max` cap can take it away).
+fn headroom_added(worst: &WorstPeak, limit_bytes: u64, headroom: f64) -> ChecklistItem {
+    let over = limit_bytes as f64 / worst.bytes.max(1) as f64 - 1.0;
     ChecklistItem {
-        answer: headroom > 0.0,
-        evidence: format!("{:.0} % over the worst realistic peak", headroom * 100.0),
+        answer: headroom > 0.0 && over >= headroom - 1e-9,
+        evidence: format!(
+            "the limit {} is {:.0} % over the worst realistic peak {} ({:.0} % asked)",
+            quantity(limit_bytes),
+            over * 100.0,
+            format_bytes(worst.bytes),
+            headroom * 100.0
+        ),
     }
 }
 
-/// Yes when the limit is at least 1.2 × the steady-state average (the mean bucket maximum).
-fn limits_far_enough_from_averages(o: &Observation, limit_bytes: u64) -> ChecklistItem {
-    let average = if o.steady_series.is_empty() {
-        None
-    } else {
-        Some(o.steady_series.iter().sum::<u64>() / o.steady_series.len() as u64)
-    };
+/// Yes when the limit is at least 1.2 × the steady-state average and the worst peak fits
+/// under it: a limit near the average kills at the first burst.
+fn limits_far_enough_from_averages(
+    worst: &WorstPeak,
+    limit_bytes: u64,
+    steady: &SteadyState,
+) -> ChecklistItem {
+    let average = steady.mean;
     ChecklistItem {
-        answer: average.is_some_and(|avg| limit_bytes as f64 >= avg as f64 * 1.2),
+        answer: average.is_some_and(|avg| limit_bytes as f64 >= avg as f64 * 1.2)
+            && limit_bytes >= worst.bytes,
         evidence: match average {
             Some(avg) => format!(
-                "the limit is {:.1}× the steady-state average {}",
+                "the limit {} is {:.1}× the steady-state average {} and {:.1}× the worst peak {}",
+                quantity(limit_bytes),
                 limit_bytes as f64 / avg.max(1) as f64,
-                format_bytes(avg)
+                format_bytes(avg),
+                limit_bytes as f64 / worst.bytes.max(1) as f64,
+                format_bytes(worst.bytes),
             ),
             None => "no steady state to compare with".to_owned(),
         },

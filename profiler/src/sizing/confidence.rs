@@ -3,19 +3,37 @@
 use super::{wording::plural, Observation};
 use crate::report::Confidence;
 
-/// Starts at 3 (high) and loses a point for under a minute observed, a point for a startup not
-/// seen through, and two for a leak; each reason says what was (or was not) seen.
+/// Below this much observed time a recommendation is a floor, not a measurement.
+const SHORT_SECONDS: f64 = 10.0;
+/// Fewer buckets after startup than this are too few for a p95.
+const MIN_POINTS: usize = 20;
+
+/// Starts at 3 (high) and loses a point for under a minute observed (two for under 10 s or
+/// fewer than 20 buckets after startup: the data actually present, not the time asked for), a
+/// point for a startup not seen through, and two for a leak; an OOM kill makes it Low whatever
+/// else was seen (the demand is then only a lower bound). Each reason says what was (or was
+/// not) seen.
 pub(super) fn confidence(o: &Observation, leak: bool) -> (Confidence, Vec<String>) {
     let mut score = 3;
     let mut reasons = Vec::new();
-    if o.duration_seconds < 60.0 {
+    let points = o.steady_series.len().max(o.unsettled_series.len());
+    if o.duration_seconds < SHORT_SECONDS || points < MIN_POINTS {
+        score -= 2;
+        reasons.push(format!(
+            "observed {:.0} s ({points} buckets after startup): too little to size from, capture at least a minute under real traffic",
+            o.duration_seconds
+        ));
+    } else if o.duration_seconds < 60.0 {
         score -= 1;
         reasons.push(format!(
-            "observed {:.0} s: less than a minute of steady state",
+            "observed {:.0} s ({points} buckets after startup): less than a minute of steady state",
             o.duration_seconds
         ));
     } else {
-        reasons.push(format!("observed {:.0} s", o.duration_seconds));
+        reasons.push(format!(
+            "observed {:.0} s ({points} buckets after startup)",
+            o.duration_seconds
+        ));
     }
     if o.saw_start && o.startup_seconds.is_some() {
         reasons.push("startup seen from the first process to steady state".to_owned());
@@ -39,6 +57,13 @@ pub(super) fn confidence(o: &Observation, leak: bool) -> (Confidence, Vec<String
     if leak {
         score -= 2;
         reasons.push("a sustained upward trend (possible leak)".to_owned());
+    }
+    if ooms > 0 {
+        score = 0;
+        reasons.push(
+            "an OOM kill cut the workload short: what it needed is only known to be above what it held"
+                .to_owned(),
+        );
     }
     let confidence = match score {
         3.. => Confidence::High,

@@ -1,19 +1,42 @@
 //! Flags: a leak the limit cannot cover, and problems with what is set now.
 
-use super::Observation;
+use super::{phases::Leak, Observation};
 use crate::{
-    report::{Flag, FlagKind},
+    report::{Basis, Flag, FlagKind},
     units::{format_bytes, quantity, MIB},
 };
 
-/// A leak is flagged so the limit is not presented as covering it.
-pub(super) fn leak_flag(bytes_per_hour: f64) -> Flag {
+/// Seconds until a leak at its rate takes the baseline from its level at the end to `limit`
+/// (0 when it is there already).
+pub(super) fn seconds_to(leak: Leak, limit_bytes: u64) -> f64 {
+    let room = limit_bytes.saturating_sub(leak.level_at_end) as f64;
+    (room / leak.bytes_per_hour.max(1.0) * 3600.0).round()
+}
+
+/// A leak is flagged so the limit is not presented as covering it, with when it reaches it.
+pub(super) fn leak_flag(leak: Leak, limit_bytes: u64) -> Flag {
     Flag {
         kind: FlagKind::Leak,
         message: format!(
-            "memory rose steadily after startup, about {} per hour: a leak grows past any limit; this limit only covers what was observed",
-            format_bytes(bytes_per_hour as u64)
+            "memory kept rising after startup, about {} per hour (from {} at the end of the capture): at that rate it reaches the limit {} in {}; a leak grows past any limit, this one only covers what was observed",
+            format_bytes(leak.bytes_per_hour as u64),
+            format_bytes(leak.level_at_end),
+            quantity(limit_bytes),
+            duration_words(seconds_to(leak, limit_bytes)),
         ),
+    }
+}
+
+/// "45 s", "12 min", "3.5 h", "2.0 days".
+fn duration_words(seconds: f64) -> String {
+    if seconds < 120.0 {
+        format!("{seconds:.0} s")
+    } else if seconds < 7_200.0 {
+        format!("{:.0} min", seconds / 60.0)
+    } else if seconds < 172_800.0 {
+        format!("{:.1} h", seconds / 3_600.0)
+    } else {
+        format!("{:.1} days", seconds / 86_400.0)
     }
 }
 
@@ -25,10 +48,37 @@ pub(super) fn current_settings_flags(
     steady_p95: Option<u64>,
     headroom: f64,
 ) -> Vec<Flag> {
+    // A charge that reached the limit with no OOM kill and no memory pressure is page cache
+    // filling the room it has (the kernel reclaimed it instead of killing): no risk, whatever
+    // the charge says.
+    let stalled = o.pressure_full_us.unwrap_or(0) > 0;
+    let cache_at_limit = o.ooms.is_empty()
+        && !stalled
+        && o.basis == Basis::Charged
+        && o.current_limit_bytes
+            .is_some_and(|limit| worst_peak <= limit && worst_peak as f64 >= limit as f64 * 0.95);
     current_limit_flag(o.current_limit_bytes, worst_peak, limit_bytes, headroom)
+        .filter(|flag| !(cache_at_limit && flag.kind == FlagKind::OomRisk))
+        .or_else(|| pressure_flag(o))
         .into_iter()
         .chain(current_request_flag(o.current_request_bytes, steady_p95))
         .collect()
+}
+
+/// The charge sat at the limit and the whole workload stalled on memory (PSI `full`): the
+/// working set fits, but reclaim of the cache it re-reads is holding it up.
+fn pressure_flag(o: &Observation) -> Option<Flag> {
+    let stalled_us = o.pressure_full_us.filter(|&us| us > 0)?;
+    let limit = o.current_limit_bytes?;
+    (o.charge_peak_bytes as f64 >= limit as f64 * 0.95).then(|| Flag {
+        kind: FlagKind::OomRisk,
+        message: format!(
+            "the charge reached the current limit {} and all tasks stalled {:.1} ms on memory (PSI memory.pressure full): reclaim is holding the service up; raise the limit by the page cache it re-reads (up to {})",
+            quantity(limit),
+            stalled_us as f64 / 1000.0,
+            format_bytes(o.page_cache_peak_bytes)
+        ),
+    })
 }
 
 /// No limit, a limit below the worst peak (OOM kills), or one with less than the headroom.
@@ -47,7 +97,7 @@ fn current_limit_flag(
         Some(limit) if limit < worst_peak => Some(Flag {
             kind: FlagKind::OomRisk,
             message: format!(
-                "the current limit {} is below the observed peak {}: expect OOM kills",
+                "the current limit {} is below the worst peak {}: expect OOM kills",
                 quantity(limit),
                 format_bytes(worst_peak)
             ),
@@ -55,7 +105,7 @@ fn current_limit_flag(
         Some(limit) if limit < limit_bytes => Some(Flag {
             kind: FlagKind::OomRisk,
             message: format!(
-                "the current limit {} leaves less than {:.0} % headroom over the observed peak {}",
+                "the current limit {} leaves less than {:.0} % headroom over the worst peak {}",
                 quantity(limit),
                 headroom * 100.0,
                 format_bytes(worst_peak)

@@ -3,7 +3,10 @@
 
 use thiserror::Error;
 
-use crate::report::{Basis, BucketPeaks, CaptureReport, TargetKind, TargetReport, REPORT_SCHEMA};
+use super::{phases, trend};
+use crate::report::{
+    Basis, BucketPeaks, CaptureReport, PeakBeforeCapture, TargetKind, TargetReport, REPORT_SCHEMA,
+};
 
 #[derive(Debug, Error)]
 pub enum SizingError {
@@ -14,11 +17,25 @@ pub enum SizingError {
 }
 
 /// An OOM kill, as sizing needs it.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct OomSeen {
     pub seconds: f64,
     /// Highest charge in the seconds before the kill (the charge it was stopped at).
     pub charge_before_bytes: u64,
+    /// The limit in force at the kill, where known: demand went past it.
+    pub limit_bytes: Option<u64>,
+    /// The victim's own anon + file + shmem resident at the kill (0: the record had none).
+    pub victim_bytes: u64,
+}
+
+impl OomSeen {
+    /// The least the killed workload needed: more than what the kill record shows it held,
+    /// and more than the limit that stopped it.
+    pub fn demand_above_bytes(&self) -> u64 {
+        self.charge_before_bytes
+            .max(self.victim_bytes)
+            .max(self.limit_bytes.unwrap_or(0))
+    }
 }
 
 /// A spike, as sizing needs it.
@@ -30,7 +47,7 @@ pub struct SpikeSeen {
 }
 
 /// What one capture target observed, distilled for sizing.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Observation {
     pub name: String,
     pub basis: Basis,
@@ -42,6 +59,9 @@ pub struct Observation {
     pub startup_peak_at_seconds: Option<f64>,
     /// Bucket maxima after startup, `resolution_ms` apart.
     pub steady_series: Vec<u64>,
+    /// Without a startup end, the whole series (for the leak rule, which tells a ramp that
+    /// never settles from a warm-up); empty otherwise.
+    pub unsettled_series: Vec<u64>,
     pub resolution_ms: u64,
     pub peak_bytes: u64,
     pub spikes: Vec<SpikeSeen>,
@@ -53,6 +73,17 @@ pub struct Observation {
     pub resident_peak_bytes: u64,
     /// Processes that arrived in the target from outside (a restart brings a new one).
     pub restarts: u64,
+    /// Highest reclaimable page cache in the charge (charge less working set per bucket).
+    pub page_cache_peak_bytes: u64,
+    /// Highest charge, cache included.
+    pub charge_peak_bytes: u64,
+    /// The kernel's high-water mark from before the capture, where the target was running.
+    pub peak_before_capture: Option<PeakBeforeCapture>,
+    /// Microseconds all tasks stalled on memory during the capture (PSI `full`), where known.
+    pub pressure_full_us: Option<u64>,
+    /// How many replicas this observation stands for, and which one set the steady state.
+    pub replicas: usize,
+    pub steady_from: Option<String>,
 }
 
 impl Observation {
@@ -71,46 +102,58 @@ impl Observation {
             .collect())
     }
 
-    /// One target of a report that lasted `duration_seconds`.
+    /// One target of a report that lasted `duration_seconds`. Phases are read here, from
+    /// the series sizing uses (see `phases.rs`), not taken from the report's charge phases.
     pub fn from_target(t: &TargetReport, duration_seconds: f64) -> Self {
-        let basis = if t.memory.is_some() {
-            Basis::Charged
-        } else {
-            Basis::Resident
+        let buckets = &t.timeline.buckets;
+        let basis = match &t.memory {
+            Some(_) if buckets.iter().any(|b| b.working_set > 0) => Basis::WorkingSet,
+            Some(_) => Basis::Charged,
+            None => Basis::Resident,
         };
-        let (startup_seconds, startup_peak_bytes, peak_bytes) = match &t.memory {
-            Some(memory) => (
-                memory.startup_seconds,
-                memory.startup_peak_bytes,
-                memory.peak_bytes,
-            ),
-            None => (
-                t.resident_phases.startup_seconds,
-                t.resident_phases.startup_peak_bytes,
-                t.resident.peak_bytes,
-            ),
+        let resolution_ms = t.timeline.resolution_ms.max(1);
+        let series = basis_series(basis, buckets);
+        let alive = alive_span(buckets);
+        let alive_series = &series[alive.clone()];
+        let offset_seconds = (alive.start as u64 * resolution_ms) as f64 / 1000.0;
+        let read = phases::read_phases(alive_series, resolution_ms, offset_seconds);
+        let seconds_at =
+            |index: usize| offset_seconds + (index as u64 * resolution_ms) as f64 / 1000.0;
+        let (steady_series, unsettled_series) = match read.startup_end {
+            Some(end) => (alive_series[end..].to_vec(), Vec::new()),
+            None => (Vec::new(), alive_series.to_vec()),
         };
-        let phases = SeriesPhases::read(t, basis, startup_seconds, startup_peak_bytes);
+        // The report's own peak is the kernel's where it has one (exact between buckets);
+        // it is a charge, so it stands for the basis only when the basis is the charge.
+        let reported_peak = match (&t.memory, basis) {
+            (Some(memory), Basis::Charged) => memory.peak_bytes,
+            (Some(memory), Basis::WorkingSet) => memory.working_set_peak_bytes,
+            _ => t.resident.peak_bytes,
+        };
+        let peak_before_capture = t
+            .memory
+            .as_ref()
+            .and_then(|m| m.peak_before_capture.clone())
+            .or_else(|| t.resident.peak_before_capture.clone());
+        let first_alive = buckets.iter().position(|b| b.tasks > 0);
         Self {
             name: CaptureReport::target_name(t),
             basis,
             duration_seconds,
-            saw_start: phases.saw_start,
-            startup_seconds,
-            startup_peak_bytes,
-            startup_peak_at_seconds: phases.startup_peak_at_seconds,
-            steady_series: phases.steady_series,
-            resolution_ms: phases.resolution_ms,
-            peak_bytes,
-            spikes: t
-                .spikes
-                .iter()
-                .map(|s| SpikeSeen {
-                    start_seconds: s.start_seconds,
-                    duration_ms: s.duration_ms,
-                    peak_bytes: s.peak_bytes,
-                })
-                .collect(),
+            // A command is seen from its first process; any other target only if the
+            // capture saw its cgroup go from (nearly) nothing to its startup peak.
+            saw_start: t.kind == TargetKind::Command
+                || first_alive.is_some_and(|i| {
+                    series.get(i).copied().unwrap_or(0) * 4 < read.startup_peak.max(1)
+                }),
+            startup_seconds: read.startup_end.map(seconds_at),
+            startup_peak_bytes: read.startup_peak,
+            startup_peak_at_seconds: read.startup_peak_index.map(seconds_at),
+            steady_series,
+            unsettled_series,
+            resolution_ms,
+            peak_bytes: series.iter().copied().max().unwrap_or(0).max(reported_peak),
+            spikes: read.spikes,
             ooms: ooms_seen(t, basis),
             // The pod spec's limit when known (what kubelet enforces), else the cgroup's.
             current_limit_bytes: t
@@ -129,14 +172,33 @@ impl Observation {
                 .filter(|p| p.parent_pid.is_none())
                 .count()
                 .saturating_sub(1) as u64,
+            page_cache_peak_bytes: if basis == Basis::WorkingSet {
+                page_cache_peak(buckets)
+            } else {
+                0
+            },
+            charge_peak_bytes: t.memory.as_ref().map_or(0, |m| m.peak_bytes),
+            peak_before_capture,
+            pressure_full_us: t.memory.as_ref().and_then(|m| m.pressure_full_us),
+            replicas: 1,
+            steady_from: None,
         }
     }
 
-    /// Merges observations of replicas of one workload: the highest peaks across them, and
-    /// their steady-state series pooled.
+    /// Merges observations of replicas of one workload, each weighted the same however long
+    /// it was watched: the highest peaks, spikes and kills of any, and the steady state of
+    /// the replica whose steady state is highest (the worst governs; pooling the series would
+    /// let the longest capture outvote the others).
     pub fn merge(observations: &[Self]) -> Option<Self> {
         let first = observations.first()?;
         let mut merged = first.clone();
+        let steady_level = |o: &Self| {
+            trend::percentile(
+                &phases::between_spikes(&o.steady_series, o.resolution_ms),
+                0.95,
+            )
+        };
+        let mut governing = (steady_level(first), first.name.clone());
         for other in &observations[1..] {
             merged.duration_seconds = merged.duration_seconds.max(other.duration_seconds);
             merged.saw_start |= other.saw_start;
@@ -147,7 +209,13 @@ impl Observation {
             } else if merged.startup_seconds.is_none() {
                 merged.startup_seconds = other.startup_seconds;
             }
-            merged.steady_series.extend_from_slice(&other.steady_series);
+            let level = steady_level(other);
+            if level > governing.0 {
+                governing = (level, other.name.clone());
+                merged.steady_series = other.steady_series.clone();
+                merged.unsettled_series = other.unsettled_series.clone();
+                merged.resolution_ms = other.resolution_ms;
+            }
             merged.peak_bytes = merged.peak_bytes.max(other.peak_bytes);
             merged.spikes.extend(other.spikes.iter().cloned());
             merged.ooms.extend(other.ooms.iter().cloned());
@@ -161,89 +229,112 @@ impl Observation {
                 merged.no_access_peak_bytes.max(other.no_access_peak_bytes);
             merged.resident_peak_bytes = merged.resident_peak_bytes.max(other.resident_peak_bytes);
             merged.restarts += other.restarts;
+            merged.page_cache_peak_bytes = merged
+                .page_cache_peak_bytes
+                .max(other.page_cache_peak_bytes);
+            merged.charge_peak_bytes = merged.charge_peak_bytes.max(other.charge_peak_bytes);
+            merged.pressure_full_us = merged.pressure_full_us.max(other.pressure_full_us);
+            if other
+                .peak_before_capture
+                .as_ref()
+                .map(PeakBeforeCapture::demand_bytes)
+                > merged
+                    .peak_before_capture
+                    .as_ref()
+                    .map(PeakBeforeCapture::demand_bytes)
+            {
+                merged.peak_before_capture = other.peak_before_capture.clone();
+            }
+            if other.basis != merged.basis {
+                // Mixed reports: the charge is the basis every one of them has.
+                merged.basis = Basis::Charged;
+            }
         }
+        merged.replicas = observations.len();
         if observations.len() > 1 {
             merged.name = format!("{} ({} replicas)", first.name, observations.len());
+            merged.steady_from = Some(governing.1);
         }
         Some(merged)
     }
 }
 
-/// The series sizing reads (the charge, or resident memory without a cgroup).
+/// The series sizing reads (the working set, the charge, or resident memory without a cgroup).
 fn pick(basis: Basis, bucket: &BucketPeaks) -> u64 {
     match basis {
         Basis::Charged => bucket.charged,
+        Basis::WorkingSet => bucket.working_set,
         Basis::Resident => bucket.resident,
     }
 }
 
-/// What the timeline says about phases: the steady series while the target had tasks, when
-/// the startup peak was, and whether the capture saw the target start.
-struct SeriesPhases {
-    steady_series: Vec<u64>,
-    startup_peak_at_seconds: Option<f64>,
-    saw_start: bool,
-    resolution_ms: u64,
+/// The highest page cache held for three buckets running (charge less working set, in
+/// buckets whose working set was read). Cache fills and drains slowly; a single bucket where
+/// the charge caught an allocation burst the working-set estimate did not is not cache.
+fn page_cache_peak(buckets: &[BucketPeaks]) -> u64 {
+    let cache: Vec<u64> = buckets
+        .iter()
+        .filter(|b| b.working_set > 0)
+        .map(|b| b.charged.saturating_sub(b.working_set))
+        .collect();
+    cache
+        .windows(3)
+        .map(|three| three.iter().copied().min().unwrap_or(0))
+        .max()
+        .unwrap_or_else(|| cache.iter().copied().min().unwrap_or(0))
 }
 
-impl SeriesPhases {
-    fn read(
-        t: &TargetReport,
-        basis: Basis,
-        startup_seconds: Option<f64>,
-        startup_peak_bytes: u64,
-    ) -> Self {
-        let resolution_ms = t.timeline.resolution_ms.max(1);
-        let buckets = &t.timeline.buckets;
-        let series: Vec<u64> = buckets.iter().map(|b| pick(basis, b)).collect();
-        let startup_end = startup_seconds
-            .map_or(series.len(), |s| {
-                ((s * 1000.0) as u64 / resolution_ms) as usize
-            })
-            .min(series.len());
-        let alive_end = buckets
-            .iter()
-            .rposition(|b| b.tasks > 0)
-            .map_or(series.len(), |i| i + 1);
-        let steady_series = series
-            .get(startup_end.min(alive_end)..alive_end)
-            .unwrap_or_default()
-            .to_vec();
-        let startup_peak_at_seconds = series[..startup_end]
-            .iter()
-            .enumerate()
-            .max_by_key(|(_, v)| **v)
-            .map(|(i, _)| (i as u64 * resolution_ms) as f64 / 1000.0);
-        let first_alive = buckets.iter().position(|b| b.tasks > 0);
-        // A target seen from its first process on has its startup in the capture.
-        let saw_start = t.kind == TargetKind::Command
-            || first_alive.is_some_and(|i| {
-                series.get(i).copied().unwrap_or(0) * 4 < startup_peak_bytes.max(1)
-            });
-        Self {
-            steady_series,
-            startup_peak_at_seconds,
-            saw_start,
-            resolution_ms,
-        }
+/// The series sizing reads, bucket by bucket. The working set is read when a bucket closes; a
+/// bucket the timer skipped (its charge came from samples alone) has none, and stands at its
+/// charge less the cache of the last bucket that was read (cache moves slowly), not at 0.
+pub(super) fn basis_series(basis: Basis, buckets: &[BucketPeaks]) -> Vec<u64> {
+    if basis != Basis::WorkingSet {
+        return buckets.iter().map(|b| pick(basis, b)).collect();
+    }
+    let mut cache = 0;
+    buckets
+        .iter()
+        .map(|b| {
+            if b.working_set > 0 {
+                cache = b.charged.saturating_sub(b.working_set);
+                b.working_set
+            } else {
+                b.charged.saturating_sub(cache)
+            }
+        })
+        .collect()
+}
+
+/// The buckets from the first to the last one in which the target had a task (all of them
+/// when no bucket counted tasks): an empty cgroup is neither startup nor steady state.
+fn alive_span(buckets: &[BucketPeaks]) -> std::ops::Range<usize> {
+    let first = buckets.iter().position(|b| b.tasks > 0);
+    let last = buckets.iter().rposition(|b| b.tasks > 0);
+    match (first, last) {
+        (Some(first), Some(last)) => first..last + 1,
+        _ => 0..buckets.len(),
     }
 }
 
-/// OOM kills with the charge they were stopped at: the highest bucket before each, or the
-/// victim's own resident memory when that is higher.
+/// OOM kills with what the kill record shows: the highest bucket before each, the victim's
+/// own resident sizes, and the limit that stopped it.
 fn ooms_seen(t: &TargetReport, basis: Basis) -> Vec<OomSeen> {
+    let limit = t.memory.as_ref().and_then(|m| m.limit_bytes);
     t.oom_events
         .iter()
         .map(|kill| OomSeen {
             seconds: kill.seconds,
+            // The charge, not the working set: at a kill the kernel had already reclaimed
+            // what it could, so what was charged then was needed.
             charge_before_bytes: kill
                 .timeline_before
                 .buckets
                 .iter()
-                .map(|b| pick(basis, b))
+                .map(|b| b.charged.max(pick(basis, b)))
                 .max()
-                .unwrap_or(0)
-                .max(kill.anon_rss_bytes + kill.file_rss_bytes + kill.shmem_rss_bytes),
+                .unwrap_or(0),
+            limit_bytes: limit,
+            victim_bytes: kill.anon_rss_bytes + kill.file_rss_bytes + kill.shmem_rss_bytes,
         })
         .collect()
 }

@@ -1,7 +1,8 @@
-//! The request: the steady-state p95, or (without a steady state) half the peak, at least the
-//! floor and never above the limit.
+//! The request: the steady-state p95 (buckets between spikes), or without a steady state half
+//! the highest value seen as a placeholder; at least the policy's floor and limit ÷ the
+//! maximum ratio, never above the limit.
 
-use super::{trend::SteadyState, Observation, REQUEST_FLOOR_BYTES};
+use super::{trend::SteadyState, Observation, Policy};
 use crate::units::{format_bytes, quantity, round_up_mib};
 
 /// The request and the reasons for it, in the order the recommendation lists them.
@@ -10,37 +11,68 @@ pub(super) struct Request {
     pub reasons: Vec<String>,
 }
 
-/// Request = steady p95 (or half the peak as a placeholder without a steady state), raised to
-/// [`REQUEST_FLOOR_BYTES`], rounded up to whole MiB, capped at the limit.
-pub(super) fn request(o: &Observation, steady: &SteadyState, limit_bytes: u64) -> Request {
-    let (basis, reason) = match steady.p95 {
+pub(super) fn request(
+    o: &Observation,
+    steady: &SteadyState,
+    limit_bytes: u64,
+    policy: &Policy,
+) -> Request {
+    let (basis, mut reason) = match steady.p95 {
         Some(p95) => (
-            p95,
+            round_up_mib(p95),
             format!(
-                "request {} = steady-state p95 {} (median {}) of {} s after startup",
-                quantity(p95.max(REQUEST_FLOOR_BYTES)),
+                "steady-state p95 {} (median {}) of {} s after startup, between spikes{}",
                 format_bytes(p95),
                 format_bytes(steady.median.unwrap_or(p95)),
-                (o.steady_series.len() as u64 * o.resolution_ms) / 1000
+                (o.steady_series.len() as u64 * o.resolution_ms) / 1000,
+                o.steady_from
+                    .as_ref()
+                    .map_or_else(String::new, |name| format!(
+                        "; of {} replicas, {name} holds the most",
+                        o.replicas
+                    )),
             ),
         ),
         None => (
-            o.peak_bytes / 2,
+            round_up_mib(o.peak_bytes / 2),
             format!(
-                "request {} = half the peak: no steady state was observed, so this is a placeholder",
-                quantity((o.peak_bytes / 2).max(REQUEST_FLOOR_BYTES))
+                "half the highest value seen {}: no steady state was observed, so this is a placeholder",
+                format_bytes(o.peak_bytes)
             ),
         ),
     };
-    let mut reasons = vec![reason];
-    if basis < REQUEST_FLOOR_BYTES {
+    let floor = policy.floor_bytes();
+    // Rounded up so that limit ÷ request never exceeds the ratio after rounding.
+    let for_ratio = round_up_mib((limit_bytes as f64 / policy.max_ratio.max(1.0)).ceil() as u64);
+    let mut bytes = basis;
+    let mut reasons = Vec::new();
+    if bytes < floor {
         reasons.push(format!(
-            "request raised to the {} floor",
-            format_bytes(REQUEST_FLOOR_BYTES)
+            "request raised from {} to the {} floor",
+            quantity(bytes),
+            quantity(floor)
         ));
+        bytes = floor;
     }
-    Request {
-        bytes: round_up_mib(basis.max(REQUEST_FLOOR_BYTES)).min(limit_bytes),
-        reasons,
+    if bytes < for_ratio {
+        reasons.push(format!(
+            "request raised from {} to {} so the limit {} is at most {:.1}× the request (a node whose limits overcommit it further OOM-kills when bursts coincide)",
+            quantity(bytes),
+            quantity(for_ratio),
+            quantity(limit_bytes),
+            policy.max_ratio
+        ));
+        bytes = for_ratio;
     }
+    if bytes > limit_bytes {
+        reasons.push(format!(
+            "request lowered from {} to the limit {}",
+            quantity(bytes),
+            quantity(limit_bytes)
+        ));
+        bytes = limit_bytes;
+    }
+    reason = format!("request {} = {reason}", quantity(basis));
+    reasons.insert(0, reason);
+    Request { bytes, reasons }
 }

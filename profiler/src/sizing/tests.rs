@@ -24,6 +24,8 @@ fn observation(series: Vec<u64>) -> Observation {
         no_access_peak_bytes: 512 * MIB,
         resident_peak_bytes: 120 * MIB,
         restarts: 0,
+        replicas: 1,
+        ..Observation::default()
     }
 }
 
@@ -35,9 +37,14 @@ fn startup_only_peak_sets_the_limit_and_is_named() {
     let (r, checklist) = recommend(&o, 0.25);
     assert_eq!(r.limit_bytes, 410 * MIB);
     assert_eq!(r.worst_peak_source, PeakKind::Startup);
-    assert_eq!(r.request_bytes, 100 * MIB);
+    // The steady state is 100 MiB, but 410 / 3 rounds up to 137 MiB: the ratio rule.
+    assert_eq!(r.request_bytes, 137 * MIB);
+    assert!(r
+        .reasons
+        .iter()
+        .any(|reason| reason.starts_with("request raised from 100Mi to 137Mi")));
     assert!(
-        r.reasons[0].starts_with("limit 410Mi = startup peak 328.0 MiB at 0.8 s"),
+        r.reasons[0].starts_with("limit 410Mi = startup peak 328.0 MiB × 1.25 (the peak at 0.8 s"),
         "{}",
         r.reasons[0]
     );
@@ -88,7 +95,7 @@ fn a_leak_is_flagged_and_lowers_confidence() {
         r.flags
     );
     assert_eq!(r.confidence, Confidence::Low);
-    assert!(leak_rate(&[100 * MIB; 100], 100).is_none());
+    assert!(leak(&[100 * MIB; 100], 100).is_none());
 }
 
 #[test]
@@ -98,6 +105,7 @@ fn an_oom_kill_sets_a_floor_above_the_charge_it_was_stopped_at() {
     o.ooms = vec![OomSeen {
         seconds: 12.0,
         charge_before_bytes: 256 * MIB,
+        ..OomSeen::default()
     }];
     let (r, _) = recommend(&o, 0.25);
     assert_eq!(r.worst_peak_source, PeakKind::Oom);
@@ -113,6 +121,23 @@ fn too_short_an_observation_lowers_confidence() {
     let (r, checklist) = recommend(&o, 0.25);
     assert_eq!(r.confidence, Confidence::Low);
     assert!(!checklist.startup_peaks_measured.answer);
+}
+
+#[test]
+fn a_few_seconds_of_data_is_low_confidence_even_with_startup_seen() {
+    let mut o = observation(vec![100 * MIB; 40]);
+    o.duration_seconds = 6.0;
+    assert_eq!(recommend(&o, 0.25).0.confidence, Confidence::Low);
+    // A long capture whose target had only 10 buckets after startup: what is present counts.
+    let mut o = observation(vec![100 * MIB; 10]);
+    o.duration_seconds = 600.0;
+    let (r, _) = recommend(&o, 0.25);
+    assert_ne!(r.confidence, Confidence::High);
+    assert!(
+        r.confidence_reasons[0].contains("10 buckets"),
+        "{:?}",
+        r.confidence_reasons
+    );
 }
 
 #[test]
@@ -151,7 +176,7 @@ fn headroom_outside_the_range_warns() {
 }
 
 #[test]
-fn replicas_merge_to_the_highest_peaks_and_pooled_steady_state() {
+fn replicas_merge_to_the_highest_peaks_and_the_worst_steady_state() {
     let mut a = observation(vec![100 * MIB; 100]);
     a.startup_peak_bytes = 200 * MIB;
     let mut b = observation(vec![140 * MIB; 100]);
@@ -159,10 +184,212 @@ fn replicas_merge_to_the_highest_peaks_and_pooled_steady_state() {
     b.peak_bytes = 300 * MIB;
     let merged = Observation::merge(&[a, b]).expect("two");
     assert_eq!(merged.startup_peak_bytes, 300 * MIB);
-    assert_eq!(merged.steady_series.len(), 200);
+    // The worst replica's steady state, not the two pooled.
+    assert_eq!(merged.steady_series, vec![140 * MIB; 100]);
     let (r, _) = recommend(&merged, 0.25);
     assert_eq!(r.request_bytes, 140 * MIB);
     assert_eq!(r.limit_bytes, 375 * MIB);
+}
+
+#[test]
+fn replicas_count_equally_however_long_each_was_watched() {
+    let long = observation(vec![100 * MIB; 600]);
+    let mut short = observation(vec![300 * MIB; 25]);
+    short.name = "svc-b".into();
+    let merged = Observation::merge(&[long, short]).expect("two");
+    let (r, _) = recommend(&merged, 0.25);
+    assert_eq!(r.request_bytes, 300 * MIB);
+    assert!(
+        r.reasons
+            .iter()
+            .any(|reason| reason.contains("svc-b holds the most")),
+        "{:?}",
+        r.reasons
+    );
+}
+
+#[test]
+fn page_cache_under_a_limit_is_not_sized_and_does_not_ratchet() {
+    // Working set 20 MiB; the charge sat at the 96 MiB limit with cache, no OOM kill.
+    let mut o = observation(vec![20 * MIB; 600]);
+    o.basis = Basis::WorkingSet;
+    o.startup_peak_bytes = 20 * MIB;
+    o.page_cache_peak_bytes = 76 * MIB;
+    o.charge_peak_bytes = 96 * MIB;
+    o.current_limit_bytes = Some(96 * MIB);
+    let (first, _) = recommend(&o, 0.25);
+    assert_eq!(first.limit_bytes, 32 * MIB, "{:?}", first.reasons);
+    assert!(first.flags.iter().all(|f| f.kind != FlagKind::OomRisk));
+    assert!(first
+        .reasons
+        .iter()
+        .any(|r| r.starts_with("page cache: up to 76.0 MiB")));
+    // Captured again under the recommended limit: the same answer, not × 1.25.
+    o.current_limit_bytes = Some(first.limit_bytes);
+    o.charge_peak_bytes = first.limit_bytes;
+    let (second, _) = recommend(&o, 0.25);
+    assert_eq!(second.limit_bytes, first.limit_bytes);
+}
+
+#[test]
+fn a_charge_at_the_limit_is_cache_unless_the_workload_stalled_on_memory() {
+    // A charge-only report: the charge sat at the 96 MiB limit, no OOM kill.
+    let mut o = observation(vec![96 * MIB; 600]);
+    o.startup_peak_bytes = 96 * MIB;
+    o.charge_peak_bytes = 96 * MIB;
+    o.current_limit_bytes = Some(96 * MIB);
+    let (r, _) = recommend(&o, 0.25);
+    assert!(
+        r.flags.iter().all(|f| f.kind != FlagKind::OomRisk),
+        "{:?}",
+        r.flags
+    );
+    // The same with PSI saying every task stalled 250 ms: a risk.
+    o.pressure_full_us = Some(250_000);
+    let (r, _) = recommend(&o, 0.25);
+    assert!(
+        r.flags.iter().any(|f| f.kind == FlagKind::OomRisk),
+        "{:?}",
+        r.flags
+    );
+    // With a working-set basis the limit is not in question, but the stall is.
+    o.basis = Basis::WorkingSet;
+    o.steady_series = vec![40 * MIB; 600];
+    o.peak_bytes = 40 * MIB;
+    o.startup_peak_bytes = 40 * MIB;
+    o.page_cache_peak_bytes = 56 * MIB;
+    let (r, _) = recommend(&o, 0.25);
+    assert!(
+        r.flags
+            .iter()
+            .any(|f| f.kind == FlagKind::OomRisk && f.message.contains("stalled 250.0 ms")),
+        "{:?}",
+        r.flags
+    );
+    o.pressure_full_us = Some(0);
+    let (r, _) = recommend(&o, 0.25);
+    assert!(
+        r.flags.iter().all(|f| f.kind != FlagKind::OomRisk),
+        "{:?}",
+        r.flags
+    );
+}
+
+#[test]
+fn an_oom_kill_is_a_lower_bound_with_low_confidence_and_a_re_run_advice() {
+    let mut o = observation(vec![100 * MIB; 600]);
+    o.startup_peak_bytes = 110 * MIB;
+    o.ooms = vec![OomSeen {
+        seconds: 30.0,
+        charge_before_bytes: 120 * MIB,
+        limit_bytes: Some(128 * MIB),
+        victim_bytes: 126 * MIB,
+    }];
+    let (r, _) = recommend(&o, 0.25);
+    assert_eq!(r.confidence, Confidence::Low);
+    // Demand above 128 MiB (the limit): floor = max(128 + 100, 128 × 1.2) = 228 MiB.
+    assert_eq!(r.oom_floor_bytes, Some(228 * MIB));
+    assert_eq!(r.limit_bytes, 285 * MIB);
+    assert!(r
+        .reasons
+        .iter()
+        .any(|reason| reason.contains("re-run the capture without the limit")));
+}
+
+#[test]
+fn the_peak_before_a_late_capture_counts_in_the_limit() {
+    let mut o = observation(vec![100 * MIB; 600]);
+    o.saw_start = false;
+    o.startup_peak_bytes = 110 * MIB;
+    o.peak_before_capture = Some(crate::report::PeakBeforeCapture {
+        bytes: 310 * MIB,
+        reclaimable_bytes: 9 * MIB,
+        source: "memory.max_usage_in_bytes".into(),
+    });
+    let (r, _) = recommend(&o, 0.25);
+    assert_eq!(r.worst_peak_source, PeakKind::BeforeCapture);
+    assert_eq!(r.worst_peak_bytes, 301 * MIB);
+    assert!(r.limit_bytes as f64 >= 1.2 * 301.0 * MIB as f64);
+    assert!(
+        r.reasons[0].contains("peak before the capture 301.0 MiB"),
+        "{}",
+        r.reasons[0]
+    );
+}
+
+#[test]
+fn a_bucket_without_a_working_set_read_keeps_the_last_cache_not_zero() {
+    use crate::report::BucketPeaks;
+    let bucket = |charged, working_set| BucketPeaks {
+        charged: charged * MIB,
+        working_set: working_set * MIB,
+        ..BucketPeaks::default()
+    };
+    // 60 MiB of cache; the third bucket's close was skipped, its charge from samples only.
+    let buckets = [
+        bucket(100, 40),
+        bucket(100, 40),
+        bucket(130, 0),
+        bucket(100, 40),
+    ];
+    assert_eq!(
+        super::observation::basis_series(Basis::WorkingSet, &buckets),
+        vec![40 * MIB, 40 * MIB, 70 * MIB, 40 * MIB]
+    );
+    assert_eq!(
+        super::observation::basis_series(Basis::Charged, &buckets)[2],
+        130 * MIB
+    );
+}
+
+#[test]
+fn policy_floors_caps_and_ratio() {
+    let tiny = observation(vec![2 * MIB; 600]);
+    let (r, _) = recommend(&tiny, 0.25);
+    assert_eq!((r.request_bytes, r.limit_bytes), (32 * MIB, 32 * MIB));
+    assert!(
+        r.reasons
+            .iter()
+            .any(|x| x == "limit raised from 3Mi to the 32Mi floor"),
+        "{:?}",
+        r.reasons
+    );
+
+    let policy = Policy {
+        min_bytes: Some(64 * MIB),
+        ..Policy::default()
+    };
+    let (r, _) = recommend_with(&tiny, &policy);
+    assert_eq!((r.request_bytes, r.limit_bytes), (64 * MIB, 64 * MIB));
+
+    let mut big = observation(vec![100 * MIB; 600]);
+    big.startup_peak_bytes = 800 * MIB;
+    let policy = Policy {
+        max_bytes: Some(512 * MIB),
+        ..Policy::default()
+    };
+    let (r, checklist) = recommend_with(&big, &policy);
+    assert_eq!(r.limit_bytes, 512 * MIB);
+    assert!(r
+        .flags
+        .iter()
+        .any(|f| f.kind == FlagKind::OomRisk && f.message.contains("maximum")));
+    assert!(!checklist.headroom_added.answer);
+    assert!(!checklist.limits_far_enough_from_averages.answer);
+    // 512 / 3 → 171 MiB request, not the 100 MiB steady state.
+    assert_eq!(r.request_bytes, 171 * MIB);
+}
+
+#[test]
+fn a_reservation_beyond_the_limit_fails_the_allocator_item() {
+    let mut o = observation(vec![40 * MIB; 600]);
+    o.reserved_peak_bytes = 2300 * MIB;
+    o.no_access_peak_bytes = 100 * MIB;
+    let (_, checklist) = recommend(&o, 0.25);
+    assert!(!checklist.allocator_reserved_memory_included.answer);
+    o.reserved_peak_bytes = 150 * MIB;
+    let (_, checklist) = recommend(&o, 0.25);
+    assert!(checklist.allocator_reserved_memory_included.answer);
 }
 
 mod properties {
@@ -228,6 +455,140 @@ mod properties {
         ) {
             let o = build(steady, startup, 0);
             prop_assert!(recommend(&o, low + more).0.limit_bytes >= recommend(&o, low).0.limit_bytes);
+        }
+    }
+
+    /// Every "limit Q = ...", "limit raised/capped from A to/at B", "request Q = ..." and
+    /// "request raised/lowered from A to B" in the reasons, read back as a chain: each step
+    /// starts where the last ended, and the chain ends at the value emitted.
+    fn chain_ends_at(reasons: &[String], what: &str) -> Option<u64> {
+        let mut value: Option<u64> = None;
+        for reason in reasons {
+            let Some(rest) = reason.strip_prefix(what) else {
+                continue;
+            };
+            let words: Vec<&str> = rest.split_whitespace().collect();
+            if words.get(1) == Some(&"=") {
+                value = parse_quantity(words[0]);
+            } else if let Some(from) = words.iter().position(|w| *w == "from") {
+                let start = parse_quantity(words[from + 1]);
+                assert_eq!(start, value, "{reason} does not start where {what} was");
+                let to = words[from + 2..]
+                    .iter()
+                    .find_map(|w| parse_quantity(w))
+                    .expect("a target quantity");
+                value = Some(to);
+            }
+        }
+        value
+    }
+
+    fn parse_quantity(word: &str) -> Option<u64> {
+        let word = word.trim_end_matches([',', ':', ';']);
+        if let Some(g) = word.strip_suffix("Gi") {
+            return g.parse::<u64>().ok().map(|g| g << 30);
+        }
+        word.strip_suffix("Mi")?
+            .parse::<u64>()
+            .ok()
+            .map(|m| m * MIB)
+    }
+
+    /// The size after `label`, formatted as `format_bytes` does, in MiB, and how far off
+    /// its one decimal can be.
+    fn mib_in(text: &str, label: &str) -> Option<(f64, f64)> {
+        let at = text.find(label)? + label.len();
+        let mut words = text[at..].split_whitespace();
+        let number: f64 = words.next()?.parse().ok()?;
+        let scale = match words.next()?.trim_end_matches([',', ')', ';']) {
+            "B" => 1.0 / MIB as f64,
+            "KiB" => 1.0 / 1024.0,
+            "MiB" => 1.0,
+            "GiB" => 1024.0,
+            _ => return None,
+        };
+        Some((number * scale, 0.06 * scale))
+    }
+
+    proptest! {
+        #[test]
+        fn every_reason_agrees_with_the_numbers_emitted(
+            steady in vec(1u64..2048, 0..200),
+            startup in 0u64..4096,
+            spike in 0u64..4096,
+            kill in proptest::option::of(1u64..2048),
+            before in proptest::option::of(1u64..4096),
+            headroom in 0.05f64..0.6,
+            min in proptest::option::of(1u64..512),
+            max in proptest::option::of(16u64..8192),
+            ratio in 1.0f64..6.0,
+            reserved in 0u64..8192,
+        ) {
+            let mut o = build(steady.clone(), startup, spike);
+            if steady.is_empty() {
+                o.startup_seconds = None;
+            }
+            o.ooms = kill.map(|k| OomSeen { seconds: 1.0, charge_before_bytes: k * MIB, limit_bytes: Some(k * MIB), victim_bytes: 0 }).into_iter().collect();
+            o.peak_before_capture = before.map(|b| crate::report::PeakBeforeCapture { bytes: b * MIB, reclaimable_bytes: 0, source: "memory.peak".into() });
+            o.reserved_peak_bytes = reserved * MIB;
+            let policy = Policy { headroom, min_bytes: min.map(|m| m * MIB), max_bytes: max.map(|m| m * MIB), max_ratio: ratio };
+            let (r, checklist) = recommend_with(&o, &policy);
+            prop_assert_eq!(chain_ends_at(&r.reasons, "limit "), Some(r.limit_bytes), "{:?}", r.reasons);
+            prop_assert_eq!(chain_ends_at(&r.reasons, "request "), Some(r.request_bytes), "{:?}", r.reasons);
+            prop_assert_eq!(&r.limit, &crate::units::quantity(r.limit_bytes));
+            prop_assert_eq!(&r.request, &crate::units::quantity(r.request_bytes));
+            // The first reason's peak × factor is the limit it names, to the MiB.
+            let first = &r.reasons[0];
+            let named = parse_quantity(first.split_whitespace().nth(1).unwrap_or("")).unwrap_or(0);
+            prop_assert_eq!(named, crate::units::round_up_mib((r.worst_peak_bytes as f64 * (1.0 + headroom)).ceil() as u64), "{}", first);
+            let factor: f64 = first.split('×').nth(1).and_then(|t| t.split_whitespace().next()).and_then(|t| t.trim_end_matches(':').parse().ok()).unwrap_or(0.0);
+            prop_assert!((factor - (1.0 + headroom)).abs() < 0.006, "{}", first);
+            // Both values respect the policy, and the ratio holds unless the limit is capped.
+            let floor = policy.floor_bytes();
+            prop_assert!(r.limit_bytes >= floor && r.request_bytes >= floor.min(r.limit_bytes));
+            prop_assert!(r.request_bytes <= r.limit_bytes);
+            prop_assert!(r.limit_bytes as f64 <= r.request_bytes as f64 * ratio + MIB as f64, "{:?}", r.reasons);
+            // Checklist evidence quotes the limit emitted; its answers follow the numbers.
+            let quoted = format!("the limit {} ", r.limit);
+            prop_assert!(checklist.headroom_added.evidence.contains(&quoted));
+            prop_assert_eq!(checklist.headroom_added.answer, r.limit_bytes as f64 >= r.worst_peak_bytes as f64 * (1.0 + headroom) - 1.0);
+            let (mib, error) = mib_in(&checklist.headroom_added.evidence, "worst realistic peak ").expect("the peak quoted");
+            prop_assert!((mib - r.worst_peak_bytes as f64 / MIB as f64).abs() <= error);
+            // "... <peak> × <factor>": the two words before the first × are the worst peak.
+            let head = first.split(" × ").next().unwrap_or("");
+            let mut tail: Vec<&str> = head.rsplitn(3, ' ').collect();
+            tail.reverse();
+            let quoted = tail[1..].join(" ");
+            let (mib, error) = mib_in(&format!("@{quoted}"), "@").expect("the peak before ×");
+            prop_assert!((mib - r.worst_peak_bytes as f64 / MIB as f64).abs() <= error, "{}", first);
+            if kill.is_some() {
+                prop_assert_eq!(r.confidence, Confidence::Low);
+            }
+        }
+    }
+
+    proptest! {
+        /// On the working set, what is set now never moves the recommendation: a capture
+        /// under the recommended limit recommends it again (no ratchet).
+        #[test]
+        fn the_current_limit_never_moves_the_recommendation(
+            steady in vec(1u64..1024, 20..200),
+            startup in 0u64..2048,
+            cache in 0u64..4096,
+            current in 1u64..8192,
+        ) {
+            let mut o = build(steady, startup, 0);
+            o.basis = Basis::WorkingSet;
+            o.page_cache_peak_bytes = cache * MIB;
+            o.current_limit_bytes = None;
+            let free = recommend(&o, 0.25).0;
+            o.current_limit_bytes = Some(current * MIB);
+            o.charge_peak_bytes = current * MIB;
+            let under = recommend(&o, 0.25).0;
+            prop_assert_eq!(free.limit_bytes, under.limit_bytes);
+            prop_assert_eq!(free.request_bytes, under.request_bytes);
+            o.current_limit_bytes = Some(free.limit_bytes);
+            prop_assert!(recommend(&o, 0.25).0.flags.iter().all(|f| f.kind != FlagKind::OomRisk));
         }
     }
 

@@ -4,10 +4,10 @@ use crate::report::Basis;
 
 /// What the figures were measured from, as the reasons name it.
 pub(super) fn basis_name(basis: Basis) -> &'static str {
-    if basis == Basis::Charged {
-        "cgroup charge"
-    } else {
-        "resident memory (no cgroup of its own)"
+    match basis {
+        Basis::Charged => "cgroup charge",
+        Basis::WorkingSet => "working set (cgroup charge less inactive file cache)",
+        Basis::Resident => "resident memory (no cgroup of its own)",
     }
 }
 
@@ -23,4 +23,17 @@ pub(super) fn plural(n: u64) -> &'static str {
     } else {
         "s"
     }
+}
+
+/// The page cache's own line: how much of the charge was reclaimable cache, and what to do
+/// about it. None when the basis keeps no cache apart.
+pub(super) fn page_cache_line(o: &super::Observation) -> Option<String> {
+    use crate::units::format_bytes;
+    (o.basis == Basis::WorkingSet && o.page_cache_peak_bytes > 0).then(|| {
+        format!(
+            "page cache: up to {} of the charge (highest charge {}) was inactive file cache, which the kernel reclaims before it OOM-kills; it is in neither value, and a charge that fills the limit with it is not a risk. If the service relies on cached reads (a database, a file server), add the part it re-reads to the request",
+            format_bytes(o.page_cache_peak_bytes),
+            format_bytes(o.charge_peak_bytes),
+        )
+    })
 }
