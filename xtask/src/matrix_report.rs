@@ -148,6 +148,8 @@ pub struct SuiteResult {
     pub counts: Counts,
     pub state: State,
     pub secs: Option<u64>,
+    /// Tests deliberately not run in this cell, with the reason (counted as skipped).
+    pub not_run: &'static [(&'static str, &'static str)],
 }
 
 impl SuiteResult {
@@ -188,10 +190,19 @@ impl SuiteResult {
             counts,
             state,
             secs,
+            not_run: &[],
         }
     }
 
     fn result_text(&self) -> String {
+        let mut text = self.state_text();
+        for (test, reason) in self.not_run {
+            let _ = write!(text, "; not run: {test}: {reason}");
+        }
+        text
+    }
+
+    fn state_text(&self) -> String {
         match &self.state {
             State::Passed => "ok".to_owned(),
             State::Failed if self.counts.failed == 0 => "FAILED (non-zero exit)".to_owned(),

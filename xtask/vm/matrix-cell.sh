@@ -4,11 +4,12 @@
 # that cannot load BPF fails instead of skipping), one suite at a time.
 # Runs inside a guest (through run-in-guest.sh) or, for the host cell, on the host itself in a
 # private mount namespace (unshare --mount).
-#   matrix-cell.sh OUT_DIR PACKAGE_DIR HEADROOM=COPY NAME=TIMEOUT=BINARY...
+#   matrix-cell.sh OUT_DIR PACKAGE_DIR HEADROOM=COPY NAME=TIMEOUT=SKIPS=BINARY...
 # HEADROOM is the path cargo baked into the test binaries (CARGO_BIN_EXE_headroom) and COPY the
 # copy of it taken when the matrix started: COPY is bind-mounted over HEADROOM (in this mount
 # namespace only), so that a rebuild in the checkout while the cell runs changes nothing here.
-# Each suite's BINARY (also a copy) is killed after TIMEOUT seconds.
+# Each suite's BINARY (also a copy) is killed after TIMEOUT seconds; SKIPS (comma-separated,
+# may be empty) names tests not to run (libtest --skip NAME --exact).
 # Writes to OUT_DIR: kernel.txt, init.txt, mounts.txt (the cgroup mounts), uptime.txt (seconds
 # since boot when the cell started), then per suite NAME.log (libtest's output), NAME.rc (its
 # exit code; 124 = timed out) and NAME.secs; `done` at the end. Prints one line per suite.
@@ -28,10 +29,14 @@ cd "$pkg" || exit 2
 echo "matrix-cell: $(uname -r), pid 1 $(cat /proc/1/comm), $(grep -c . "$out/mounts.txt") cgroup mounts; up $(cat "$out/uptime.txt") s"
 for arg in "$@"; do
   name=${arg%%=*} rest=${arg#*=}
-  tmo=${rest%%=*} bin=${rest#*=}
+  tmo=${rest%%=*} rest=${rest#*=}
+  skips=${rest%%=*} bin=${rest#*=}
+  args=()
+  for t in ${skips//,/ }; do args+=(--skip "$t"); done
+  [ ${#args[@]} -gt 0 ] && args+=(--exact)
   start=$(date +%s)
   # timeout: its own process group, killed whole (agents the tests started included).
-  HEADROOM_REQUIRE_PRIVILEGED=1 timeout -k 10 "$tmo" "$bin" > "$out/$name.log" 2>&1 < /dev/null
+  HEADROOM_REQUIRE_PRIVILEGED=1 timeout -k 10 "$tmo" "$bin" "${args[@]}" > "$out/$name.log" 2>&1 < /dev/null
   rc=$?
   secs=$(( $(date +%s) - start ))
   echo $secs > "$out/$name.secs"
