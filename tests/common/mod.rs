@@ -518,6 +518,13 @@ impl BackgroundCapture {
         self.child.id()
     }
 
+    /// Ends the capture as Ctrl-C does (it still writes its report): for a capture timed by
+    /// its workload rather than by a `--duration` a slow machine could overrun.
+    pub fn interrupt(&self) {
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).expect("pid"));
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).expect("SIGINT headroom");
+    }
+
     /// Waits for headroom to end; its exit status and stderr (stdout is not captured).
     pub fn wait_with_output(mut self) -> Output {
         let status = self.child.wait().expect("wait for headroom");

@@ -129,8 +129,9 @@ fn a_60_ms_spike_is_caught_and_matches_the_kernel_high_water_mark() {
     eprintln!(
         "measured: peak {peak} vs kernel {kernel_peak}; spike {above} above steady for {duration} ms (workload: {lasted_ms} ms)"
     );
+    // On an emulated machine faulting the 200 MiB takes seconds: allow 5 % of that too.
     assert!(
-        duration.abs_diff(lasted_ms) <= 150,
+        duration.abs_diff(lasted_ms) <= 150.max(lasted_ms / 20),
         "spike duration {duration} ms vs {lasted_ms} ms the workload measured"
     );
     let steady = run.target("/memory/steady_bytes");

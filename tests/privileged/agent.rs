@@ -294,7 +294,8 @@ fn capture_through_the_running_agent_returns_a_report_with_stacks() {
     let svg = dir.join("flame.svg");
     let mut capture = common::BackgroundCapture::spawn(
         headroom()
-            .args(["capture", "--cgroup", &cgroup.path(), "--duration", "6s"])
+            // Ended by SIGINT once the workload is done, however long that takes here.
+            .args(["capture", "--cgroup", &cgroup.path(), "--duration", "300s"])
             .args(["--format", "json", "--output"])
             .arg(&report)
             .arg("--flamegraph")
@@ -309,19 +310,21 @@ fn capture_through_the_running_agent_returns_a_report_with_stacks() {
         .expect("tell the workload to spike");
     // The session runs in the agent: no second copy of the probes.
     assert_eq!(loaded_programs_named("rss_stat"), programs_before + 1);
+    assert!(child.wait().expect("workload").success());
+    capture.interrupt();
     let output = capture.wait_with_output();
     assert!(
         output.status.success(),
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let _ = child.wait();
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&report).expect("report written"))
             .expect("JSON report");
     let target = &report["targets"][0];
     assert_eq!(target["cgroup"], cgroup.path().as_str());
-    assert!(target["stacks"]["samples"].as_u64().expect("samples") >= 300);
+    let samples = target["stacks"]["samples"].as_u64().expect("samples");
+    assert!(samples >= 300, "{samples} samples: {}", target["stacks"]);
     assert_eq!(
         target["sources"][0]["name"], "build_spike_cache",
         "{}",

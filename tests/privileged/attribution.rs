@@ -159,7 +159,15 @@ fn kubepods_processes_are_attributed_to_their_pod_and_container_and_others_to_th
     let report = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("node-{pid}.json"));
     let mut capture = common::BackgroundCapture::spawn(
         headroom()
-            .args(["capture", "--all", "--metadata", "none", "--duration", "6s"])
+            // Ended by SIGINT once both workloads are done, however long that takes here.
+            .args([
+                "capture",
+                "--all",
+                "--metadata",
+                "none",
+                "--duration",
+                "300s",
+            ])
             .args(["--format", "json", "--output"])
             .arg(&report),
     );
@@ -168,6 +176,7 @@ fn kubepods_processes_are_attributed_to_their_pod_and_container_and_others_to_th
     // In the container: 5 threads, 2 x 32 MiB touched. On the host: 2 threads, 16 MiB.
     run_inside(&container, &program, &["5", "2", "32", "0"]);
     run_inside(&host, &program, &["2", "1", "16", "0"]);
+    capture.interrupt();
     let output = capture.wait_with_output();
     assert!(
         output.status.success(),
