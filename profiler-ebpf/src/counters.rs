@@ -21,8 +21,8 @@ use crate::{
     config::{flag_set, TRACK_WINDOWS},
     helpers::{count_drop, now_ns},
     maps::{
-        MM_OWNERS, PROCESS_COUNTERS, SCRATCH, TARGET_COUNTERS, WINDOW_EPOCH, WINDOW_PEAKS,
-        ZERO_TARGET,
+        EXIT_CLAIMS, MM_OWNERS, PROCESS_COUNTERS, SCRATCH, TARGET_COUNTERS, WINDOW_EPOCH,
+        WINDOW_PEAKS, ZERO_TARGET,
     },
 };
 
@@ -115,7 +115,30 @@ pub(crate) fn process_counters(tgid: u32, target_id: u64) -> Option<NonNull<Proc
         }
         return Some(process);
     }
+    // A process whose exit was just reported is dead: its other threads, still on their way
+    // out, raise events (before 6.2 each exiting thread's exit_mm flushes its cached RSS
+    // changes through rss_stat) that must not bring its entry back with its whole address
+    // space in the sums, where nothing would ever take it out again.
+    if exit_just_reported(tgid) {
+        return None;
+    }
     new_process_counters(tgid, target_id, 0, BPF_NOEXIST as u64)
+}
+
+/// How long a process's exit claim stands (see `programs::process::claim_exit`): every
+/// thread of a process passes its exit within microseconds, long before its pid can be
+/// handed out again.
+pub(crate) const EXIT_CLAIM_NS: u64 = 1_000_000_000;
+
+/// Whether the exit of process `tgid` was reported within [`EXIT_CLAIM_NS`] (only kernels
+/// without `group_dead` keep claims; there the question does not arise the same way).
+#[inline(always)]
+fn exit_just_reported(tgid: u32) -> bool {
+    match EXIT_CLAIMS.get_ptr(tgid) {
+        // SAFETY: map value pointer from a successful lookup.
+        Some(claim) => now_ns().saturating_sub(unsafe { *claim }) <= EXIT_CLAIM_NS,
+        None => false,
+    }
 }
 
 /// A process moved to another target (runc exec, `kubectl exec`, CLONE_INTO_CGROUP, a

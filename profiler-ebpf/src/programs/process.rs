@@ -28,16 +28,13 @@ use crate::{
     },
     counters::{
         change_live_tasks, existing_process, new_process_counters, process_counters,
-        raise_resident_peaks, release_resident, target_counters, update_both,
+        raise_resident_peaks, release_resident, target_counters, update_both, EXIT_CLAIM_NS,
     },
     events::{emit_mapping, emit_process_start, fill_process_exit},
     helpers::{count_drop, now_ns},
     maps::{EVENTS, EXIT_CLAIMS, MM_OWNERS, PROCESS_COUNTERS, TRACKED_TGIDS},
     targets::{current_target, target_of},
 };
-
-/// How long a process's exit claim stands (see `claim_exit`).
-const EXIT_CLAIM_NS: u64 = 1_000_000_000;
 
 /// cgroup v2's hierarchy id. cgroup_attach_task also fires for v1 hierarchies, whose ids live
 /// in another namespace and would collide.
