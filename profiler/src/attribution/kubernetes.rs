@@ -186,6 +186,8 @@ pub struct PodCache {
     order: VecDeque<String>,
     /// Pods dropped to stay within the bound.
     pub evicted: u64,
+    /// Complete lists of the node's pods applied so far (0: the watch has not synced yet).
+    pub lists: u64,
 }
 
 impl PodCache {
@@ -195,6 +197,7 @@ impl PodCache {
             pods: HashMap::new(),
             order: VecDeque::new(),
             evicted: 0,
+            lists: 0,
         }
     }
 
@@ -258,6 +261,7 @@ impl PodCache {
                 }
             }
             watcher::Event::InitDone => {
+                self.lists += 1;
                 if let Some(list) = relisting.take() {
                     self.pods.clear();
                     self.order.clear();

@@ -227,6 +227,7 @@ pub async fn run(options: &CaptureOptions) -> Result<CaptureReport, CaptureError
     }
     session.record(events.drain_now());
     session.close_bucket(&mut probes, started.elapsed().as_millis() as u64)?;
+    wait_for_first_pod_list(metadata.as_ref()).await;
     let kubernetes = kubernetes.or_else(|| name_cgroup(&session, metadata.as_ref()));
     let end = SessionEnd {
         command: match &options.target {
@@ -351,6 +352,23 @@ fn limits(options: &CaptureOptions) -> SessionLimits {
 fn attribution_of(path: Option<&str>, metadata: Option<&PodWatch>) -> Option<Attribution> {
     let pods = metadata.and_then(|(cache, _)| cache.lock().ok());
     Some(attribution::attribute(path, pods.as_deref()).0)
+}
+
+/// A capture shorter than the API server's first answer would name no pod: wait (a bounded
+/// while) for the watch's first complete list before naming the cgroup.
+async fn wait_for_first_pod_list(metadata: Option<&PodWatch>) {
+    const PATIENCE: Duration = Duration::from_secs(10);
+    let Some((cache, _)) = metadata else {
+        return;
+    };
+    let started = Instant::now();
+    while started.elapsed() < PATIENCE {
+        if cache.lock().map_or(true, |pods| pods.lists > 0) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tracing::warn!("the Kubernetes API listed no pods within 10 s: the cgroup is named by its path");
 }
 
 fn name_cgroup(session: &CaptureSession, metadata: Option<&PodWatch>) -> Option<KubernetesMeta> {
