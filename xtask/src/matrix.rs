@@ -82,16 +82,10 @@ struct Suite {
 }
 
 /// The suites `cargo xtask test` runs in [`Cell::IN_TEST`]: the ones that check what differs
-/// per kernel and cgroup layout (loading, exits and execs, charges and peaks, attribution, the
-/// agent's per-interval peaks, failure handling). `cargo xtask matrix` runs every suite.
-pub const IN_TEST_SUITES: [&str; 6] = [
-    "kernel",
-    "capture",
-    "accounting",
-    "attribution",
-    "agent",
-    "reliability",
-];
+/// per kernel and cgroup layout (loading, exits and execs, charges and peaks, failure
+/// handling) and that pass there run after run. attribution and agent run under `cargo xtask
+/// matrix` only until their guest runs are as steady (README, Kernels).
+pub const IN_TEST_SUITES: [&str; 4] = ["kernel", "capture", "accounting", "reliability"];
 
 /// Every suite in tests/privileged/, in the order they run. `check_suite_list` fails the run
 /// when a file there is missing from this list, so a new suite is never left out silently.
