@@ -327,8 +327,14 @@ fn capture_through_the_running_agent_returns_a_report_with_stacks() {
     // huge pages (the Debian guests' default) each is 2 MiB, so about 100 samples, not 400.
     let samples = target["stacks"]["samples"].as_u64().expect("samples");
     assert!(samples >= 90, "{samples} samples: {}", target["stacks"]);
-    let sampled = target["stacks"]["sampled_fault_bytes"].as_u64().expect("sampled bytes");
-    assert!(sampled >= 200 * MIB, "{sampled} bytes sampled: {}", target["stacks"]);
+    let sampled = target["stacks"]["sampled_fault_bytes"]
+        .as_u64()
+        .expect("sampled bytes");
+    assert!(
+        sampled >= 200 * MIB,
+        "{sampled} bytes sampled: {}",
+        target["stacks"]
+    );
     assert_eq!(
         target["sources"][0]["name"], "build_spike_cache",
         "{}",

@@ -368,7 +368,9 @@ async fn wait_for_first_pod_list(metadata: Option<&PodWatch>) {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    tracing::warn!("the Kubernetes API listed no pods within 10 s: the cgroup is named by its path");
+    tracing::warn!(
+        "the Kubernetes API listed no pods within 10 s: the cgroup is named by its path"
+    );
 }
 
 fn name_cgroup(session: &CaptureSession, metadata: Option<&PodWatch>) -> Option<KubernetesMeta> {
