@@ -536,3 +536,37 @@ impl BackgroundCapture {
         }
     }
 }
+
+/// The capabilities deploy/headroom.yaml grants the agent's container (lower case, e.g. `bpf`).
+pub fn deployed_capabilities() -> Vec<String> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/headroom.yaml");
+    let text = std::fs::read_to_string(path).expect("deploy/headroom.yaml");
+    serde_yaml_ng::Deserializer::from_str(&text)
+        .filter_map(|document| {
+            let value = <serde_json::Value as serde::Deserialize>::deserialize(document).ok()?;
+            (value["kind"] == "DaemonSet").then_some(value)
+        })
+        .flat_map(|daemonset| {
+            daemonset["spec"]["template"]["spec"]["containers"][0]["securityContext"]
+                ["capabilities"]["add"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .filter_map(|c| c.as_str().map(str::to_lowercase))
+        .collect()
+}
+
+/// The capabilities deploy/overlays/ptrace adds to the DaemonSet (its JSON patch, lower case).
+pub fn overlay_capabilities() -> Vec<String> {
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/overlays/ptrace/kustomization.yaml");
+    let text = std::fs::read_to_string(path).expect("deploy/overlays/ptrace/kustomization.yaml");
+    let overlay: serde_json::Value = serde_yaml_ng::from_str(&text).expect("YAML");
+    let patch = overlay["patches"][0]["patch"].as_str().unwrap_or_default();
+    let operations: Vec<serde_json::Value> = serde_yaml_ng::from_str(patch).expect("patch");
+    operations
+        .iter()
+        .filter_map(|op| op["value"].as_str().map(str::to_lowercase))
+        .collect()
+}

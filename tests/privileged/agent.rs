@@ -145,26 +145,6 @@ fn bad_configuration_names_the_key() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("at least 100ms"));
 }
 
-/// The capabilities deploy/headroom.yaml grants the agent's container.
-fn deployed_capabilities() -> Vec<String> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/headroom.yaml");
-    let text = std::fs::read_to_string(path).expect("deploy/headroom.yaml");
-    serde_yaml_ng::Deserializer::from_str(&text)
-        .filter_map(|document| {
-            let value = <serde_json::Value as serde::Deserialize>::deserialize(document).ok()?;
-            (value["kind"] == "DaemonSet").then_some(value)
-        })
-        .flat_map(|daemonset| {
-            daemonset["spec"]["template"]["spec"]["containers"][0]["securityContext"]
-                ["capabilities"]["add"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default()
-        })
-        .filter_map(|c| c.as_str().map(str::to_lowercase))
-        .collect()
-}
-
 /// What headroom prints when it refuses to start with only these capabilities.
 fn refusal_with_deployed_capabilities(capabilities: &[String]) -> String {
     let bounding: Vec<String> = capabilities.iter().map(|c| format!("+{c}")).collect();
@@ -186,27 +166,13 @@ fn refusal_with_deployed_capabilities(capabilities: &[String]) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
-/// The capabilities deploy/overlays/ptrace adds to the DaemonSet (its JSON patch).
-fn overlay_capabilities() -> Vec<String> {
-    let path =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/overlays/ptrace/kustomization.yaml");
-    let text = std::fs::read_to_string(path).expect("deploy/overlays/ptrace/kustomization.yaml");
-    let overlay: serde_json::Value = serde_yaml_ng::from_str(&text).expect("YAML");
-    let patch = overlay["patches"][0]["patch"].as_str().unwrap_or_default();
-    let operations: Vec<serde_json::Value> = serde_yaml_ng::from_str(patch).expect("patch");
-    operations
-        .iter()
-        .filter_map(|op| op["value"].as_str().map(str::to_lowercase))
-        .collect()
-}
-
 #[test]
 fn the_agent_works_with_only_the_capabilities_deploy_grants() {
     let Some(_guard) = privileged("the_agent_works_with_only_the_capabilities_deploy_grants")
     else {
         return;
     };
-    let capabilities = deployed_capabilities();
+    let capabilities = common::deployed_capabilities();
     assert!(
         !capabilities.is_empty(),
         "no capabilities found in deploy/headroom.yaml"
@@ -238,8 +204,8 @@ fn capture_through_the_running_agent_returns_a_report_with_stacks() {
     // The agent runs with only the capabilities deploy/ grants with the ptrace overlay (the
     // one that symbolizes other users' stacks, which this test checks by name); it is stopped
     // on every path, a failed assertion included.
-    let mut capabilities = deployed_capabilities();
-    capabilities.extend(overlay_capabilities());
+    let mut capabilities = common::deployed_capabilities();
+    capabilities.extend(common::overlay_capabilities());
     let _paranoid = common::PerfParanoidAtTwo::after_checking_the_refusal(|| {
         refusal_with_deployed_capabilities(&capabilities)
     });

@@ -223,26 +223,6 @@ fn a_process_with_60000_mappings_is_skipped_and_counted_and_other_containers_sta
     drop(quiet);
 }
 
-/// The capabilities deploy/headroom.yaml grants the agent's container (lower case).
-fn deployed_capabilities() -> Vec<String> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/headroom.yaml");
-    let text = std::fs::read_to_string(path).expect("deploy/headroom.yaml");
-    serde_yaml_ng::Deserializer::from_str(&text)
-        .filter_map(|document| {
-            let value = <serde_json::Value as serde::Deserialize>::deserialize(document).ok()?;
-            (value["kind"] == "DaemonSet").then_some(value)
-        })
-        .flat_map(|daemonset| {
-            daemonset["spec"]["template"]["spec"]["containers"][0]["securityContext"]
-                ["capabilities"]["add"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default()
-        })
-        .filter_map(|c| c.as_str().map(str::to_lowercase))
-        .collect()
-}
-
 /// What SECURITY.md says works without SYS_PTRACE: with only the DaemonSet's capabilities,
 /// every figure of another container's root process (whose capabilities are not a subset of
 /// the agent's) is exported: threads, reserved address space (VmSize of /proc/PID/status, the
@@ -254,7 +234,7 @@ fn without_sys_ptrace_every_container_figure_is_still_exported() {
     let Some(_guard) = privileged("without_sys_ptrace_every_container_figure") else {
         return;
     };
-    let capabilities = deployed_capabilities();
+    let capabilities = common::deployed_capabilities();
     assert!(
         !capabilities.iter().any(|c| c == "sys_ptrace"),
         "the DaemonSet grants SYS_PTRACE: {capabilities:?}"
@@ -376,7 +356,7 @@ fn under_the_seccomp_profile_the_agent_works_and_ptrace_is_refused() {
     let (agent_cgroup, _) = limited_cgroup("hardening-seccomp");
     let mut agent = Agent::builder()
         .in_cgroup(&agent_cgroup)
-        .capabilities(&deployed_capabilities())
+        .capabilities(&common::deployed_capabilities())
         .wrapped_in(&profile)
         .start();
     let seccomp = std::fs::read_to_string(format!("/proc/{}/status", agent.pid()))

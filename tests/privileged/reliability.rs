@@ -368,36 +368,16 @@ fn capture_works_with_only_the_capabilities_deploy_grants() {
     let Some(_guard) = privileged("capture_works_with_only_the_capabilities_deploy_grants") else {
         return;
     };
-    let text = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/headroom.yaml"),
-    )
-    .expect("deploy/headroom.yaml");
-    let line = text
-        .lines()
-        .find(|line| line.trim_start().starts_with("add: ["))
-        .expect("capabilities line");
-    let capabilities: Vec<String> = line
-        .split(['[', ']', ',', '"'])
-        .map(str::trim)
-        .filter(|part| !part.is_empty() && *part != "add:")
-        .map(|c| format!("+{}", c.to_lowercase()))
+    // Symbol names of another user's process (this root workload has every capability) need
+    // the ptrace overlay's SYS_PTRACE (SECURITY.md): the test checks names, so it adds it.
+    let capabilities: Vec<String> = common::deployed_capabilities()
+        .into_iter()
+        .chain(common::overlay_capabilities())
+        .map(|c| format!("+{c}"))
         .collect();
     assert!(
         capabilities.contains(&"+bpf".to_owned()),
         "{capabilities:?}"
-    );
-    // Symbol names of another user's process (this root workload has every capability) need
-    // the ptrace overlay's SYS_PTRACE (SECURITY.md): the test checks names, so it adds it.
-    let overlay = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/overlays/ptrace/kustomization.yaml"),
-    )
-    .expect("deploy/overlays/ptrace/kustomization.yaml");
-    let mut capabilities = capabilities;
-    capabilities.extend(
-        overlay
-            .lines()
-            .filter_map(|line| line.trim().strip_prefix("value: "))
-            .map(|c| format!("+{}", c.trim().to_lowercase())),
     );
     assert!(
         capabilities.contains(&"+sys_ptrace".to_owned()),
