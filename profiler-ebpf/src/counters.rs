@@ -192,21 +192,31 @@ fn migrate(tgid: u32, process: NonNull<ProcessCounters>, from: u64, to: u64) {
 /// inherited address space only what lies above the inherited size.
 #[inline(always)]
 fn counted_resident(process: *mut ProcessCounters, member: usize) -> i64 {
-    // SAFETY: field addresses within a valid map value; `member` < COUNT.
-    unsafe {
-        let now = core::ptr::read_volatile(
+    // SAFETY: field address within a valid map value; `member` < COUNT.
+    let now = unsafe {
+        core::ptr::read_volatile(
             (&raw const (*process).counters.rss_bytes)
                 .cast::<i64>()
                 .add(member),
-        );
-        if (*process).inherited & inherited::ADDRESS_SPACE != 0 {
-            let base = (&raw const (*process).inherited_rss)
-                .cast::<i64>()
-                .add(member);
-            (now - *base).max(0)
-        } else {
-            now
+        )
+    };
+    counted_part(process, member, now)
+}
+
+/// The part of an RSS counter's `value` that its target's sum holds: all of it, or on an
+/// inherited address space what lies above the inherited size (see
+/// `programs::memory::counted_change`).
+#[inline(always)]
+pub(crate) fn counted_part(process: *const ProcessCounters, member: usize, value: i64) -> i64 {
+    // SAFETY: field addresses within a valid map value; `member` < COUNT.
+    unsafe {
+        if (*process).inherited & inherited::ADDRESS_SPACE == 0 {
+            return value;
         }
+        let base = (&raw const (*process).inherited_rss)
+            .cast::<i64>()
+            .add(member);
+        (value - *base).max(0)
     }
 }
 
@@ -293,16 +303,7 @@ pub(crate) fn release_resident(target: NonNull<MemoryCounters>, process: NonNull
                 .cast::<i64>()
                 .add(member);
             let old = atomic_xchg::<i64, { AtomicOrdering::Relaxed }>(field, 0);
-            // On an inherited address space only what lies above the inherited size was
-            // counted (see `programs::memory::counted_change`).
-            let counted = if (*process).inherited & inherited::ADDRESS_SPACE != 0 {
-                let base = (&raw const (*process).inherited_rss)
-                    .cast::<i64>()
-                    .add(member);
-                (old - *base).max(0)
-            } else {
-                old
-            };
+            let counted = counted_part(process, member, old);
             if counted != 0 {
                 add_signed(
                     (&raw mut (*target).rss_bytes).cast::<i64>().add(member),

@@ -16,7 +16,7 @@ use profiler_common::{
 use crate::{
     atomics::add_signed,
     counters::{
-        existing_process, process_counters, raise_resident_peaks, release_resident,
+        counted_part, existing_process, process_counters, raise_resident_peaks, release_resident,
         target_counters, window_peaks,
     },
     maps::MM_OWNERS,
@@ -143,17 +143,16 @@ fn counted_change(process: *mut ProcessCounters, member: usize, old: i64, size: 
         if flags & inherited::ADDRESS_SPACE == 0 {
             return size - old;
         }
-        let base = (&raw mut (*process).inherited_rss)
-            .cast::<i64>()
-            .add(member);
         let known = inherited::size_known(member);
         if flags & known == 0 {
-            *base = size;
+            *(&raw mut (*process).inherited_rss)
+                .cast::<i64>()
+                .add(member) = size;
             (*process).inherited = flags | known;
             return 0;
         }
-        (size - *base).max(0) - (old - *base).max(0)
     }
+    counted_part(process, member, size) - counted_part(process, member, old)
 }
 
 /// The process that owns `mm_id` and its target, when that is a live process other than
