@@ -1,29 +1,45 @@
 //! Reading a timeline the way a limit has to be set: where startup ends, what steady state is,
-//! and which spikes rose above it.
+//! and which spikes rose above it. This is the one phase analysis: the report's phases and the
+//! sizing recommendation (`sizing::phases` adds the leak rule) both come from it, so a report
+//! and its recommendation cannot name different phases for the same series.
 //!
-//! **Startup rule.** Startup ends at the start of the first *stable window* after which memory
-//! never again falls clearly below that window. A stable window is `stable_ms` (default 2 s, but
-//! at most a fifth of the observed time and at least 3 buckets, so short runs can have one) of
-//! buckets whose highest and lowest values differ by at most 5 % (or 4 MiB, whichever is
-//! larger). The second condition makes a startup cache that is later released part of startup,
-//! rather than mistaking its plateau for steady state; memory released in the last 5 % of the
-//! observation is shutdown and does not count. Startup is capped at `max_startup_ms`;
-//! when no window qualifies, startup has not ended and no steady state is reported.
+//! **Baseline.** Each bucket's baseline is the 20th percentile of the bucket maxima within
+//! [`BASELINE_WINDOW_MS`] around it (centred; at most a quarter of the series). Bursts that
+//! recur at most every 2 s and last less than that leave quiet buckets in every such window, so
+//! the baseline is the level memory returns to between bursts, however busy the service is.
 //!
-//! **Steady state** is the median and 95th percentile of bucket maxima after startup.
+//! **Startup** ends where memory reaches the level it holds afterwards: the steady level is
+//! the median baseline over the second half of the series; startup ends at the first bucket
+//! at that level (within 5 % or 4 MiB below, the spike tolerance above) from which the
+//! baseline never again falls clearly below it (memory released in the last 5 % is shutdown).
+//! At least a stable window (`stable_ms`, default 2 s, at most a fifth of the series, at least
+//! 3 buckets) must follow, and startup is not looked for past `max_startup_ms`. A startup
+//! peak released later is startup; a baseline that never settles (a leak) has no startup end.
 //!
-//! **Spikes** are runs of buckets after startup that rise above the steady median by more than
-//! 10 % of it (and at least 8 MiB).
+//! **A warm-up is not a spike.** Memory on its way up to a startup peak passes through the
+//! steady level. A rise that comes before memory has held the level for at least as long as
+//! the rise lasts (and at least [`MIN_QUIET_BUCKETS`] buckets) is still startup: a spike is a
+//! departure from a steady state, and there was none yet.
+//!
+//! **Spikes** are runs of buckets after startup above the baseline by more than 10 % of it (at
+//! least 8 MiB); the **steady state** is every other bucket after startup, summarised by its
+//! median and 95th percentile.
 
 use serde::Serialize;
 
 pub use crate::report::Spike;
+use crate::units::MIB;
 
-const MIB: u64 = 1 << 20;
+/// Width of the window the baseline is taken over.
+pub const BASELINE_WINDOW_MS: u64 = 3_000;
+/// The fewest buckets memory must hold the steady level before a rise counts as a spike.
+const MIN_QUIET_BUCKETS: usize = 3;
 
 #[derive(Clone, Copy, Debug)]
 pub struct AnalysisConfig {
+    /// How long the baseline must hold still for startup to end.
     pub stable_ms: u64,
+    /// Startup is not looked for past this.
     pub max_startup_ms: u64,
 }
 
@@ -36,6 +52,7 @@ impl Default for AnalysisConfig {
     }
 }
 
+/// The phases of a series, as the report shows them.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct Phases {
     /// When startup ended; None if it did not within the run (or the cap).
@@ -47,8 +64,35 @@ pub struct Phases {
     pub spikes: Vec<Spike>,
 }
 
-fn tolerance(level: u64) -> u64 {
+/// A run of buckets above the baseline, by index into the series read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rise {
+    pub start: usize,
+    pub buckets: usize,
+    pub peak_bytes: u64,
+}
+
+/// The phases of a series, by bucket index (what both the report and sizing build on).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SeriesPhases {
+    /// Index of the first steady bucket; None when startup did not end.
+    pub startup_end: Option<usize>,
+    /// Highest bucket before startup ended (the whole series when it did not).
+    pub startup_peak: u64,
+    /// Where that peak was (the latest bucket at it).
+    pub startup_peak_index: Option<usize>,
+    /// Spikes after startup, indices into the whole series.
+    pub spikes: Vec<Rise>,
+}
+
+/// How far a baseline may move and still be "the same level".
+fn stable_tolerance(level: u64) -> u64 {
     (level / 20).max(4 * MIB)
+}
+
+/// How far above the baseline a bucket must rise to be part of a spike.
+pub fn spike_tolerance(level: u64) -> u64 {
+    (level / 10).max(8 * MIB)
 }
 
 fn percentile(sorted: &[u64], fraction: f64) -> Option<u64> {
@@ -59,76 +103,205 @@ fn percentile(sorted: &[u64], fraction: f64) -> Option<u64> {
     sorted.get(rank).copied()
 }
 
-/// Splits `series` (bucket maxima, `resolution_ms` apart) into startup, steady state and spikes.
+/// The middle value (the upper one of an even count); 0 for none.
+pub fn median(values: &[u64]) -> u64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_unstable();
+    sorted.get(sorted.len() / 2).copied().unwrap_or(0)
+}
+
+/// The centred sliding 20th percentile over [`BASELINE_WINDOW_MS`], or a quarter of the
+/// series when that is shorter (in a run of a second or two, a 3 s window would make the first
+/// bucket the baseline of everything). A low percentile rather than the minimum: bursts fill
+/// well under 80 % of any window, while one bucket read low (a working set caught mid-reclaim)
+/// does not drag 3 s of baseline down with it.
+pub fn baseline(series: &[u64], resolution_ms: u64) -> Vec<u64> {
+    let half = ((BASELINE_WINDOW_MS / resolution_ms.max(1) / 2) as usize).min(series.len() / 8);
+    let mut window = Vec::with_capacity(2 * half + 1);
+    (0..series.len())
+        .map(|i| {
+            let from = i.saturating_sub(half);
+            let to = (i + half + 1).min(series.len());
+            window.clear();
+            window.extend_from_slice(&series[from..to]);
+            window.sort_unstable();
+            window.get((window.len() - 1) / 5).copied().unwrap_or(0)
+        })
+        .collect()
+}
+
+/// Startup, its peak, and the spikes after it, of a series of bucket maxima `resolution_ms`
+/// apart.
+pub fn read_series(series: &[u64], resolution_ms: u64, config: &AnalysisConfig) -> SeriesPhases {
+    let resolution_ms = resolution_ms.max(1);
+    let end = startup_end(series, resolution_ms, config);
+    let startup = &series[..end.unwrap_or(series.len())];
+    let startup_peak_index = startup
+        .iter()
+        .enumerate()
+        .rev()
+        .max_by_key(|(_, v)| **v)
+        .map(|(i, _)| i);
+    // The baseline of the steady part alone: startup's low buckets are not its level.
+    let spikes = end.map_or_else(Vec::new, |end| {
+        rises(&series[end..], resolution_ms)
+            .into_iter()
+            .map(|rise| Rise {
+                start: rise.start + end,
+                ..rise
+            })
+            .collect()
+    });
+    SeriesPhases {
+        startup_end: end,
+        startup_peak: startup.iter().copied().max().unwrap_or(0),
+        startup_peak_index,
+        spikes,
+    }
+}
+
+/// The report's view of [`read_series`]: times in seconds from the series' first bucket, and
+/// the steady state between spikes.
 pub fn analyse(series: &[u64], resolution_ms: u64, config: &AnalysisConfig) -> Phases {
     let resolution_ms = resolution_ms.max(1);
-    let window = (config.stable_ms.div_ceil(resolution_ms) as usize)
-        .min(series.len() / 5)
-        .max(3);
-    let cap = (config.max_startup_ms / resolution_ms) as usize;
-    // Lowest value from each index to the end, to check "never falls clearly below" in O(n).
-    // The last 5 % (at least one bucket) is shutdown, when memory is released on the way out,
-    // and does not count as falling below.
-    let checked_end = series.len().saturating_sub((series.len() / 20).max(1));
-    let mut suffix_min = vec![u64::MAX; series.len() + 1];
-    for index in (0..checked_end).rev() {
-        suffix_min[index] = suffix_min[index + 1].min(series[index]);
-    }
-    let startup_end = (0..series.len().saturating_sub(window - 1))
-        .take_while(|&start| start <= cap)
-        .find(|&start| {
-            let slice = &series[start..start + window];
-            let (low, high) = slice
-                .iter()
-                .fold((u64::MAX, 0), |(lo, hi), &v| (lo.min(v), hi.max(v)));
-            high - low <= tolerance(high)
-                && suffix_min[start + window].saturating_add(tolerance(low)) >= low
-        });
-
-    let Some(end) = startup_end else {
+    let read = read_series(series, resolution_ms, config);
+    let seconds_at = |index: usize| (index as u64 * resolution_ms) as f64 / 1000.0;
+    let Some(end) = read.startup_end else {
         return Phases {
             startup_seconds: None,
-            startup_peak_bytes: series.iter().copied().max().unwrap_or(0),
+            startup_peak_bytes: read.startup_peak,
             ..Phases::default()
         };
     };
-    let startup_peak = series[..end.max(1)].iter().copied().max().unwrap_or(0);
-    let steady = &series[end..];
-    let mut sorted = steady.to_vec();
-    sorted.sort_unstable();
-    let median = percentile(&sorted, 0.5);
-    let p95 = percentile(&sorted, 0.95);
-    let mut spikes = Vec::new();
-    if let Some(median) = median {
-        let threshold = median + (median / 10).max(8 * MIB);
-        let mut index = 0;
-        while index < steady.len() {
-            if steady[index] <= threshold {
-                index += 1;
-                continue;
-            }
-            let start = index;
-            while index < steady.len() && steady[index] > threshold {
-                index += 1;
-            }
-            let peak = steady[start..index].iter().copied().max().unwrap_or(0);
-            spikes.push(Spike {
-                start_seconds: ((end + start) as u64 * resolution_ms) as f64 / 1000.0,
-                duration_ms: (index - start) as u64 * resolution_ms,
-                peak_bytes: peak,
-                bytes_above_steady: peak - median,
-                source: None,
-                source_bytes: None,
-                frames: Vec::new(),
-            });
-        }
-    }
+    let mut quiet = between_spikes(&series[end..], resolution_ms);
+    quiet.sort_unstable();
+    let median = percentile(&quiet, 0.5);
+    let spikes = read
+        .spikes
+        .iter()
+        .map(|rise| Spike {
+            start_seconds: seconds_at(rise.start),
+            duration_ms: rise.buckets as u64 * resolution_ms,
+            peak_bytes: rise.peak_bytes,
+            bytes_above_steady: rise.peak_bytes.saturating_sub(median.unwrap_or(0)),
+            source: None,
+            source_bytes: None,
+            frames: Vec::new(),
+        })
+        .collect();
     Phases {
-        startup_seconds: Some((end as u64 * resolution_ms) as f64 / 1000.0),
-        startup_peak_bytes: startup_peak,
+        startup_seconds: Some(seconds_at(end)),
+        startup_peak_bytes: read.startup_peak,
         steady_bytes: median,
-        steady_p95_bytes: p95,
+        steady_p95_bytes: percentile(&quiet, 0.95),
         spikes,
+    }
+}
+
+fn startup_end(series: &[u64], resolution_ms: u64, config: &AnalysisConfig) -> Option<usize> {
+    let window = ((config.stable_ms.div_ceil(resolution_ms)) as usize)
+        .min(series.len() / 5)
+        .max(3);
+    // The last 5 % (at least a bucket) is shutdown: memory released on the way out.
+    let checked_end = series.len().saturating_sub((series.len() / 20).max(1));
+    if checked_end < window {
+        return None;
+    }
+    let max_startup = (config.max_startup_ms / resolution_ms) as usize;
+    let base = baseline(&series[..checked_end], resolution_ms);
+    // The level memory holds in the second half: a cache released before then is startup, a
+    // baseline that keeps rising never settles, and a slow shutdown at the very end does not
+    // become the steady state.
+    let level = median(&base[checked_end / 2..]);
+    let floor = level.saturating_sub(stable_tolerance(level));
+    let ceiling = level + spike_tolerance(level);
+    // The earliest bucket from which the baseline never falls clearly below the level.
+    let mut first = checked_end;
+    while first > 0 && base[first - 1] >= floor {
+        first -= 1;
+    }
+    if checked_end - first < window || first > max_startup {
+        return None;
+    }
+    // The centred baseline lags by up to half a window on either side: memory may have
+    // settled a little earlier (walk back over buckets at the level) or be in a burst here
+    // (walk on to the first bucket at it).
+    let at_level = |k: usize| series[k] >= floor && series[k] <= ceiling;
+    let mut end = first;
+    while end > 0 && at_level(end - 1) {
+        end -= 1;
+    }
+    if !at_level(end) {
+        end = (end..checked_end).find(|&k| at_level(k))?;
+    }
+    // A rise before memory has held the level as long as the rise lasts is the warm-up
+    // passing through the level on its way up: startup goes on past it.
+    loop {
+        let quiet = (end..checked_end)
+            .take_while(|&k| series[k] <= ceiling)
+            .count();
+        let rise_start = end + quiet;
+        if rise_start >= checked_end {
+            break;
+        }
+        let rise = (rise_start..checked_end)
+            .take_while(|&k| series[k] > ceiling)
+            .count();
+        if quiet >= rise.max(MIN_QUIET_BUCKETS) {
+            break;
+        }
+        end = (rise_start + rise..checked_end).find(|&k| at_level(k))?;
+    }
+    (end <= max_startup && checked_end.saturating_sub(end) >= window).then_some(end)
+}
+
+/// Whether bucket `i` rises above the baseline far enough to be part of a spike.
+fn above_baseline(series: &[u64], base: &[u64], i: usize) -> bool {
+    series[i] > base[i] + spike_tolerance(base[i])
+}
+
+/// The runs above a series' own baseline.
+fn rises(series: &[u64], resolution_ms: u64) -> Vec<Rise> {
+    let base = baseline(series, resolution_ms);
+    let mut found = Vec::new();
+    let mut index = 0;
+    while index < series.len() {
+        if !above_baseline(series, &base, index) {
+            index += 1;
+            continue;
+        }
+        let start = index;
+        while index < series.len() && above_baseline(series, &base, index) {
+            index += 1;
+        }
+        found.push(Rise {
+            start,
+            buckets: index - start,
+            peak_bytes: series[start..index].iter().copied().max().unwrap_or(0),
+        });
+    }
+    found
+}
+
+/// The buckets of a steady series that are not part of a spike: what the service holds
+/// between bursts.
+pub fn between_spikes(steady: &[u64], resolution_ms: u64) -> Vec<u64> {
+    let base = baseline(steady, resolution_ms);
+    (0..steady.len())
+        .filter(|&i| !above_baseline(steady, &base, i))
+        .map(|i| steady[i])
+        .collect()
+}
+
+/// The buckets from the first to the last one in which the target had a task (all of them
+/// when no bucket counted tasks): an empty cgroup before its workload starts, or after it
+/// ends, is neither startup nor steady state.
+pub fn alive_span(buckets: &[crate::report::BucketPeaks]) -> std::ops::Range<usize> {
+    let first = buckets.iter().position(|b| b.tasks > 0);
+    let last = buckets.iter().rposition(|b| b.tasks > 0);
+    match (first, last) {
+        (Some(first), Some(last)) => first..last + 1,
+        _ => 0..buckets.len(),
     }
 }
 
@@ -154,6 +327,45 @@ mod tests {
         assert_eq!(phases.startup_peak_bytes, 300 * MIB);
         assert_eq!(phases.steady_bytes, Some(100 * MIB));
         assert!(phases.spikes.is_empty());
+    }
+
+    /// The demo's shape: the first bucket before the warm-up, one bucket passing through the
+    /// steady level on the way up, 400 ms at a 301 MiB peak, then 100 MiB steady.
+    #[test]
+    fn a_warm_up_passing_through_the_steady_level_is_startup_not_a_spike() {
+        let mut series = vec![MIB * 3 / 2, 105 * MIB];
+        series.extend(std::iter::repeat_n(301 * MIB, 4));
+        series.extend(std::iter::repeat_n(100 * MIB, 60));
+        let phases = analyse(&series, 100, &AnalysisConfig::default());
+        assert_eq!(phases.startup_seconds, Some(0.6));
+        assert_eq!(phases.startup_peak_bytes, 301 * MIB);
+        assert_eq!(phases.steady_bytes, Some(100 * MIB));
+        assert!(phases.spikes.is_empty(), "{:?}", phases.spikes);
+    }
+
+    /// A spike after memory has held its level is a spike, even a long one.
+    #[test]
+    fn a_rise_after_a_steady_stretch_is_a_spike() {
+        let mut series = vec![100 * MIB; 20];
+        series.extend(std::iter::repeat_n(300 * MIB, 10));
+        series.extend(std::iter::repeat_n(100 * MIB, 50));
+        let phases = analyse(&series, 100, &AnalysisConfig::default());
+        assert_eq!(phases.startup_seconds, Some(0.0));
+        assert_eq!(phases.spikes.len(), 1);
+        assert_eq!(phases.spikes[0].start_seconds, 2.0);
+        assert_eq!(phases.spikes[0].bytes_above_steady, 200 * MIB);
+    }
+
+    /// Bursts every half second (0.2 s each) over 60 MiB: steady state is the base.
+    #[test]
+    fn bursts_every_half_second_leave_a_steady_state_in_the_report() {
+        let series: Vec<u64> = (0..300)
+            .map(|i| if i % 5 < 2 { 160 * MIB } else { 60 * MIB })
+            .collect();
+        let phases = analyse(&series, 100, &AnalysisConfig::default());
+        assert!(phases.startup_seconds.is_some_and(|s| s <= 0.5));
+        assert_eq!(phases.steady_bytes, Some(60 * MIB));
+        assert!(phases.spikes.len() >= 55, "{}", phases.spikes.len());
     }
 
     #[test]

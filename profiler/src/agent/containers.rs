@@ -625,7 +625,7 @@ mod tests {
             };
             node.write("memory.max", "1073741824\n");
             node.write("memory.events", "oom 0\noom_kill 0\n");
-            node.write("memory.stat", "inactive_file 0\n");
+            node.write("memory.stat", "file 0\n");
             node.write("cgroup.procs", "");
             node.write("cgroup.threads", "1\n2\n3\n");
             node.set_charge(0);

@@ -341,7 +341,7 @@ impl CaptureSession {
 }
 
 /// What a running target reached before the capture: its cgroup's lifetime high-water mark
-/// (v2 memory.peak, v1 memory.max_usage_in_bytes) with the inactive file cache at the start,
+/// (v2 memory.peak, v1 memory.max_usage_in_bytes) with the reclaimable page cache at the start,
 /// or for a process tree the sum of its processes' VmHWM (each one's own resident mark; the
 /// sum is at least their highest moment together). None for a command the capture starts, and
 /// where the kernel keeps no mark.
@@ -353,7 +353,7 @@ fn peak_before_capture(watched: &Watched, proc_root: &Path) -> Option<PeakBefore
         let (bytes, file) = charge.peak_at_open()?;
         return Some(PeakBeforeCapture {
             bytes,
-            reclaimable_bytes: charge.inactive_file().unwrap_or(0).min(bytes),
+            reclaimable_bytes: charge.reclaimable_cache().unwrap_or(0).min(bytes),
             source: file.to_owned(),
         });
     }
@@ -415,7 +415,7 @@ mod tests {
         fn set_charge(&self, current: u64, window_peak: u64) {
             self.write("memory.current", &format!("{current}\n"));
             self.write("memory.peak", &format!("{}\n", window_peak.max(current)));
-            self.write("memory.stat", "inactive_file 0\n");
+            self.write("memory.stat", "file 0\n");
         }
 
         fn reader(&self) -> ChargeReader {
@@ -470,14 +470,14 @@ mod tests {
         }
     }
 
-    /// A cgroup watched after it peaked at 311 MiB (10 MiB of it inactive file cache then):
+    /// A cgroup watched after it peaked at 311 MiB (10 MiB of it reclaimable page cache then):
     /// the mark read at the start is reported and counted in the limit.
     #[test]
     fn a_late_cgroup_capture_counts_the_peak_before_it() {
         let cgroup = FakeCgroup::new("late");
         cgroup.write("memory.current", &format!("{}\n", 100 * MIB));
         cgroup.write("memory.peak", &format!("{}\n", 311 * MIB));
-        cgroup.write("memory.stat", &format!("inactive_file {}\n", 10 * MIB));
+        cgroup.write("memory.stat", &format!("file {}\n", 10 * MIB));
         let mut session = session(Some(cgroup.reader()), TargetKind::Cgroup);
         let mut kernel = FakeKernel::default();
         for bucket in 0..300u64 {

@@ -81,6 +81,30 @@ pub fn parse_key(text: &str, key: &str) -> Option<u64> {
     })
 }
 
+/// Clean, unmapped page cache in a memory.stat text: file pages less shmem (counted as file
+/// but swap-backed, never dropped), dirty and writeback pages (they must reach the disk
+/// first), and mapped file pages (a program's code and mapped data: dropping them thrashes).
+/// Not `inactive_file`, the kubelet's figure: on cgroup v2 a file just written often sits on
+/// the active list (MGLRU, or a second touch), which the kernel still reclaims before an OOM
+/// kill, so a writer's whole file would count as needed.
+pub fn reclaimable_cache_in(stat: &str, version: ChargeVersion) -> Option<u64> {
+    let [file, shmem, dirty, writeback, mapped] = match version {
+        ChargeVersion::V2 => ["file", "shmem", "file_dirty", "file_writeback", "file_mapped"],
+        ChargeVersion::V1 => [
+            "total_cache",
+            "total_shmem",
+            "total_dirty",
+            "total_writeback",
+            "total_mapped_file",
+        ],
+    };
+    let held = [shmem, dirty, writeback, mapped]
+        .iter()
+        .map(|key| parse_key(stat, key).unwrap_or(0))
+        .fold(0u64, u64::saturating_add);
+    Some(parse_key(stat, file)?.saturating_sub(held))
+}
+
 /// The `total=` of one line (`some` or `full`) of a PSI file such as memory.pressure:
 /// `full avg10=0.00 avg60=0.00 avg300=0.00 total=12345`. Public for the fuzz targets.
 pub fn parse_pressure_total(text: &str, kind: &str) -> Option<u64> {
@@ -218,13 +242,12 @@ impl ChargeReader {
         }
     }
 
-    /// Inactive file pages, which the kubelet subtracts to get the working set.
-    pub fn inactive_file(&self) -> Option<u64> {
-        let key = match self.version {
-            ChargeVersion::V2 => "inactive_file",
-            ChargeVersion::V1 => "total_inactive_file",
-        };
-        read_key(&self.dir.join("memory.stat"), key)
+    /// Page cache the kernel drops before it OOM-kills: clean file pages that no process
+    /// maps. What is left of the charge (anonymous memory, shmem and tmpfs, kernel memory,
+    /// dirty and writeback pages, mapped files such as the program's own code) is what the
+    /// workload needs to run; see [`reclaimable_cache_in`].
+    pub fn reclaimable_cache(&self) -> Option<u64> {
+        reclaimable_cache_in(&fs::read_to_string(self.dir.join("memory.stat")).ok()?, self.version)
     }
 
     /// The effective limit: the lowest of this cgroup's and its ancestors'. None: unlimited.
@@ -277,6 +300,32 @@ mod tests {
     use super::*;
 
     #[test]
+    fn reclaimable_cache_is_clean_unmapped_file_pages() {
+        let mib = 1u64 << 20;
+        let stat = format!(
+            "anon {}\nfile {}\nshmem {}\nfile_mapped {}\nfile_dirty {}\nfile_writeback 0\ninactive_file {}\n",
+            40 * mib,
+            400 * mib,
+            10 * mib,
+            20 * mib,
+            8 * mib,
+            mib
+        );
+        // 400 MiB of file pages, of which 10 shmem, 20 mapped and 8 dirty: 362 MiB can go,
+        // though only 1 MiB is on the inactive list.
+        assert_eq!(
+            reclaimable_cache_in(&stat, ChargeVersion::V2),
+            Some(362 * mib)
+        );
+        assert_eq!(reclaimable_cache_in("anon 1\n", ChargeVersion::V2), None);
+        // More held than file (shmem mapped is in both): nothing reclaimable, not a wrap.
+        assert_eq!(
+            reclaimable_cache_in("total_cache 10\ntotal_shmem 8\ntotal_mapped_file 8\n", ChargeVersion::V1),
+            Some(0)
+        );
+    }
+
+    #[test]
     fn memory_files_parse_or_give_none() {
         let stat = "anon 104857600\ninactive_file 1024000\noom_kill x\noom_kill 3\n";
         assert_eq!(parse_key(stat, "inactive_file"), Some(1_024_000));
@@ -301,7 +350,7 @@ mod tests {
         fs::write(dir.join("memory.max_usage_in_bytes"), "4194304\n").expect("fixture");
         fs::write(
             dir.join("memory.stat"),
-            "cache 0\nhierarchical_memory_limit 9223372036854771712\ntotal_inactive_file 4096\n",
+            "cache 0\nhierarchical_memory_limit 9223372036854771712\ntotal_cache 12288\ntotal_mapped_file 4096\ntotal_dirty 4096\n",
         )
         .expect("fixture");
         fs::write(
@@ -317,7 +366,7 @@ mod tests {
             reader.lifetime_peak(),
             Some((4 << 20, "memory.max_usage_in_bytes"))
         );
-        assert_eq!(reader.inactive_file(), Some(4096));
+        assert_eq!(reader.reclaimable_cache(), Some(4096));
         assert_eq!(
             reader.peak_at_open(),
             Some((4 << 20, "memory.max_usage_in_bytes"))

@@ -330,7 +330,7 @@ impl TargetReportBuilder {
             ),
             peak_from: PeakSource::LifetimeHighWaterMark,
             working_set_peak_bytes: current.map_or(0, |current| {
-                current.saturating_sub(charge.inactive_file().unwrap_or(0))
+                current.saturating_sub(charge.reclaimable_cache().unwrap_or(0))
             }),
             limit_bytes: charge.limit(),
             sampled_peak_bytes: current.unwrap_or(0),
@@ -412,7 +412,7 @@ fn phases_while_alive(
     analysis: &AnalysisConfig,
     pick: fn(&BucketPeaks) -> u64,
 ) -> Phases {
-    let alive = alive_span(buckets);
+    let alive = crate::accounting::analysis::alive_span(buckets);
     let series: Vec<u64> = buckets[alive.clone()].iter().map(pick).collect();
     let offset_seconds = (alive.start as u64 * resolution_ms) as f64 / 1000.0;
     let mut phases = analyse(&series, resolution_ms, analysis);
@@ -423,16 +423,6 @@ fn phases_while_alive(
     phases
 }
 
-/// The buckets from the first to the last one in which the target had a task (all of them
-/// when no bucket counted tasks).
-fn alive_span(buckets: &[BucketPeaks]) -> std::ops::Range<usize> {
-    let first = buckets.iter().position(|b| b.tasks > 0);
-    let last = buckets.iter().rposition(|b| b.tasks > 0);
-    match (first, last) {
-        (Some(first), Some(last)) => first..last + 1,
-        _ => 0..buckets.len(),
-    }
-}
 
 impl KernelBucket {
     /// With the reserved address space of the bucket (sessions that track regions).

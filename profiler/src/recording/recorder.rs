@@ -71,7 +71,8 @@ pub struct ChargeBucket {
     /// The kernel's own peak over the bucket, where it says (see [`IntervalPeak`]).
     pub interval_peak: Option<IntervalPeak>,
     pub current: u64,
-    /// Charge minus inactive file pages; 0 when not read.
+    /// Charge less reclaimable page cache (see `ChargeReader::reclaimable_cache`); 0 when
+    /// not read.
     pub working_set: u64,
 }
 
@@ -82,7 +83,7 @@ impl ChargeBucket {
         let mut bucket = Self::read_charge(charge)?;
         bucket.working_set = bucket
             .current
-            .saturating_sub(charge.inactive_file().unwrap_or(0));
+            .saturating_sub(charge.reclaimable_cache().unwrap_or(0));
         Some(bucket)
     }
 
@@ -176,14 +177,14 @@ impl Recorder {
             // two reads shows in the charge and, exactly, in the kernel's anonymous peak of
             // the window. The bucket's working set is the one at its end plus that burst
             // (anon peak over anon at the end), never more than its charge peak less the
-            // inactive file cache at the end. The charge alone would not do: under a limit
+            // reclaimable cache at the end. The charge alone would not do: under a limit
             // it touches the limit between reclaims with no working set behind it.
             if charge.working_set > 0 {
-                let inactive_file = charge.current.saturating_sub(charge.working_set);
+                let reclaimable = charge.current.saturating_sub(charge.working_set);
                 let bucket_peak = peaks.charged.max(self.bucket_sampled_peak);
                 let burst = kernel.anon.saturating_sub(kernel.anon_now);
                 peaks.working_set = charge.working_set.max(
-                    (charge.working_set + burst).min(bucket_peak.saturating_sub(inactive_file)),
+                    (charge.working_set + burst).min(bucket_peak.saturating_sub(reclaimable)),
                 );
             }
             self.sampled_charge_peak = self.sampled_charge_peak.max(charge.current);
@@ -292,7 +293,7 @@ mod tests {
         };
         recorder.close_bucket(49, kernel, Some(charge));
         // 90 MiB at the end + the 200 MiB anonymous burst, within the charge peak less the
-        // 10 MiB of inactive file cache.
+        // 10 MiB of reclaimable cache.
         assert_eq!(recorder.timeline().buckets()[0].working_set, 290 * MIB);
     }
 

@@ -42,7 +42,7 @@ pub struct ChargedMemory {
     /// Median of the timeline's bucket maxima after startup.
     pub steady_bytes: Option<u64>,
     pub steady_p95_bytes: Option<u64>,
-    /// Highest charge minus inactive file pages (the kubelet's working set).
+    /// Highest charge less clean page cache no process maps (the working set sizing reads).
     pub working_set_peak_bytes: u64,
     /// Effective limit (lowest of the cgroup's and its ancestors'); null when unlimited.
     pub limit_bytes: Option<u64>,
@@ -64,8 +64,8 @@ pub struct ChargedMemory {
 pub struct PeakBeforeCapture {
     /// The mark itself.
     pub bytes: u64,
-    /// Of it, what was reclaimable file cache at the start (v2 `inactive_file`, v1
-    /// `total_inactive_file`); 0 for resident marks, which hold no cache.
+    /// Of it, what was reclaimable page cache at the start (clean file pages no process maps);
+    /// 0 for resident marks, which hold no cache.
     pub reclaimable_bytes: u64,
     /// Where it was read (memory.peak, memory.max_usage_in_bytes, VmHWM).
     pub source: String,
@@ -149,7 +149,7 @@ pub struct ResidentPhases {
 pub struct BucketPeaks {
     /// Cgroup charge (memory.current / usage_in_bytes, and the kernel's windowed peak).
     pub charged: u64,
-    /// Charge minus inactive file pages, as the kubelet computes it.
+    /// Charge less clean page cache no process maps (what the OOM killer cannot reclaim).
     pub working_set: u64,
     /// Resident (file + anon + shmem) of the target's processes.
     pub resident: u64,

@@ -33,8 +33,8 @@ pub enum Basis {
     /// working-set series).
     #[default]
     Charged,
-    /// A cgroup's working set: the charge less inactive file cache, which the kernel reclaims
-    /// before it OOM-kills and which the kubelet leaves out before it evicts.
+    /// A cgroup's working set as the OOM killer sees it: the charge less clean page cache no
+    /// process maps, which the kernel reclaims before it OOM-kills.
     WorkingSet,
     /// A process tree's resident memory (it has no cgroup of its own).
     Resident,

@@ -1,9 +1,11 @@
 //! Sizing: memory requests and limits from what a capture observed, with the reasons behind
 //! them, a confidence, a comparison with what is set now, and the seed's checklist.
 //!
-//! **Basis.** Sizing reads the cgroup's *working set*: the charge less inactive file cache,
-//! per bucket (the kubelet's figure, and what the kernel cannot simply drop: before it
-//! OOM-kills it reclaims inactive cache first). Page cache gets its own line and its own advice,
+//! **Basis.** Sizing reads the cgroup's *working set* as the OOM killer sees it: the charge
+//! less clean page cache that no process maps, per bucket (anonymous memory, shmem, kernel
+//! memory, dirty and writeback pages and mapped files stay in it; the kernel reclaims the rest
+//! before it OOM-kills). Stricter than the kubelet's charge less `inactive_file`: on cgroup v2
+//! a file just written often sits on the active list, and would count as needed. Page cache gets its own line and its own advice,
 //! never the limit: a charge at the limit with no OOM kill is cache filling the room it has,
 //! so captures under a limit do not ratchet it up. Reports without a working-set series are
 //! sized from the charge; process trees (no cgroup) from resident memory.

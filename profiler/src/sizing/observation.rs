@@ -113,7 +113,7 @@ impl Observation {
         };
         let resolution_ms = t.timeline.resolution_ms.max(1);
         let series = basis_series(basis, buckets);
-        let alive = alive_span(buckets);
+        let alive = crate::accounting::analysis::alive_span(buckets);
         let alive_series = &series[alive.clone()];
         let offset_seconds = (alive.start as u64 * resolution_ms) as f64 / 1000.0;
         let read = phases::read_phases(alive_series, resolution_ms, offset_seconds);
@@ -305,16 +305,6 @@ pub(super) fn basis_series(basis: Basis, buckets: &[BucketPeaks]) -> Vec<u64> {
         .collect()
 }
 
-/// The buckets from the first to the last one in which the target had a task (all of them
-/// when no bucket counted tasks): an empty cgroup is neither startup nor steady state.
-fn alive_span(buckets: &[BucketPeaks]) -> std::ops::Range<usize> {
-    let first = buckets.iter().position(|b| b.tasks > 0);
-    let last = buckets.iter().rposition(|b| b.tasks > 0);
-    match (first, last) {
-        (Some(first), Some(last)) => first..last + 1,
-        _ => 0..buckets.len(),
-    }
-}
 
 /// OOM kills with what the kill record shows: the highest bucket before each, the victim's
 /// own resident sizes, and the limit that stopped it.

@@ -6,7 +6,7 @@ use crate::report::Basis;
 pub(super) fn basis_name(basis: Basis) -> &'static str {
     match basis {
         Basis::Charged => "cgroup charge",
-        Basis::WorkingSet => "working set (cgroup charge less inactive file cache)",
+        Basis::WorkingSet => "working set (cgroup charge less clean page cache no process maps)",
         Basis::Resident => "resident memory (no cgroup of its own)",
     }
 }
@@ -31,7 +31,7 @@ pub(super) fn page_cache_line(o: &super::Observation) -> Option<String> {
     use crate::units::format_bytes;
     (o.basis == Basis::WorkingSet && o.page_cache_peak_bytes > 0).then(|| {
         format!(
-            "page cache: up to {} of the charge (highest charge {}) was inactive file cache, which the kernel reclaims before it OOM-kills; it is in neither value, and a charge that fills the limit with it is not a risk. If the service relies on cached reads (a database, a file server), add the part it re-reads to the request",
+            "page cache: up to {} of the charge (highest charge {}) was clean page cache no process maps, which the kernel reclaims before it OOM-kills; it is in neither value, and a charge that fills the limit with it is not a risk. If the service relies on cached reads (a database, a file server), add the part it re-reads to the request",
             format_bytes(o.page_cache_peak_bytes),
             format_bytes(o.charge_peak_bytes),
         )
