@@ -54,15 +54,26 @@ fn program() -> String {
     workload("sizing", false).display().to_string()
 }
 
-/// A file on a disk-backed filesystem (page cache, not tmpfs/shmem), removed on drop.
+/// A file on a disk-backed filesystem (page cache, not tmpfs/shmem), removed on drop. In
+/// /var/tmp, not the target dir: the kernel-matrix guests see the checkout through a tmpfs
+/// overlay, where a written file is shmem, which no kernel reclaims.
 struct ScratchFile(PathBuf);
 
 impl ScratchFile {
     fn new(tag: &str) -> Self {
-        Self(
-            Path::new(env!("CARGO_TARGET_TMPDIR"))
-                .join(format!("sizing-{tag}-{}.data", std::process::id())),
-        )
+        let dir = Path::new("/var/tmp");
+        let kind = std::process::Command::new("stat")
+            .args(["-f", "-c", "%T"])
+            .arg(dir)
+            .output()
+            .expect("stat -f");
+        let kind = String::from_utf8_lossy(&kind.stdout).trim().to_owned();
+        assert!(
+            kind != "tmpfs" && kind != "ramfs",
+            "{} is on {kind}: the page-cache scenario needs a disk-backed filesystem",
+            dir.display()
+        );
+        Self(dir.join(format!("headroom-sizing-{tag}-{}.data", std::process::id())))
     }
 }
 
@@ -427,7 +438,7 @@ fn a_late_pid_capture_covers_the_peak_before_it() {
     let program = workload("sizing", false);
     let mut child = common::ChildGuard(
         std::process::Command::new(&program)
-            .args(["peak", "200", "40", "8000"])
+            .args(["peak", "200", "40", "30000"])
             .stdout(Stdio::piped())
             .spawn()
             .expect("spawn workload"),

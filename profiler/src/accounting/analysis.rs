@@ -160,38 +160,65 @@ pub fn read_series(series: &[u64], resolution_ms: u64, config: &AnalysisConfig) 
     }
 }
 
-/// The report's view of [`read_series`]: times in seconds from the series' first bucket, and
-/// the steady state between spikes.
+/// The report's view of a series read on its own: [`summarise`] of [`read_series`].
 pub fn analyse(series: &[u64], resolution_ms: u64, config: &AnalysisConfig) -> Phases {
+    summarise(
+        series,
+        resolution_ms,
+        &read_series(series, resolution_ms, config),
+    )
+}
+
+/// The figures of `series` over phases already read (from it, or from another series of the
+/// same buckets, so that the charge and resident rows of a report share the phases sizing
+/// reads): the startup peak before the startup end, the steady state over the buckets after
+/// it that are in no spike, and each spike's peak. Times are seconds from the first bucket.
+pub fn summarise(series: &[u64], resolution_ms: u64, read: &SeriesPhases) -> Phases {
     let resolution_ms = resolution_ms.max(1);
-    let read = read_series(series, resolution_ms, config);
     let seconds_at = |index: usize| (index as u64 * resolution_ms) as f64 / 1000.0;
-    let Some(end) = read.startup_end else {
+    let peak_over = |range: std::ops::Range<usize>| {
+        series
+            .get(range.start.min(series.len())..range.end.min(series.len()))
+            .and_then(|slice| slice.iter().copied().max())
+            .unwrap_or(0)
+    };
+    let Some(end) = read.startup_end.filter(|&end| end <= series.len()) else {
         return Phases {
             startup_seconds: None,
-            startup_peak_bytes: read.startup_peak,
+            startup_peak_bytes: peak_over(0..series.len()),
             ..Phases::default()
         };
     };
-    let mut quiet = between_spikes(&series[end..], resolution_ms);
+    let in_spike = |i: usize| {
+        read.spikes
+            .iter()
+            .any(|rise| (rise.start..rise.start + rise.buckets).contains(&i))
+    };
+    let mut quiet: Vec<u64> = (end..series.len())
+        .filter(|&i| !in_spike(i))
+        .map(|i| series[i])
+        .collect();
     quiet.sort_unstable();
     let median = percentile(&quiet, 0.5);
     let spikes = read
         .spikes
         .iter()
-        .map(|rise| Spike {
-            start_seconds: seconds_at(rise.start),
-            duration_ms: rise.buckets as u64 * resolution_ms,
-            peak_bytes: rise.peak_bytes,
-            bytes_above_steady: rise.peak_bytes.saturating_sub(median.unwrap_or(0)),
-            source: None,
-            source_bytes: None,
-            frames: Vec::new(),
+        .map(|rise| {
+            let peak = peak_over(rise.start..rise.start + rise.buckets);
+            Spike {
+                start_seconds: seconds_at(rise.start),
+                duration_ms: rise.buckets as u64 * resolution_ms,
+                peak_bytes: peak,
+                bytes_above_steady: peak.saturating_sub(median.unwrap_or(0)),
+                source: None,
+                source_bytes: None,
+                frames: Vec::new(),
+            }
         })
         .collect();
     Phases {
         startup_seconds: Some(seconds_at(end)),
-        startup_peak_bytes: read.startup_peak,
+        startup_peak_bytes: peak_over(0..end),
         steady_bytes: median,
         steady_p95_bytes: percentile(&quiet, 0.95),
         spikes,

@@ -89,7 +89,13 @@ pub fn parse_key(text: &str, key: &str) -> Option<u64> {
 /// kill, so a writer's whole file would count as needed.
 pub fn reclaimable_cache_in(stat: &str, version: ChargeVersion) -> Option<u64> {
     let [file, shmem, dirty, writeback, mapped] = match version {
-        ChargeVersion::V2 => ["file", "shmem", "file_dirty", "file_writeback", "file_mapped"],
+        ChargeVersion::V2 => [
+            "file",
+            "shmem",
+            "file_dirty",
+            "file_writeback",
+            "file_mapped",
+        ],
         ChargeVersion::V1 => [
             "total_cache",
             "total_shmem",
@@ -247,7 +253,10 @@ impl ChargeReader {
     /// dirty and writeback pages, mapped files such as the program's own code) is what the
     /// workload needs to run; see [`reclaimable_cache_in`].
     pub fn reclaimable_cache(&self) -> Option<u64> {
-        reclaimable_cache_in(&fs::read_to_string(self.dir.join("memory.stat")).ok()?, self.version)
+        reclaimable_cache_in(
+            &fs::read_to_string(self.dir.join("memory.stat")).ok()?,
+            self.version,
+        )
     }
 
     /// The effective limit: the lowest of this cgroup's and its ancestors'. None: unlimited.
@@ -320,7 +329,10 @@ mod tests {
         assert_eq!(reclaimable_cache_in("anon 1\n", ChargeVersion::V2), None);
         // More held than file (shmem mapped is in both): nothing reclaimable, not a wrap.
         assert_eq!(
-            reclaimable_cache_in("total_cache 10\ntotal_shmem 8\ntotal_mapped_file 8\n", ChargeVersion::V1),
+            reclaimable_cache_in(
+                "total_cache 10\ntotal_shmem 8\ntotal_mapped_file 8\n",
+                ChargeVersion::V1
+            ),
             Some(0)
         );
     }

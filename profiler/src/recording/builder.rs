@@ -8,7 +8,7 @@ use profiler_common::{rss_member, MemoryCounters};
 use super::{memory_sources, KernelBucket, Recorder, SourceFigures};
 use crate::{
     accounting::{
-        analysis::{analyse, AnalysisConfig, Phases},
+        analysis::{read_series, summarise, AnalysisConfig, Phases},
         regions::RegionTracker,
     },
     cgroups::{ChargeReader, ChargeVersion},
@@ -271,9 +271,25 @@ impl TargetReportBuilder {
         let timeline = recorder.timeline();
         let resolution = timeline.resolution_ms();
         let buckets = timeline.buckets();
-        let resident_phases = phases_while_alive(buckets, resolution, analysis, |b| b.resident);
-        let charged_phases =
-            charge.map(|_| phases_while_alive(buckets, resolution, analysis, |b| b.charged));
+        // One reading of the phases, from the series sizing reads (the working set where it
+        // was read, else the charge, else resident memory), so that the report's startup and
+        // spikes are the recommendation's; each row's figures are then taken over them.
+        let alive = crate::accounting::analysis::alive_span(buckets);
+        let offset_seconds = (alive.start as u64 * resolution) as f64 / 1000.0;
+        let basis = crate::sizing::basis_of(charge.is_some(), buckets);
+        let basis_series = crate::sizing::basis_series(basis, buckets);
+        let read = read_series(&basis_series[alive.clone()], resolution, analysis);
+        let over_phases = |pick: fn(&BucketPeaks) -> u64| {
+            let series: Vec<u64> = buckets[alive.clone()].iter().map(pick).collect();
+            shifted(summarise(&series, resolution, &read), offset_seconds)
+        };
+        let resident_phases = over_phases(|b| b.resident);
+        let charged_phases = charge.map(|_| over_phases(|b| b.charged));
+        let spikes = shifted(
+            summarise(&basis_series[alive.clone()], resolution, &read),
+            offset_seconds,
+        )
+        .spikes;
         self.report.memory = charge.zip(charged_phases.as_ref()).map(|(facts, phases)| {
             let (peak_bytes, peak_from, peak_source) = facts.peak(recorder, sample_interval_ms);
             ChargedMemory {
@@ -291,10 +307,8 @@ impl TargetReportBuilder {
                 pressure_full_us: None,
             }
         });
-        // Spikes of the charge; of resident memory for process trees, which have no cgroup.
-        self.report.spikes = charged_phases
-            .map(|phases| phases.spikes)
-            .unwrap_or_else(|| resident_phases.spikes.clone());
+        // Spikes of the series sizing reads, with their peaks in it.
+        self.report.spikes = spikes;
         self.report.resident_phases = ResidentPhases {
             startup_seconds: resident_phases.startup_seconds,
             startup_peak_bytes: resident_phases.startup_peak_bytes,
@@ -404,25 +418,15 @@ impl TargetReportBuilder {
     }
 }
 
-/// Phases read while the target had processes: an empty cgroup before its workload starts,
-/// or after it ends, is neither startup nor steady state. Times stay relative to the start.
-fn phases_while_alive(
-    buckets: &[BucketPeaks],
-    resolution_ms: u64,
-    analysis: &AnalysisConfig,
-    pick: fn(&BucketPeaks) -> u64,
-) -> Phases {
-    let alive = crate::accounting::analysis::alive_span(buckets);
-    let series: Vec<u64> = buckets[alive.clone()].iter().map(pick).collect();
-    let offset_seconds = (alive.start as u64 * resolution_ms) as f64 / 1000.0;
-    let mut phases = analyse(&series, resolution_ms, analysis);
+/// Phases with their times moved `offset_seconds` later (the series read started at the first
+/// bucket in which the target had a task).
+fn shifted(mut phases: Phases, offset_seconds: f64) -> Phases {
     phases.startup_seconds = phases.startup_seconds.map(|s| s + offset_seconds);
     for spike in &mut phases.spikes {
         spike.start_seconds += offset_seconds;
     }
     phases
 }
-
 
 impl KernelBucket {
     /// With the reserved address space of the bucket (sessions that track regions).

@@ -183,9 +183,9 @@ impl Recorder {
                 let reclaimable = charge.current.saturating_sub(charge.working_set);
                 let bucket_peak = peaks.charged.max(self.bucket_sampled_peak);
                 let burst = kernel.anon.saturating_sub(kernel.anon_now);
-                peaks.working_set = charge.working_set.max(
-                    (charge.working_set + burst).min(bucket_peak.saturating_sub(reclaimable)),
-                );
+                peaks.working_set = charge
+                    .working_set
+                    .max((charge.working_set + burst).min(bucket_peak.saturating_sub(reclaimable)));
             }
             self.sampled_charge_peak = self.sampled_charge_peak.max(charge.current);
         }

@@ -46,7 +46,7 @@ mod request;
 mod trend;
 mod wording;
 
-pub use observation::{Observation, OomSeen, SizingError, SpikeSeen};
+pub use observation::{basis_of, basis_series, Observation, OomSeen, SizingError, SpikeSeen};
 pub use phases::{leak, Leak};
 
 use crate::{

@@ -106,11 +106,7 @@ impl Observation {
     /// the series sizing uses (see `phases.rs`), not taken from the report's charge phases.
     pub fn from_target(t: &TargetReport, duration_seconds: f64) -> Self {
         let buckets = &t.timeline.buckets;
-        let basis = match &t.memory {
-            Some(_) if buckets.iter().any(|b| b.working_set > 0) => Basis::WorkingSet,
-            Some(_) => Basis::Charged,
-            None => Basis::Resident,
-        };
+        let basis = basis_of(t.memory.is_some(), buckets);
         let resolution_ms = t.timeline.resolution_ms.max(1);
         let series = basis_series(basis, buckets);
         let alive = crate::accounting::analysis::alive_span(buckets);
@@ -259,6 +255,16 @@ impl Observation {
     }
 }
 
+/// What a target is sized from: its working set where the capture read one, else its charge,
+/// else (no cgroup of its own) its resident memory.
+pub fn basis_of(has_charge: bool, buckets: &[BucketPeaks]) -> Basis {
+    match has_charge {
+        true if buckets.iter().any(|b| b.working_set > 0) => Basis::WorkingSet,
+        true => Basis::Charged,
+        false => Basis::Resident,
+    }
+}
+
 /// The series sizing reads (the working set, the charge, or resident memory without a cgroup).
 fn pick(basis: Basis, bucket: &BucketPeaks) -> u64 {
     match basis {
@@ -287,7 +293,7 @@ fn page_cache_peak(buckets: &[BucketPeaks]) -> u64 {
 /// The series sizing reads, bucket by bucket. The working set is read when a bucket closes; a
 /// bucket the timer skipped (its charge came from samples alone) has none, and stands at its
 /// charge less the cache of the last bucket that was read (cache moves slowly), not at 0.
-pub(super) fn basis_series(basis: Basis, buckets: &[BucketPeaks]) -> Vec<u64> {
+pub fn basis_series(basis: Basis, buckets: &[BucketPeaks]) -> Vec<u64> {
     if basis != Basis::WorkingSet {
         return buckets.iter().map(|b| pick(basis, b)).collect();
     }
@@ -304,7 +310,6 @@ pub(super) fn basis_series(basis: Basis, buckets: &[BucketPeaks]) -> Vec<u64> {
         })
         .collect()
 }
-
 
 /// OOM kills with what the kill record shows: the highest bucket before each, the victim's
 /// own resident sizes, and the limit that stopped it.
