@@ -11,6 +11,8 @@ pub enum FlagKind {
     OverProvisioned,
     MissingLimit,
     Leak,
+    /// Reclaim stalled the whole workload while its working set fitted the limit.
+    MemoryPressure,
 }
 
 /// Which observation set the worst realistic peak.
@@ -120,6 +122,7 @@ super::schema_words!(FlagKind {
     OverProvisioned => "over_provisioned",
     MissingLimit => "missing_limit",
     Leak => "leak",
+    MemoryPressure => "memory_pressure",
 });
 
 super::schema_words!(PeakKind {

@@ -51,7 +51,7 @@ pub(super) fn current_settings_flags(
     // A charge that reached the limit with no OOM kill and no memory pressure is page cache
     // filling the room it has (the kernel reclaimed it instead of killing): no risk, whatever
     // the charge says.
-    let stalled = o.pressure_full_us.unwrap_or(0) > 0;
+    let stalled = stall_share(o).is_some_and(|share| share >= STALL_SHARE_FLAGGED);
     let cache_at_limit = o.ooms.is_empty()
         && !stalled
         && o.basis == Basis::Charged
@@ -65,19 +65,46 @@ pub(super) fn current_settings_flags(
         .collect()
 }
 
-/// The charge sat at the limit and the whole workload stalled on memory (PSI `full`): the
-/// working set fits, but reclaim of the cache it re-reads is holding it up.
+/// The share of the capture in which every task stalled on memory that is worth a flag. Any
+/// cgroup whose page cache fills its limit stalls a little (reclaim runs in the writer's
+/// context); below 1 % of the time that is the cost of caching, not a problem.
+const STALL_SHARE_FLAGGED: f64 = 0.01;
+
+/// The share of the observed time every task stalled on memory (PSI `full`), where known.
+fn stall_share(o: &Observation) -> Option<f64> {
+    let stalled_us = o.pressure_full_us?;
+    (o.duration_seconds > 0.0).then(|| stalled_us as f64 / (o.duration_seconds * 1e6))
+}
+
+/// The charge sat at the limit and the whole workload stalled on memory (PSI `full`) for at
+/// least [`STALL_SHARE_FLAGGED`] of the time. Sized from the charge, that may be the workload
+/// itself at the limit: an OOM risk. Sized from the working set, which fits, it is reclaim of
+/// page cache slowing the service down: pressure, not a risk of an OOM kill.
 fn pressure_flag(o: &Observation) -> Option<Flag> {
-    let stalled_us = o.pressure_full_us.filter(|&us| us > 0)?;
+    let stalled_us = o.pressure_full_us?;
+    let share = stall_share(o).filter(|&share| share >= STALL_SHARE_FLAGGED)?;
     let limit = o.current_limit_bytes?;
-    (o.charge_peak_bytes as f64 >= limit as f64 * 0.95).then(|| Flag {
-        kind: FlagKind::OomRisk,
-        message: format!(
-            "the charge reached the current limit {} and all tasks stalled {:.1} ms on memory (PSI memory.pressure full): reclaim is holding the service up; raise the limit by the page cache it re-reads (up to {})",
-            quantity(limit),
-            stalled_us as f64 / 1000.0,
-            format_bytes(o.page_cache_peak_bytes)
-        ),
+    let stall = format!(
+        "the charge reached the current limit {} and all tasks stalled {:.1} ms on memory ({:.1} % of the {:.0} s observed, PSI memory.pressure full)",
+        quantity(limit),
+        stalled_us as f64 / 1000.0,
+        share * 100.0,
+        o.duration_seconds
+    );
+    (o.charge_peak_bytes as f64 >= limit as f64 * 0.95).then(|| match o.basis {
+        Basis::WorkingSet => Flag {
+            kind: FlagKind::MemoryPressure,
+            message: format!(
+                "{stall}: the working set fits, but reclaiming page cache slows the service; if it re-reads its files, raise the limit by the part it re-reads (up to {})",
+                format_bytes(o.page_cache_peak_bytes)
+            ),
+        },
+        _ => Flag {
+            kind: FlagKind::OomRisk,
+            message: format!(
+                "{stall}: the workload may itself be at the limit; raise it, or capture again where the working set is read (cgroup memory.stat)"
+            ),
+        },
     })
 }
 
