@@ -11,6 +11,8 @@ pub enum FlagKind {
     OverProvisioned,
     MissingLimit,
     Leak,
+    /// A runtime ceiling (a JVM max heap, GOMEMLIMIT) beyond what the observation calls for.
+    RuntimeReservation,
 }
 
 /// Which observation set the worst realistic peak.
@@ -120,6 +122,7 @@ super::schema_words!(FlagKind {
     OverProvisioned => "over_provisioned",
     MissingLimit => "missing_limit",
     Leak => "leak",
+    RuntimeReservation => "runtime_reservation",
 });
 
 super::schema_words!(PeakKind {
