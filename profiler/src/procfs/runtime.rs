@@ -466,7 +466,7 @@ fn allocator(mapped: Option<&Mapped>, env: &Environment<'_>) -> Option<Setting<A
     mapped.filter(|m| m.libc).and_then(|_| {
         found(
             Allocator::Glibc,
-            "libc.so.6 mapped and no other allocator mapped or configured (one linked into the binary is not seen)".to_owned(),
+            "libc.so.6 mapped, no other allocator mapped or configured; one linked into the binary is not seen".to_owned(),
         )
     })
 }

@@ -206,13 +206,16 @@ pub(super) fn flags(
             });
         let message = if limit >= need {
             format!(
-                "{} lies beyond the {} the observed peak calls for: the limit was raised to {} = that {}. To keep a limit near what was observed instead, lower {} to at most {} (that limit less the allowance) and capture again under load.{current}",
+                "{} lies beyond the {} the observed peak calls for: the limit was raised to {} = {} {}. To keep a limit near what was observed instead, lower {} to at most {} ({} ÷ {:.2}) and capture again under load.{current}",
                 ceiling.named(),
                 quantity(observed_limit),
                 quantity(limit),
+                ceiling.what,
                 ceiling.plus(),
                 ceiling.knob,
                 format_bytes(ceiling.fitting(observed_limit)),
+                quantity(observed_limit),
+                1.0 + ceiling.allowance,
             )
         } else {
             format!(
