@@ -187,6 +187,7 @@ impl CaptureSession {
             }
             ProbeEvent::ProcessExit(exit) if exit.target_id == target_id => {
                 self.regions.forget(exit.tgid);
+                self.runtimes.exited(exit.tgid);
             }
             ProbeEvent::StackSample(sample) if sample.target_id == target_id => {
                 if let Some(stacks) = &mut self.stacks {

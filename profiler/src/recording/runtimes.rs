@@ -17,6 +17,10 @@ use crate::{
 pub const REREAD_AFTER_MS: [u64; 2] = [500, 5_000];
 /// Processes listed in a report's runtime section (those with a ceiling first).
 pub const MAX_LISTED: usize = 32;
+/// Most processes whose runtime is kept: past it, an exited process with no runtime of note
+/// (no JVM, no Go) makes room for a new one, so a long capture with process churn still reads
+/// the service that restarts late in it.
+pub const MAX_TRACKED: usize = 1024;
 
 #[derive(Debug)]
 struct Tracked {
@@ -26,6 +30,14 @@ struct Tracked {
     /// The cgroup limit at the last read that succeeded (for MaxRAMPercentage).
     memory_limit: Option<u64>,
     threads_peak: Option<u64>,
+    exited: bool,
+}
+
+impl Tracked {
+    /// A JVM or Go program: kept after it exits, whatever else comes.
+    fn of_note(&self) -> bool {
+        self.facts.jvm.is_some() || self.facts.go.is_some()
+    }
 }
 
 /// Runtime facts per process, bounded in processes.
@@ -37,9 +49,10 @@ pub struct RuntimeTracker {
 }
 
 impl RuntimeTracker {
+    /// Keeps at most `max_processes` (and never more than [`MAX_TRACKED`]).
     pub fn new(max_processes: usize) -> Self {
         Self {
-            max_processes,
+            max_processes: max_processes.min(MAX_TRACKED),
             ..Self::default()
         }
     }
@@ -47,8 +60,21 @@ impl RuntimeTracker {
     /// A process seen for the first time, or one that exec'd a new program: read it now.
     pub fn first_sight(&mut self, root: &Path, pid: u32, now_ms: u64, memory_limit: Option<u64>) {
         if !self.processes.contains_key(&pid) && self.processes.len() >= self.max_processes {
-            self.not_tracked += 1;
-            return;
+            let room = self
+                .processes
+                .iter()
+                .find(|(_, tracked)| tracked.exited && !tracked.of_note())
+                .map(|(&old, _)| old);
+            match room {
+                Some(old) => {
+                    self.processes.remove(&old);
+                    self.not_tracked += 1;
+                }
+                None => {
+                    self.not_tracked += 1;
+                    return;
+                }
+            }
         }
         let facts = read_runtime(root, pid);
         let threads_peak = facts.threads;
@@ -60,16 +86,25 @@ impl RuntimeTracker {
                 facts,
                 memory_limit,
                 threads_peak,
+                exited: false,
             },
         );
+    }
+
+    /// The process exited: it is not read again.
+    pub fn exited(&mut self, pid: u32) {
+        if let Some(tracked) = self.processes.get_mut(&pid) {
+            tracked.exited = true;
+        }
     }
 
     /// Reads again the processes whose next read is due.
     pub fn tick(&mut self, root: &Path, now_ms: u64, memory_limit: Option<u64>) {
         for (&pid, tracked) in &mut self.processes {
-            let due = REREAD_AFTER_MS
-                .get(tracked.reads - 1)
-                .is_some_and(|&age| now_ms.saturating_sub(tracked.first_ms) >= age);
+            let due = !tracked.exited
+                && REREAD_AFTER_MS
+                    .get(tracked.reads - 1)
+                    .is_some_and(|&age| now_ms.saturating_sub(tracked.first_ms) >= age);
             if !due {
                 continue;
             }
@@ -196,6 +231,18 @@ mod tests {
         let gone = section.processes.iter().find(|p| p.pid == 21).expect("21");
         assert_eq!(gone.runtime, RuntimeKind::Native);
         assert!(gone.unknown[0].contains("(gone)"), "{:?}", gone.unknown);
+        // Once it exited, it makes room; the JVM that exited is kept.
+        tracker.exited(20);
+        tracker.exited(21);
+        tracker.first_sight(&root, 23, 0, None);
+        let pids: Vec<u32> = tracker
+            .section()
+            .expect("a section")
+            .processes
+            .iter()
+            .map(|p| p.pid)
+            .collect();
+        assert_eq!(pids, [20, 23]);
         std::fs::remove_dir_all(&root).expect("cleanup");
     }
 }

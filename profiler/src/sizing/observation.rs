@@ -5,8 +5,7 @@ use thiserror::Error;
 
 use super::{phases, trend};
 use crate::report::{
-    Basis, BucketPeaks, CaptureReport, PeakBeforeCapture, ProcessRuntime, TargetKind, TargetReport,
-    REPORT_SCHEMA,
+    Basis, BucketPeaks, CaptureReport, PeakBeforeCapture, TargetKind, TargetReport, REPORT_SCHEMA,
 };
 
 #[derive(Debug, Error)]
@@ -86,7 +85,7 @@ pub struct Observation {
     pub replicas: usize,
     pub steady_from: Option<String>,
     /// The runtime of each process read at capture time (JVM heap, GOMEMLIMIT, allocator).
-    pub runtime: Vec<ProcessRuntime>,
+    pub runtime: Vec<crate::report::ProcessRuntime>,
 }
 
 impl Observation {
