@@ -159,10 +159,12 @@ pub fn recommend_with(observation: &Observation, policy: &Policy) -> (Recommenda
         .collect();
     flags.extend(limit.flag.clone());
     flags.extend(runtime::flags(o, limit.observed_bytes, limit.bytes, policy));
+    // The current limit is judged against what the observation calls for: a limit raised
+    // for a runtime ceiling has its own flag, which says when the current limit is below it.
     flags.extend(flags::current_settings_flags(
         o,
         worst.bytes,
-        limit.bytes,
+        limit.observed_bytes,
         steady.p95,
         headroom,
     ));

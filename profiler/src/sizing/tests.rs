@@ -472,6 +472,12 @@ fn a_jvm_max_heap_beyond_what_was_observed_raises_the_limit_and_is_flagged() {
         "{}",
         flags[0]
     );
+    // ... and that is said once: 1Gi is ample headroom over the 50 MiB observed.
+    assert!(
+        r.flags.iter().all(|f| f.kind != FlagKind::OomRisk),
+        "{:?}",
+        r.flags
+    );
     // The limit holds the heap: the item is ticked, and says with what numbers.
     let item = &checklist.allocator_reserved_memory_included;
     assert!(item.answer, "{}", item.evidence);
