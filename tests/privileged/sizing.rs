@@ -488,3 +488,167 @@ fn a_late_pid_capture_covers_the_peak_before_it() {
     );
     assert_eq!(recommendation(&run)["worst_peak_source"], "before_capture");
 }
+
+/// tests/workloads/jvm_like.c behind a link named `java` (so its argv[0] is a JVM's), in a
+/// directory of its own under the test's temporary directory.
+fn java_link() -> PathBuf {
+    let binary = workload("jvm_like", false);
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("jvm-like-bin");
+    std::fs::create_dir_all(&dir).expect("link dir");
+    let link = dir.join("java");
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(&binary, &link).expect("link named java");
+    link
+}
+
+fn runtime_flag(run: &Captured) -> String {
+    recommendation(run)["flags"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|f| f["kind"] == "runtime_reservation")
+        .and_then(|f| f["message"].as_str())
+        .map(str::to_owned)
+        .unwrap_or_else(|| panic!("no runtime_reservation flag: {}", recommendation(run)))
+}
+
+/// A JVM-like reservation: `java -Xmx2g` that reserves its 2 GiB heap PROT_NONE and touches
+/// 50 MiB of it, for 4 s. The capture reads the JVM and its -Xmx from /proc while it runs; the
+/// limit holds the max heap + 25 % non-heap (2560Mi, not the ~70Mi the touched memory calls
+/// for), the runtime_reservation flag names the ceiling and the fix, and the allocator item
+/// says the heap fits the limit, in numbers.
+#[test]
+fn a_jvm_like_reservation_sets_the_limit_and_is_flagged() {
+    let Some(_guard) = privileged("a_jvm_like_reservation_sets_the_limit_and_is_flagged") else {
+        return;
+    };
+    let java = java_link().display().to_string();
+    let run = capture_with(&[], &[&java, "-Xmx2g", "-Xss1m", "Main", "50", "4000"]);
+    let out = stdout(&run);
+    assert_eq!(
+        key_value(&out, "reserved_bytes"),
+        2 << 30,
+        "{}",
+        run.stderr()
+    );
+    let touched = key_value(&out, "hwm_bytes");
+    let process = &run.target_json()["runtime"]["processes"][0];
+    assert_eq!(process["runtime"], "jvm", "{process}");
+    assert_eq!(process["command"], "java", "{process}");
+    assert_eq!(process["runtime_from"], "argv[0] is java", "{process}");
+    assert_eq!(process["jvm"]["max_heap_bytes"], 2u64 << 30, "{process}");
+    assert_eq!(
+        process["jvm"]["max_heap_from"], "-Xmx2g on the command line",
+        "{process}"
+    );
+    // Read again after the loader mapped libc: glibc malloc, from the mapping.
+    assert_eq!(process["allocator"], "glibc", "{process}");
+    let limit = run.target("/recommendation/limit_bytes");
+    // Policy: at least the max heap + 25 % for non-heap memory, rounded up to a MiB.
+    assert_eq!(limit, 2560 * MIB, "{}", reasons(&run));
+    assert!(
+        reasons(&run).contains("limit raised from ")
+            && reasons(&run).contains(
+                "to 2560Mi to hold the JVM max heap 2.0 GiB (-Xmx2g on the command line, pid "
+            ),
+        "{}",
+        reasons(&run)
+    );
+    let flag = runtime_flag(&run);
+    assert!(
+        flag.starts_with("JVM max heap 2.0 GiB (-Xmx2g on the command line, pid ")
+            && flag.contains("the observed peak calls for: the limit was raised to 2560Mi")
+            && flag.contains("lower -Xmx to at most"),
+        "{flag}"
+    );
+    // What the observation alone calls for is about the 50 MiB touched × 1.25, far below.
+    let observed: u64 = flag
+        .split("lies beyond the ")
+        .nth(1)
+        .and_then(|rest| rest.split("Mi").next())
+        .and_then(|mib| mib.parse().ok())
+        .unwrap_or_else(|| panic!("no observed limit in {flag}"));
+    assert!(
+        observed * MIB >= touched && observed * MIB < 4 * touched.max(32 * MIB),
+        "observed limit {observed}Mi vs {touched} touched: {flag}"
+    );
+    let item = &run.target_json()["checklist"]["allocator_reserved_memory_included"];
+    assert_eq!(item["answer"], true, "{item}");
+    assert!(
+        item["evidence"]
+            .as_str()
+            .is_some_and(|e| e.contains("JVM max heap 2.0 GiB + 25 % = 2.5 GiB within the limit")),
+        "{item}"
+    );
+    eprintln!(
+        "jvm-like: limit {limit} bytes ({}), flag: {flag}",
+        recommendation(&run)["limit"]
+    );
+}
+
+/// The same program as a Go-like process: GOMEMLIMIT=1GiB with GOGC=off is a ceiling the heap
+/// grows into (the limit holds it + 10 %: 1127Mi); with the collector on it is a soft target,
+/// so the limit stays with what was observed, and the flag and the failed allocator item say
+/// to lower GOMEMLIMIT.
+#[test]
+fn a_go_memory_limit_is_held_with_gogc_off_and_flagged_when_soft() {
+    let Some(_guard) = privileged("a_go_memory_limit_is_held_with_gogc_off_and_flagged_when_soft")
+    else {
+        return;
+    };
+    let program = workload("jvm_like", false).display().to_string();
+    let run = capture_with(
+        &[],
+        &[
+            "/usr/bin/env",
+            "GOMEMLIMIT=1GiB",
+            "GOGC=off",
+            &program,
+            "Main",
+            "50",
+            "3000",
+        ],
+    );
+    let process = &run.target_json()["runtime"]["processes"][0];
+    assert_eq!(process["runtime"], "go", "{process}");
+    assert_eq!(process["go"]["memory_limit_bytes"], 1u64 << 30, "{process}");
+    assert_eq!(process["go"]["gc_off"], true, "{process}");
+    assert_eq!(
+        run.target("/recommendation/limit_bytes"),
+        1127 * MIB,
+        "{}",
+        reasons(&run)
+    );
+    assert!(runtime_flag(&run)
+        .starts_with("GOMEMLIMIT 1.0 GiB (GOMEMLIMIT=1GiB in the environment, pid "));
+
+    let soft = capture_with(
+        &[],
+        &[
+            "/usr/bin/env",
+            "GOMEMLIMIT=1GiB",
+            &program,
+            "Main",
+            "50",
+            "3000",
+        ],
+    );
+    let limit = soft.target("/recommendation/limit_bytes");
+    assert!(
+        limit < 256 * MIB,
+        "a soft target is not sized: {}",
+        reasons(&soft)
+    );
+    let flag = runtime_flag(&soft);
+    assert!(
+        flag.contains("lies beyond the limit") && flag.contains("Set GOMEMLIMIT to at most"),
+        "{flag}"
+    );
+    assert!(
+        reasons(&soft).contains("the limit is not raised for the GOMEMLIMIT 1.0 GiB"),
+        "{}",
+        reasons(&soft)
+    );
+    let item = &soft.target_json()["checklist"]["allocator_reserved_memory_included"];
+    assert_eq!(item["answer"], false, "{item}");
+}

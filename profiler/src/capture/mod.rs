@@ -315,6 +315,7 @@ fn start(
     let mut session =
         CaptureSession::new(watched, limits(options), Path::new("/"), started_ns, stacks);
     session.seed_regions(&roots);
+    session.inspect_runtimes(&roots, 0);
     Ok((probes, events, session))
 }
 
@@ -429,7 +430,10 @@ async fn capture_loop(
                     bar.set_message(crate::units::format_bytes(session.live_peak()));
                 }
             }
-            _ = stack_tick.tick() => session.sample_stack_resident(),
+            _ = stack_tick.tick() => {
+                session.sample_stack_resident();
+                session.sample_runtimes(elapsed_ms());
+            }
             _ = liveness_tick.tick(), if child_pid.is_none() => {
                 if !session.target_alive(probes)? {
                     break None;

@@ -11,7 +11,7 @@ use crate::{
     procfs,
     recording::{
         ChargeBucket, ChargeFacts, KernelBucket, PeakPolicy, Recorder, RegionFigures,
-        TargetReportBuilder,
+        RuntimeTracker, TargetReportBuilder,
     },
     report::{
         Attribution, CaptureReport, DropCounts, ExitSummary, KubernetesMeta, OomKill,
@@ -74,6 +74,8 @@ pub struct CaptureSession {
     peak_before_capture: Option<PeakBeforeCapture>,
     /// PSI memory `full` stall total when watching began.
     pressure_at_start: Option<u64>,
+    /// The runtime of each process, read while it is alive.
+    runtimes: RuntimeTracker,
 }
 
 impl CaptureSession {
@@ -93,6 +95,7 @@ impl CaptureSession {
             peak_before_capture,
             pressure_at_start,
             table: ProcessTable::new(watched.target_id, limits.max_processes),
+            runtimes: RuntimeTracker::new(limits.max_processes),
             regions: RegionTracker::new(limits.max_regions),
             recorder: Recorder::new(limits.bucket_ms, limits.timeline_buckets),
             watched,
@@ -115,6 +118,28 @@ impl CaptureSession {
                 self.regions.seed_from_maps(pid, &maps);
             }
         }
+    }
+
+    /// Reads the runtime (JVM, Go, allocator, their ceilings) of processes seen for the first
+    /// time or that exec'd: now, while they are alive; [`Self::sample_runtimes`] reads them
+    /// again once their libraries are mapped.
+    pub fn inspect_runtimes(&mut self, pids: &[u32], elapsed_ms: u64) {
+        let limit = self.memory_limit();
+        for &pid in pids {
+            self.runtimes
+                .first_sight(&self.proc_root, pid, elapsed_ms, limit);
+        }
+    }
+
+    /// Reads again the runtimes whose next read is due (see `recording::runtimes`).
+    pub fn sample_runtimes(&mut self, elapsed_ms: u64) {
+        let limit = self.memory_limit();
+        self.runtimes.tick(&self.proc_root, elapsed_ms, limit);
+    }
+
+    /// The cgroup's limit now (a JVM's MaxRAMPercentage is a share of it).
+    fn memory_limit(&self) -> Option<u64> {
+        self.watched.charge.as_ref().and_then(ChargeReader::limit)
     }
 
     fn elapsed_ms(&self, timestamp_ns: u64) -> u64 {
@@ -152,12 +177,17 @@ impl CaptureSession {
                     // execve maps the binary, the interpreter and the main stack without
                     // mmap calls; read them once. Later events re-apply idempotently.
                     self.seed_regions(&[tgid]);
+                    // A new program: its command line and environment are there to read now,
+                    // and may be gone by the end of the capture.
+                    let now_ms = self.elapsed_ms(change.header.timestamp_ns);
+                    self.inspect_runtimes(&[tgid], now_ms);
                 }
                 self.reserved_window_peak =
                     self.reserved_window_peak.max(self.regions.current.total());
             }
             ProbeEvent::ProcessExit(exit) if exit.target_id == target_id => {
                 self.regions.forget(exit.tgid);
+                self.runtimes.exited(exit.tgid);
             }
             ProbeEvent::StackSample(sample) if sample.target_id == target_id => {
                 if let Some(stacks) = &mut self.stacks {
@@ -309,6 +339,7 @@ impl CaptureSession {
             .processes(processes, not_listed)
             .kernel_entries(kernel.kernel_entries(target_id)?)
             .stacks(self.stacks.take().map(StackCollector::finish))
+            .runtime(self.runtimes.section())
             .build();
         let mut target = target;
         let pressure = watched

@@ -6,6 +6,8 @@
 //! - [`status`]: /proc/PID/status counters (threads, resident members, VmSize);
 //! - [`tree`]: process trees from /proc/PID/stat;
 //! - [`lines`]: streaming, capped reads under a per-tick budget, and why a read was skipped;
+//! - [`runtime`]: the language runtime, allocator and memory ceilings of a process (bounded
+//!   reads of cmdline, environ and maps);
 //!
 //! plus the pid lists of cgroup files (`cgroup.procs`, `cgroup.threads`), streamed.
 
@@ -18,6 +20,7 @@ use thiserror::Error;
 
 pub mod lines;
 mod maps;
+pub mod runtime;
 mod smaps;
 mod status;
 mod tree;

@@ -15,7 +15,7 @@ use crate::{
     report::{
         ActivitySummary, Attribution, BucketPeaks, ChargedMemory, ExitSummary, KernelEntries,
         KubernetesMeta, OomKill, PeakSource, ProcessRecord, ReservedMemory, ResidentMemory,
-        ResidentPhases, TargetKind, TargetReport, Threads, TimelineExcerpt,
+        ResidentPhases, RuntimeSection, TargetKind, TargetReport, Threads, TimelineExcerpt,
     },
     stacks::{StackFiles, StackProfile},
 };
@@ -182,6 +182,7 @@ impl TargetReportBuilder {
                 checklist: None,
                 attribution: None,
                 kubernetes: None,
+                runtime: None,
             },
             figures: SourceFigures::default(),
             profile: None,
@@ -382,6 +383,12 @@ impl TargetReportBuilder {
 
     pub fn kernel_entries(mut self, entries: KernelEntries) -> Self {
         self.report.kernel_entries_at_end = entries;
+        self
+    }
+
+    /// What the target's processes run, read while they were alive.
+    pub fn runtime(mut self, section: Option<RuntimeSection>) -> Self {
+        self.report.runtime = section;
         self
     }
 

@@ -6,8 +6,10 @@
 
 mod builder;
 mod recorder;
+mod runtimes;
 mod sources;
 
 pub use builder::{ChargeFacts, PeakPolicy, RegionFigures, TargetReportBuilder};
 pub use recorder::{ChargeBucket, KernelBucket, Recorder};
+pub use runtimes::RuntimeTracker;
 pub use sources::{memory_sources, SourceFigures};

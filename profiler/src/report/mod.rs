@@ -9,6 +9,7 @@ mod identity;
 mod memory;
 mod recommendation;
 pub mod render;
+mod runtime;
 mod sources;
 
 pub use render::Format;
@@ -25,6 +26,9 @@ pub use memory::{
 };
 pub use recommendation::{
     Basis, Checklist, ChecklistItem, Confidence, Flag, FlagKind, PeakKind, Recommendation,
+};
+pub use runtime::{
+    AllocatorKind, GoSettings, JvmSettings, ProcessRuntime, RuntimeKind, RuntimeSection,
 };
 pub use sources::{Measure, MemorySource, SourceKind, StackEntry, StackSummary, Unwinding};
 
@@ -142,6 +146,10 @@ pub struct TargetReport {
     /// namespace, pod, container, pod_uid, container_id, qos, workload, spec request/limit.
     #[serde(default)]
     pub kubernetes: Option<KubernetesMeta>,
+    /// The language runtime, allocator and memory ceilings of the target's processes, read
+    /// from /proc while they ran; absent when none was read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<RuntimeSection>,
 }
 
 /// The result of `headroom capture`.

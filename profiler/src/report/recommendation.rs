@@ -13,6 +13,8 @@ pub enum FlagKind {
     Leak,
     /// Reclaim stalled the whole workload while its working set fitted the limit.
     MemoryPressure,
+    /// A runtime ceiling (a JVM max heap, GOMEMLIMIT) beyond what the observation calls for.
+    RuntimeReservation,
 }
 
 /// Which observation set the worst realistic peak.
@@ -123,6 +125,7 @@ super::schema_words!(FlagKind {
     MissingLimit => "missing_limit",
     Leak => "leak",
     MemoryPressure => "memory_pressure",
+    RuntimeReservation => "runtime_reservation",
 });
 
 super::schema_words!(PeakKind {

@@ -76,20 +76,24 @@ fn real_traffic_spikes_observed(o: &Observation) -> ChecklistItem {
 
 /// Memory an allocator or runtime keeps is in the figures once touched; what it has only
 /// reserved is not. Yes unless the writable address space reserved (less no-access arenas
-/// and guards) exceeds the limit: then a runtime heap or arenas can grow past it.
+/// and guards) exceeds the limit, or a runtime ceiling read from the processes (a JVM's
+/// `-Xmx`, GOMEMLIMIT) with its allowance does: then the heap or arenas can grow past it.
 fn allocator_reserved_memory_included(o: &Observation, limit_bytes: u64) -> ChecklistItem {
     let writable_reserved = o.reserved_peak_bytes.saturating_sub(o.no_access_peak_bytes);
-    let answer = writable_reserved <= limit_bytes;
+    let reserved_within = writable_reserved <= limit_bytes;
+    let (ceilings_within, runtime_words) = super::runtime::checklist_words(o, limit_bytes);
+    let answer = reserved_within && ceilings_within;
     ChecklistItem {
         answer,
         evidence: format!(
-            "sized from the {}, which counts what the allocator keeps after a free once touched; writable address space reserved {} ({} the limit {}; {} more no-access), resident peak {}{}",
+            "sized from the {}, which counts what the allocator keeps after a free once touched; writable address space reserved {} ({} the limit {}; {} more no-access), resident peak {}{}{}",
             basis_name(o.basis),
             format_bytes(writable_reserved),
-            if answer { "within" } else { "beyond" },
+            if reserved_within { "within" } else { "beyond" },
             quantity(limit_bytes),
             format_bytes(o.no_access_peak_bytes),
             format_bytes(o.resident_peak_bytes),
+            runtime_words.map_or_else(String::new, |words| format!("; runtime: {words}")),
             if answer {
                 ""
             } else {

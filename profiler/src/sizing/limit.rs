@@ -21,6 +21,9 @@ pub(super) struct WorstPeak {
 /// worst peak uncovered.
 pub(super) struct Limit {
     pub bytes: u64,
+    /// What the observation alone calls for (the peak with headroom, at least the floor),
+    /// before a runtime ceiling raised it and a maximum capped it.
+    pub observed_bytes: u64,
     pub reason: String,
     pub policy_reasons: Vec<String>,
     pub flag: Option<Flag>,
@@ -96,7 +99,8 @@ pub(super) fn worst_peak(o: &Observation, steady_peak: u64) -> WorstPeak {
 }
 
 /// Limit = worst realistic peak × (1 + headroom), rounded up to whole MiB, then the policy:
-/// at least its floor, at most its maximum.
+/// at least its floor, at least a runtime ceiling the runtime grows into plus its allowance
+/// (see `runtime.rs`), at most its maximum.
 pub(super) fn limit(o: &Observation, worst: &WorstPeak, policy: &Policy) -> Limit {
     let covered = round_up_mib((worst.bytes as f64 * (1.0 + policy.headroom)).ceil() as u64);
     let floor = policy.floor_bytes();
@@ -110,6 +114,12 @@ pub(super) fn limit(o: &Observation, worst: &WorstPeak, policy: &Policy) -> Limi
             quantity(covered),
             quantity(floor)
         ));
+    }
+    let observed_bytes = bytes;
+    // A runtime ceiling the runtime grows into by itself (a JVM's -Xmx) is held by the limit.
+    if let Some((raised, reason)) = super::runtime::raise(o, bytes) {
+        policy_reasons.push(reason);
+        bytes = raised;
     }
     // A maximum below the floor is raised to it (the CLI refuses one; reports may not).
     if let Some(max) = policy.max_bytes.map(|max| round_up_mib(max).max(floor)) {
@@ -134,6 +144,7 @@ pub(super) fn limit(o: &Observation, worst: &WorstPeak, policy: &Policy) -> Limi
     }
     Limit {
         bytes,
+        observed_bytes,
         reason: limit_reason(o, worst, covered, policy.headroom),
         policy_reasons,
         flag,

@@ -27,7 +27,9 @@
 //! the floor, and at least limit ÷ the maximum limit/request ratio (3 by default: a node
 //! overcommitted further than that by its limits OOM-kills under correlated bursts).
 //!
-//! **Policy**: both values at least 32 MiB (or `--min`), the limit at most `--max` (with an
+//! **Policy**: both values at least 32 MiB (or `--min`), the limit at least a runtime ceiling
+//! the runtime grows into (a JVM's `-Xmx` + 25 % non-heap, GOMEMLIMIT under `GOGC=off` + 10 %;
+//! with a `runtime_reservation` flag, see `runtime.rs`), the limit at most `--max` (with an
 //! `oom_risk` flag when that is below the worst peak); replicas count equally: each one's
 //! peaks and steady state, and the worst governs.
 //!
@@ -43,11 +45,13 @@ mod limit;
 mod observation;
 mod phases;
 mod request;
+mod runtime;
 mod trend;
 mod wording;
 
 pub use observation::{basis_of, basis_series, Observation, OomSeen, SizingError, SpikeSeen};
 pub use phases::{leak, Leak};
+pub use runtime::{GO_OTHER_ALLOWANCE, JVM_NON_HEAP_ALLOWANCE, MANY_THREADS};
 
 use crate::{
     report::{CaptureReport, Checklist, Recommendation},
@@ -148,6 +152,7 @@ pub fn recommend_with(observation: &Observation, policy: &Policy) -> (Recommenda
         wording::basis_name(o.basis)
     ));
     reasons.extend(wording::page_cache_line(o));
+    reasons.extend(runtime::reasons(o, limit.bytes));
 
     let seconds_to_limit = leak.map(|leak| flags::seconds_to(leak, limit.bytes));
     let mut flags: Vec<_> = leak
@@ -155,10 +160,13 @@ pub fn recommend_with(observation: &Observation, policy: &Policy) -> (Recommenda
         .into_iter()
         .collect();
     flags.extend(limit.flag.clone());
+    flags.extend(runtime::flags(o, limit.observed_bytes, limit.bytes, policy));
+    // The current limit is judged against what the observation calls for: a limit raised
+    // for a runtime ceiling has its own flag, which says when the current limit is below it.
     flags.extend(flags::current_settings_flags(
         o,
         worst.bytes,
-        limit.bytes,
+        limit.observed_bytes,
         steady.p95,
         headroom,
     ));

@@ -84,6 +84,8 @@ pub struct Observation {
     /// How many replicas this observation stands for, and which one set the steady state.
     pub replicas: usize,
     pub steady_from: Option<String>,
+    /// The runtime of each process read at capture time (JVM heap, GOMEMLIMIT, allocator).
+    pub runtime: Vec<crate::report::ProcessRuntime>,
 }
 
 impl Observation {
@@ -178,6 +180,11 @@ impl Observation {
             pressure_full_us: t.memory.as_ref().and_then(|m| m.pressure_full_us),
             replicas: 1,
             steady_from: None,
+            runtime: t
+                .runtime
+                .as_ref()
+                .map(|r| r.processes.clone())
+                .unwrap_or_default(),
         }
     }
 
@@ -241,6 +248,7 @@ impl Observation {
             {
                 merged.peak_before_capture = other.peak_before_capture.clone();
             }
+            merged.runtime.extend(other.runtime.iter().cloned());
             if other.basis != merged.basis {
                 // Mixed reports: the charge is the basis every one of them has.
                 merged.basis = Basis::Charged;

@@ -409,6 +409,228 @@ fn a_reservation_beyond_the_limit_fails_the_allocator_item() {
     assert!(checklist.allocator_reserved_memory_included.answer);
 }
 
+fn java(max_heap: Option<u64>, percentage: Option<f64>) -> crate::report::ProcessRuntime {
+    use crate::report::{JvmSettings, ProcessRuntime, RuntimeKind};
+    ProcessRuntime {
+        pid: 42,
+        command: "java".into(),
+        runtime: RuntimeKind::Jvm,
+        runtime_from: "argv[0] is java".into(),
+        jvm: Some(JvmSettings {
+            max_heap_bytes: max_heap,
+            max_heap_from: max_heap.map(|_| "-Xmx2g on the command line".into()),
+            max_ram_percentage: percentage,
+            max_ram_percentage_from: percentage
+                .map(|_| "-XX:MaxRAMPercentage in JAVA_TOOL_OPTIONS".into()),
+            heap_ceiling_bytes: max_heap,
+        }),
+        ..ProcessRuntime::default()
+    }
+}
+
+fn go(limit: u64, gc_off: bool) -> crate::report::ProcessRuntime {
+    use crate::report::{GoSettings, ProcessRuntime, RuntimeKind};
+    ProcessRuntime {
+        pid: 7,
+        command: "server".into(),
+        runtime: RuntimeKind::Go,
+        runtime_from: "GOMEMLIMIT in the environment".into(),
+        go: Some(GoSettings {
+            memory_limit_bytes: Some(limit),
+            memory_limit_from: Some("GOMEMLIMIT=... in the environment".into()),
+            gc_off,
+        }),
+        ..ProcessRuntime::default()
+    }
+}
+
+fn runtime_flags(r: &Recommendation) -> Vec<&str> {
+    r.flags
+        .iter()
+        .filter(|f| f.kind == FlagKind::RuntimeReservation)
+        .map(|f| f.message.as_str())
+        .collect()
+}
+
+#[test]
+fn a_jvm_max_heap_beyond_what_was_observed_raises_the_limit_and_is_flagged() {
+    // 50 MiB touched, -Xmx2g: the observation alone calls for 63Mi.
+    let mut o = observation(vec![50 * MIB; 600]);
+    o.startup_peak_bytes = 50 * MIB;
+    o.reserved_peak_bytes = 2200 * MIB;
+    o.no_access_peak_bytes = 2100 * MIB;
+    o.runtime = vec![java(Some(2 << 30), None)];
+    let (r, checklist) = recommend(&o, 0.25);
+    // 2 GiB + 25 % non-heap = 2560 MiB.
+    assert_eq!(r.limit_bytes, 2560 * MIB, "{:?}", r.reasons);
+    assert!(
+        r.reasons.iter().any(|x| x.starts_with(
+            "limit raised from 63Mi to 2560Mi to hold the JVM max heap 2.0 GiB (-Xmx2g on the command line, pid 42 java) + 25 % for non-heap memory"
+        )),
+        "{:?}",
+        r.reasons
+    );
+    let flags = runtime_flags(&r);
+    assert_eq!(flags.len(), 1, "{:?}", r.flags);
+    assert!(
+        flags[0].starts_with("JVM max heap 2.0 GiB (-Xmx2g on the command line, pid 42 java) lies beyond the 63Mi the observed peak calls for: the limit was raised to 2560Mi"),
+        "{}",
+        flags[0]
+    );
+    // 63 MiB / 1.25 = 50.4 MiB.
+    assert!(
+        flags[0].contains("lower -Xmx to at most 50.4 MiB"),
+        "{}",
+        flags[0]
+    );
+    // The current 1Gi limit cannot hold it either.
+    assert!(
+        flags[0].ends_with("The current limit 1024Mi is below that too."),
+        "{}",
+        flags[0]
+    );
+    // ... and that is said once: 1Gi is ample headroom over the 50 MiB observed.
+    assert!(
+        r.flags.iter().all(|f| f.kind != FlagKind::OomRisk),
+        "{:?}",
+        r.flags
+    );
+    // The limit holds the heap: the item is ticked, and says with what numbers.
+    let item = &checklist.allocator_reserved_memory_included;
+    assert!(item.answer, "{}", item.evidence);
+    assert!(
+        item.evidence
+            .contains("runtime: JVM max heap 2.0 GiB + 25 % = 2.5 GiB within the limit"),
+        "{}",
+        item.evidence
+    );
+    assert!(r.reasons.iter().any(|x| x.starts_with(
+        "runtime read from /proc: pid 42 java: jvm (argv[0] is java), max heap 2.0 GiB (-Xmx2g on the command line)"
+    )), "{:?}", r.reasons);
+}
+
+#[test]
+fn a_jvm_max_heap_beyond_a_capped_limit_fails_the_allocator_item() {
+    let mut o = observation(vec![50 * MIB; 600]);
+    o.startup_peak_bytes = 50 * MIB;
+    o.runtime = vec![java(Some(2 << 30), None)];
+    let policy = Policy {
+        max_bytes: Some(512 * MIB),
+        ..Policy::default()
+    };
+    let (r, checklist) = recommend_with(&o, &policy);
+    assert_eq!(r.limit_bytes, 512 * MIB);
+    let flags = runtime_flags(&r);
+    assert!(
+        flags[0].contains("= 2.5 GiB lies beyond the limit 512Mi (capped at the maximum)")
+            && flags[0].contains("lower -Xmx to at most 409.6 MiB, or allow a limit of 2560Mi"),
+        "{}",
+        flags[0]
+    );
+    let item = &checklist.allocator_reserved_memory_included;
+    assert!(!item.answer, "{}", item.evidence);
+    assert!(
+        item.evidence
+            .contains("JVM max heap 2.0 GiB + 25 % = 2.5 GiB beyond the limit"),
+        "{}",
+        item.evidence
+    );
+}
+
+#[test]
+fn a_jvm_heap_within_what_was_observed_changes_nothing() {
+    let mut o = observation(vec![400 * MIB; 600]);
+    o.startup_peak_bytes = 400 * MIB;
+    o.runtime = vec![java(Some(256 * MIB), None)];
+    let (r, checklist) = recommend(&o, 0.25);
+    assert_eq!(r.limit_bytes, 500 * MIB);
+    assert!(runtime_flags(&r).is_empty(), "{:?}", r.flags);
+    assert!(checklist.allocator_reserved_memory_included.answer);
+}
+
+#[test]
+fn a_soft_gomemlimit_is_flagged_not_sized_and_gogc_off_is_held() {
+    let mut o = observation(vec![50 * MIB; 600]);
+    o.startup_peak_bytes = 50 * MIB;
+    o.reserved_peak_bytes = 0;
+    o.runtime = vec![go(4 << 30, false)];
+    let (r, checklist) = recommend(&o, 0.25);
+    assert_eq!(r.limit_bytes, 63 * MIB, "not raised: {:?}", r.reasons);
+    let flags = runtime_flags(&r);
+    assert!(
+        flags[0].starts_with("GOMEMLIMIT 4.0 GiB (GOMEMLIMIT=... in the environment, pid 7 server) lies beyond the limit 63Mi")
+            && flags[0].contains("Set GOMEMLIMIT to at most 57.3 MiB"),
+        "{}",
+        flags[0]
+    );
+    assert!(r
+        .reasons
+        .iter()
+        .any(|x| x.starts_with("the limit is not raised for the GOMEMLIMIT 4.0 GiB")));
+    let item = &checklist.allocator_reserved_memory_included;
+    assert!(!item.answer, "{}", item.evidence);
+    assert!(
+        item.evidence
+            .contains("runtime: GOMEMLIMIT 4.0 GiB + 10 % = 4.4 GiB beyond the limit"),
+        "{}",
+        item.evidence
+    );
+    // GOGC=off: the heap grows to GOMEMLIMIT, so the limit holds it + 10 %.
+    o.runtime = vec![go(1 << 30, true)];
+    let (r, checklist) = recommend(&o, 0.25);
+    assert_eq!(r.limit_bytes, 1127 * MIB, "{:?}", r.reasons);
+    assert_eq!(runtime_flags(&r).len(), 1);
+    assert!(checklist.allocator_reserved_memory_included.answer);
+}
+
+#[test]
+fn a_max_ram_percentage_that_crowds_out_non_heap_is_flagged() {
+    let mut o = observation(vec![100 * MIB; 600]);
+    o.startup_peak_bytes = 100 * MIB;
+    o.reserved_peak_bytes = 0;
+    o.runtime = vec![java(None, Some(75.0))];
+    let (r, checklist) = recommend(&o, 0.25);
+    assert!(runtime_flags(&r).is_empty(), "{:?}", r.flags);
+    assert!(checklist.allocator_reserved_memory_included.answer);
+    o.runtime = vec![java(None, Some(90.0))];
+    let (r, checklist) = recommend(&o, 0.25);
+    assert_eq!(r.limit_bytes, 125 * MIB, "a share of any limit: not raised");
+    let flags = runtime_flags(&r);
+    assert!(
+        flags[0].contains("leaving 10 % beside it") && flags[0].ends_with("lower it to at most 80"),
+        "{}",
+        flags[0]
+    );
+    assert!(!checklist.allocator_reserved_memory_included.answer);
+}
+
+#[test]
+fn glibc_with_many_threads_and_no_arena_bound_gets_a_note_not_a_limit() {
+    let mut o = observation(vec![100 * MIB; 600]);
+    o.startup_peak_bytes = 100 * MIB;
+    let without = recommend(&o, 0.25).0;
+    o.runtime = vec![crate::report::ProcessRuntime {
+        pid: 9,
+        command: "svc".into(),
+        allocator: Some(crate::report::AllocatorKind::Glibc),
+        allocator_from: Some("libc.so.6 mapped".into()),
+        threads_peak: Some(40),
+        ..crate::report::ProcessRuntime::default()
+    }];
+    let (r, _) = recommend(&o, 0.25);
+    assert_eq!(r.limit_bytes, without.limit_bytes);
+    assert!(
+        r.reasons.iter().any(|x| x.starts_with(
+            "note: pid 9 svc uses glibc malloc with 40 threads and MALLOC_ARENA_MAX unset"
+        )),
+        "{:?}",
+        r.reasons
+    );
+    o.runtime[0].malloc_arena_max = Some(2);
+    let (r, _) = recommend(&o, 0.25);
+    assert!(r.reasons.iter().all(|x| !x.starts_with("note: pid 9")));
+}
+
 mod properties {
     use proptest::{collection::vec, prelude::*};
 
@@ -540,6 +762,7 @@ mod properties {
             max in proptest::option::of(16u64..8192),
             ratio in 1.0f64..6.0,
             reserved in 0u64..8192,
+            xmx in proptest::option::of(1u64..8192),
         ) {
             let mut o = build(steady.clone(), startup, spike);
             if steady.is_empty() {
@@ -548,6 +771,7 @@ mod properties {
             o.ooms = kill.map(|k| OomSeen { seconds: 1.0, charge_before_bytes: k * MIB, limit_bytes: Some(k * MIB), victim_bytes: 0 }).into_iter().collect();
             o.peak_before_capture = before.map(|b| crate::report::PeakBeforeCapture { bytes: b * MIB, reclaimable_bytes: 0, source: "memory.peak".into() });
             o.reserved_peak_bytes = reserved * MIB;
+            o.runtime = xmx.map(|x| super::java(Some(x * MIB), None)).into_iter().collect();
             let policy = Policy { headroom, min_bytes: min.map(|m| m * MIB), max_bytes: max.map(|m| m * MIB), max_ratio: ratio };
             let (r, checklist) = recommend_with(&o, &policy);
             prop_assert_eq!(chain_ends_at(&r.reasons, "limit "), Some(r.limit_bytes), "{:?}", r.reasons);
@@ -580,6 +804,15 @@ mod properties {
             prop_assert!((mib - r.worst_peak_bytes as f64 / MIB as f64).abs() <= error, "{}", first);
             if kill.is_some() {
                 prop_assert_eq!(r.confidence, Confidence::Low);
+            }
+            // A max heap with its allowance is held unless a maximum caps the limit, and the
+            // allocator item answers whether it fits.
+            if let Some(x) = xmx {
+                let need = crate::units::round_up_mib((x as f64 * MIB as f64 * 1.25).ceil() as u64);
+                prop_assert!(r.limit_bytes >= need || max.is_some_and(|m| r.limit_bytes <= crate::units::round_up_mib(m * MIB).max(floor)), "{:?}", r.reasons);
+                if r.limit_bytes < need {
+                    prop_assert!(!checklist.allocator_reserved_memory_included.answer);
+                }
             }
         }
     }
