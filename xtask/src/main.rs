@@ -3,8 +3,8 @@
 //! - `cargo xtask setup`: installs and checks the eBPF toolchain (idempotent, prints each step).
 //! - `cargo xtask demo`:  setup, build, and capture the bundled demo workload.
 //! - `cargo xtask test`:  setup, fmt, clippy (host and BPF target), and every test, the
-//!   privileged eBPF suite included, then the figure-checking suites in two guest cells of
-//!   `cargo xtask matrix` (Debian 6.1 under systemd, 6.12 bare; pure cgroup v2).
+//!   privileged eBPF suite included, then the figure-checking suites in the four guest cells
+//!   of `cargo xtask matrix` (Debian 6.1 and 6.12, under systemd and bare init; pure cgroup v2).
 //! - `cargo xtask bench`: workload overhead beside a naive bpftrace baseline, stack-sampling
 //!   cost, agent footprint, the agent under each stressor with per-program BPF cost, aggregator
 //!   throughput (BENCHMARKS.md; `--only PART` for some of them).
@@ -40,8 +40,8 @@ enum Task {
     /// Setup, build in release mode, and capture the bundled demo workload.
     Demo,
     /// Setup, then fmt --check, clippy -D warnings (host and BPF target), all tests, and the
-    /// figure-checking privileged suites on kernels 6.1 and 6.12 with pure cgroup v2 (two of
-    /// the matrix's guest cells).
+    /// figure-checking privileged suites on kernels 6.1 and 6.12 with pure cgroup v2 (the
+    /// matrix's four guest cells).
     Test,
     /// Workload overhead beside a naive bpftrace baseline, stack-sampling cost, agent footprint
     /// with 1/100/500 containers, the agent under each stressor (with ns per event per BPF
@@ -199,9 +199,9 @@ fn test() -> Result<()> {
         .env("HEADROOM_REQUIRE_PRIVILEGED", "1");
     let totals = run_tests(tests)?;
 
-    // The privileged suites that check what differs per kernel, again on Debian's 6.1 (under
-    // systemd) and 6.12 (bare init), pure cgroup v2 (`cargo xtask matrix` runs every cell and
-    // suite; its host cell is the `cargo test` above).
+    // The privileged suites that check figures, again on Debian's 6.1 and 6.12 under systemd
+    // and bare init, pure cgroup v2 (`cargo xtask matrix` can run any cell and suite; its host
+    // cell is the `cargo test` above).
     let matrix = matrix::run_after_setup(&matrix::Options {
         cells: matrix::Cell::IN_TEST.to_vec(),
         suites: matrix::IN_TEST_SUITES.map(str::to_owned).to_vec(),

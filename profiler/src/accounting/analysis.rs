@@ -17,9 +17,10 @@
 //! peak released later is startup; a baseline that never settles (a leak) has no startup end.
 //!
 //! **A warm-up is not a spike.** Memory on its way up to a startup peak passes through the
-//! steady level. A rise that comes before memory has held the level for at least as long as
-//! the rise lasts (and at least [`MIN_QUIET_BUCKETS`] buckets) is still startup: a spike is a
-//! departure from a steady state, and there was none yet.
+//! steady level. A rise that comes before memory has held the level for as long as the rise
+//! lasts or a stable window, whichever is shorter (and at least [`MIN_QUIET_BUCKETS`]
+//! buckets), is still startup: a spike is a departure from a steady state, and there was none
+//! yet.
 //!
 //! **Spikes** are runs of buckets after startup above the baseline by more than 10 % of it (at
 //! least 8 MiB); the **steady state** is every other bucket after startup, summarised by its
@@ -261,8 +262,9 @@ fn startup_end(series: &[u64], resolution_ms: u64, config: &AnalysisConfig) -> O
     if !at_level(end) {
         end = (end..checked_end).find(|&k| at_level(k))?;
     }
-    // A rise before memory has held the level as long as the rise lasts is the warm-up
-    // passing through the level on its way up: startup goes on past it.
+    // A rise before memory has held the level as long as the rise lasts (or a stable window,
+    // if that is shorter) is the warm-up passing through the level on its way up: startup
+    // goes on past it.
     loop {
         let quiet = (end..checked_end)
             .take_while(|&k| series[k] <= ceiling)
@@ -274,7 +276,7 @@ fn startup_end(series: &[u64], resolution_ms: u64, config: &AnalysisConfig) -> O
         let rise = (rise_start..checked_end)
             .take_while(|&k| series[k] > ceiling)
             .count();
-        if quiet >= rise.max(MIN_QUIET_BUCKETS) {
+        if quiet >= rise.min(window).max(MIN_QUIET_BUCKETS) {
             break;
         }
         end = (rise_start + rise..checked_end).find(|&k| at_level(k))?;
@@ -381,6 +383,27 @@ mod tests {
         assert_eq!(phases.spikes.len(), 1);
         assert_eq!(phases.spikes[0].start_seconds, 2.0);
         assert_eq!(phases.spikes[0].bytes_above_steady, 200 * MIB);
+    }
+
+    /// A spike longer than the steady stretch before it (an emulated guest faults 200 MiB in
+    /// 3 s) is still a spike once memory held its level for a stable window.
+    #[test]
+    fn a_slow_spike_after_a_stable_window_is_a_spike() {
+        let mut series = vec![40 * MIB; 15];
+        series.extend((1..=30).map(|i| 40 * MIB + i * 20 * MIB / 3));
+        series.extend(std::iter::repeat_n(240 * MIB, 3));
+        series.extend(std::iter::repeat_n(40 * MIB, 15));
+        let phases = analyse(&series, 100, &AnalysisConfig::default());
+        assert_eq!(phases.startup_seconds, Some(0.0));
+        assert_eq!(phases.steady_bytes, Some(40 * MIB));
+        assert!(
+            phases
+                .spikes
+                .iter()
+                .any(|s| s.peak_bytes == 240 * MIB && s.bytes_above_steady == 200 * MIB),
+            "{:?}",
+            phases.spikes
+        );
     }
 
     /// Bursts every half second (0.2 s each) over 60 MiB: steady state is the base.

@@ -245,6 +245,19 @@ impl Probes {
         for (feature, status) in features.describe() {
             tracing::info!("kernel: {feature}: {status}");
         }
+        if let Some(version) = features
+            .version
+            .filter(|&version| version < preflight::OLDEST_TESTED_KERNEL)
+        {
+            let (major, minor) = version;
+            let (tested_major, tested_minor) = preflight::OLDEST_TESTED_KERNEL;
+            tracing::warn!(
+                "kernel {major}.{minor} is older than the oldest kernel headroom is tested on \
+                 ({tested_major}.{tested_minor}, Debian 12's, in CI's kernel matrix): it loads \
+                 only if this kernel's verifier accepts the programs, and its figures are \
+                 unverified here"
+            );
+        }
         if let preflight::ExitTracking::LiveCount { why } = &features.exit_tracking {
             tracing::warn!(
                 "process exits are approximate on this kernel: no group_dead field and no \

@@ -282,6 +282,10 @@ pub fn parse_kernel_release(release: &str) -> Option<(u32, u32)> {
     Some((major, minor))
 }
 
+/// The oldest kernel the kernel matrix runs every figure-checking suite on (Debian 12's 6.1,
+/// the line AL2023 and COS also ship). Older kernels from 5.12 start with a warning.
+pub const OLDEST_TESTED_KERNEL: (u32, u32) = (6, 1);
+
 fn check_kernel_version(root: &Path) -> Result<(), PreflightError> {
     // Unreadable: let the load itself say what is wrong.
     let Ok(release) = fs::read_to_string(root.join("proc/sys/kernel/osrelease")) else {
