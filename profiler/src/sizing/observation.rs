@@ -84,6 +84,9 @@ pub struct Observation {
     /// How many replicas this observation stands for, and which one set the steady state.
     pub replicas: usize,
     pub steady_from: Option<String>,
+    /// The span asked for when it is not what was observed (Prometheus: `--window`, while
+    /// `duration_seconds` is the span of the data Prometheus holds); None for captures.
+    pub asked_seconds: Option<f64>,
 }
 
 impl Observation {
@@ -182,6 +185,7 @@ impl Observation {
             pressure_full_us: t.memory.as_ref().and_then(|m| m.pressure_full_us),
             replicas: 1,
             steady_from: None,
+            asked_seconds: None,
         }
     }
 
