@@ -391,7 +391,8 @@ impl ContainerTable {
     }
 
     /// Gone containers whose series are still kept.
-    pub fn retired(&self) -> usize {
+    #[cfg(test)]
+    fn retired(&self) -> usize {
         self.retired.len()
     }
 
