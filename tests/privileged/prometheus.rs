@@ -100,8 +100,7 @@ impl Prometheus {
     /// time; on an expression such as `up == 1` it would be the query's time), the oldest of
     /// them; None before the first.
     fn last_scrape(&self) -> Option<f64> {
-        let (status, body) =
-            common::http_get(self.port, "/api/v1/query?query=timestamp(up)")?;
+        let (status, body) = common::http_get(self.port, "/api/v1/query?query=timestamp(up)")?;
         if status != 200 {
             return None;
         }
@@ -162,11 +161,7 @@ fn recommendations_come_from_a_real_prometheus_scraping_two_agents() {
     thread::sleep(Duration::from_secs(3));
 
     let output = headroom()
-        .args([
-            "recommend",
-            "--prometheus",
-            &prometheus.url(),
-        ])
+        .args(["recommend", "--prometheus", &prometheus.url()])
         .args(["--window", "5m", "--format", "json"])
         .output()
         .expect("run recommend");
@@ -212,7 +207,9 @@ fn set_memory_limit(cgroup: &common::TestCgroup, bytes: u64) {
         Path::new("/sys/fs/cgroup/memory")
             .join(&relative)
             .join("memory.limit_in_bytes"),
-        Path::new("/sys/fs/cgroup").join(&relative).join("memory.max"),
+        Path::new("/sys/fs/cgroup")
+            .join(&relative)
+            .join("memory.max"),
     ]
     .iter()
     .any(|file| file.exists() && std::fs::write(file, bytes.to_string()).is_ok());
@@ -326,7 +323,10 @@ fn a_container_killed_and_removed_between_two_scrapes_counts_with_the_limit_at_t
     let floor = ours["recommendation"]["oom_floor_bytes"]
         .as_u64()
         .unwrap_or_else(|| panic!("no OOM floor: {ours}"));
-    assert!(floor >= 64 * MIB, "floor {floor} below the limit at the kill");
+    assert!(
+        floor >= 64 * MIB,
+        "floor {floor} below the limit at the kill"
+    );
     // max(64 MiB + 100 MiB, 64 MiB × 1.2): built on the 64 MiB the kill hit. Today's 512 MiB
     // would have made it 614 MiB.
     assert_eq!(floor, 164 * MIB, "floor {floor}");
@@ -375,12 +375,17 @@ fn confidence_comes_from_the_data_prometheus_holds_not_the_window_asked() {
         "observed {observed} s; Prometheus held at most {held:.0} s: {reasons}"
     );
     assert!(
-        reasons.contains(&format!("the data covers {observed:.0} s of the 60 min asked for")),
+        reasons.contains(&format!(
+            "the data covers {observed:.0} s of the 60 min asked for"
+        )),
         "{reasons}"
     );
     let buckets = number_before(&reasons, " buckets").expect("points");
     assert!(buckets >= 20.0, "{reasons}");
-    assert_eq!(ours["observed_seconds"].as_f64().map(f64::round), Some(observed));
+    assert_eq!(
+        ours["observed_seconds"].as_f64().map(f64::round),
+        Some(observed)
+    );
     eprintln!(
         "observed {observed} s, {buckets} points, confidence {}",
         ours["recommendation"]["confidence"]

@@ -351,7 +351,8 @@ impl ContainerTable {
             if let Some(container) = self.containers.remove(&id) {
                 let figures = container.figures(None);
                 metrics.retire(&container.labels, &figures, &container.figures);
-                self.retired.retain(|(labels, _)| *labels != container.labels);
+                self.retired
+                    .retain(|(labels, _)| *labels != container.labels);
                 self.retired
                     .push_back((container.labels, self.elapsed + GONE_SERIES_RETENTION));
             }
@@ -949,12 +950,23 @@ mod tests {
                 .find(|f| f.name() == "headroom_container_oom_kills_total")
                 .and_then(|f| f.get_metric().first().map(|m| m.get_counter().get_value()))
         };
-        assert_eq!(counter(&registry), Some(0.0), "exported at 0 when first seen");
+        assert_eq!(
+            counter(&registry),
+            Some(0.0),
+            "exported at 0 when first seen"
+        );
         // The kill: the kernel counts it; then the cgroup goes.
         kernel.counters.entry(id).or_default().oom_kills = 1;
         tick(&mut table, &mut kernel, &node, &mut resolver, &metrics, 2);
         fs::remove_dir_all(node.dir()).expect("remove the cgroup");
-        tick(&mut table, &mut kernel, &node, &mut resolver, &metrics, SLOW_READ_TICKS);
+        tick(
+            &mut table,
+            &mut kernel,
+            &node,
+            &mut resolver,
+            &metrics,
+            SLOW_READ_TICKS,
+        );
         assert_eq!(table.len(), 0);
         assert_eq!(table.retired(), 1);
         assert_eq!(counter(&registry), Some(1.0));
@@ -972,7 +984,11 @@ mod tests {
             &metrics,
             SLOW_READ_TICKS + retention_ticks - 1,
         );
-        assert_eq!(counter(&registry), Some(1.0), "kept until the retention ends");
+        assert_eq!(
+            counter(&registry),
+            Some(1.0),
+            "kept until the retention ends"
+        );
         tick(
             &mut table,
             &mut kernel,

@@ -38,7 +38,10 @@ pub(super) fn confidence(o: &Observation, leak: bool) -> (Confidence, Vec<String
             o.duration_seconds
         ));
     }
-    if let Some(asked) = o.asked_seconds.filter(|&asked| o.duration_seconds < asked * 0.9) {
+    if let Some(asked) = o
+        .asked_seconds
+        .filter(|&asked| o.duration_seconds < asked * 0.9)
+    {
         // Confidence is from what is there, not from the time asked for: say both.
         reasons.push(format!(
             "the data covers {} of the {} asked for",

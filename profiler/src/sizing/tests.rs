@@ -623,7 +623,12 @@ fn the_time_asked_for_is_named_but_confidence_comes_from_the_data_present() {
     o.resolution_ms = 1000;
     o.asked_seconds = Some(3600.0);
     let (r, _) = recommend(&o, 0.25);
-    assert_eq!(r.confidence, Confidence::Medium, "{:?}", r.confidence_reasons);
+    assert_eq!(
+        r.confidence,
+        Confidence::Medium,
+        "{:?}",
+        r.confidence_reasons
+    );
     assert!(r.confidence_reasons[0].starts_with("observed 40 s (40 buckets"));
     assert!(
         r.confidence_reasons
