@@ -43,8 +43,9 @@ pub const TICK_READ_LINES: u64 = 1 << 20;
 /// A cgroup whose path cannot be resolved is dropped after this long.
 const UNRESOLVED_GRACE: Duration = Duration::from_secs(60);
 /// How long a gone container's series are kept at their final values (OOM counter, limit at
-/// the last kill, limit, peaks) after its cgroup goes: a container killed and removed between
-/// two scrapes still reaches Prometheus. Four 15 s scrape intervals.
+/// the last kill, limit, peaks) after its cgroup goes, by default: a container killed and
+/// removed between two scrapes still reaches Prometheus. Four 15 s scrape intervals. The
+/// agent's `gone_series_retention` key (`--gone-series-retention`) sets it.
 pub const GONE_SERIES_RETENTION: Duration = Duration::from_secs(60);
 /// At most this many gone containers' series are kept at once; past it the oldest are deleted
 /// early and counted in `headroom_agent_retired_series_dropped_total`, so a node that churns
@@ -60,6 +61,8 @@ pub struct TableSettings {
     pub headroom: f64,
     /// Lines of tenant-sized files read per tick ([`TICK_READ_LINES`] in the agent).
     pub read_lines: u64,
+    /// How long a gone container's kept series stay ([`GONE_SERIES_RETENTION`] by default).
+    pub gone_series_retention: Duration,
 }
 
 /// The node's filesystem as a tick reads it: cgroup mounts, the id → path resolver, /proc.
@@ -353,8 +356,10 @@ impl ContainerTable {
                 metrics.retire(&container.labels, &figures, &container.figures);
                 self.retired
                     .retain(|(labels, _)| *labels != container.labels);
-                self.retired
-                    .push_back((container.labels, self.elapsed + GONE_SERIES_RETENTION));
+                self.retired.push_back((
+                    container.labels,
+                    self.elapsed + self.settings.gone_series_retention,
+                ));
             }
             kernel.forget_target(id)?;
         }
@@ -740,6 +745,7 @@ mod tests {
             timeline_buckets: 4096,
             headroom: 0.25,
             read_lines: TICK_READ_LINES,
+            gone_series_retention: GONE_SERIES_RETENTION,
         })
     }
 
@@ -1000,6 +1006,53 @@ mod tests {
         assert_eq!(table.retired(), 0);
         assert_eq!(counter(&registry), None, "deleted after the retention");
         assert!(metric(&registry, "headroom_container_memory_limit_at_oom_bytes").is_none());
+    }
+
+    /// More gone containers than [`MAX_RETIRED_CONTAINERS`]: the oldest kept series are
+    /// deleted early and counted, so churn cannot grow the registry.
+    #[test]
+    fn retired_series_are_bounded_and_the_excess_is_counted() {
+        let node = FakeNode::new("retired-bound");
+        let mut resolver = CgroupResolver::new(&node.root, 16);
+        let registry = Registry::new();
+        let metrics = Metrics::new(&registry).expect("metrics");
+        let mut table = table();
+        let mut kernel = FakeKernel::default();
+        let labels = |n: usize| ContainerLabels {
+            namespace: String::new(),
+            pod: String::new(),
+            container: format!("/gone-{n}"),
+            workload: String::new(),
+            attribution: "host".into(),
+        };
+        for n in 0..MAX_RETIRED_CONTAINERS {
+            metrics.retire(
+                &labels(n),
+                &ContainerFigures::default(),
+                &ContainerFigures::default(),
+            );
+            table.retired.push_back((labels(n), GONE_SERIES_RETENTION));
+        }
+        node.set_charge(MIB);
+        kernel.set_resident(node.id(), MIB, 0, 1);
+        tick(&mut table, &mut kernel, &node, &mut resolver, &metrics, 1);
+        fs::remove_dir_all(node.dir()).expect("remove the cgroup");
+        tick(
+            &mut table,
+            &mut kernel,
+            &node,
+            &mut resolver,
+            &metrics,
+            SLOW_READ_TICKS,
+        );
+        assert_eq!(table.retired(), MAX_RETIRED_CONTAINERS);
+        let text = crate::exporters::encode(&registry).expect("encode");
+        assert!(
+            text.contains("headroom_agent_retired_series_dropped_total 1"),
+            "{text}"
+        );
+        assert!(!text.contains("container=\"/gone-0\""), "the oldest went");
+        assert!(text.contains("container=\"/gone-1\""), "the others stay");
     }
 
     /// A process with more mappings than the agent reads: its container's thread-stack figure
