@@ -557,6 +557,19 @@ mod tests {
     }
 
     #[test]
+    fn a_container_never_scraped_alive_is_sized_from_its_kept_series_alone() {
+        // Killed and removed between two scrapes: Prometheus holds its kept series (peak, OOM
+        // counter, limit at the kill) and no charge at all.
+        let o =
+            fleet(Vec::new(), Duration::from_secs(300)).observation(&key("app"), 60.0 * 1048576.0);
+        assert_eq!((o.duration_seconds, o.steady_series.len()), (0.0, 0));
+        let (r, _) = crate::sizing::recommend(&o, 0.25);
+        assert_eq!(r.oom_floor_bytes, Some(164 << 20));
+        assert_eq!(r.confidence, crate::report::Confidence::Low);
+        assert!(r.confidence_reasons[0].starts_with("observed 0 s (0 buckets"));
+    }
+
+    #[test]
     fn oom_kills_count_a_series_that_begins_inside_the_window_from_zero() {
         let q = oom_kills_query("{namespace=\"shop\"}", "300s");
         assert_eq!(

@@ -299,6 +299,11 @@ fn a_container_killed_and_removed_between_two_scrapes_counts_with_the_limit_at_t
         "the container lived and went between two scrapes 5 s apart"
     );
 
+    // The next scrape carries its kept series (no charge: it was never scraped alive).
+    prometheus.next_scrape(30);
+    let gone = recommended(&prometheus, "5m", &path);
+    let floor_gone = assert_killed_under_64_mib(&gone);
+
     // The same cgroup again, a live process in it, under 512 MiB.
     let cgroup = common::TestCgroup::new("oom");
     assert_eq!(cgroup.path(), path);
@@ -307,15 +312,29 @@ fn a_container_killed_and_removed_between_two_scrapes_counts_with_the_limit_at_t
     for _ in 0..3 {
         prometheus.next_scrape(30);
     }
-    let ours = recommended(&prometheus, "5m", &path);
+    let back = recommended(&prometheus, "5m", &path);
     {
         use std::io::Write as _;
         let stdin = again.0.stdin.as_mut().expect("stdin");
         let _ = writeln!(stdin, "go");
     }
     let _ = again.0.wait();
+    // Today's 512 MiB would have made the floor 614 MiB.
+    let floor_back = assert_killed_under_64_mib(&back);
+    eprintln!(
+        "gone: kills {}, floor {} MiB; back under 512 MiB: kills {}, floor {} MiB, limit {} MiB",
+        gone["oom_kills"],
+        floor_gone / MIB,
+        back["oom_kills"],
+        floor_back / MIB,
+        back["recommendation"]["limit_bytes"].as_u64().unwrap_or(0) / MIB,
+    );
+}
 
-    let reasons = confidence_reasons(&ours);
+/// At least one OOM kill counted, confidence Low, and the floor max(64 MiB + 100 MiB,
+/// 64 MiB × 1.2) = 164 MiB, built on the 64 MiB limit the kill hit. Returns the floor.
+fn assert_killed_under_64_mib(ours: &serde_json::Value) -> u64 {
+    let reasons = confidence_reasons(ours);
     let kills = number_before(&reasons, " OOM kill").unwrap_or(0.0);
     assert!(kills >= 1.0, "no OOM kill counted: {reasons}");
     assert_eq!(ours["oom_kills"].as_u64(), Some(kills as u64));
@@ -327,19 +346,12 @@ fn a_container_killed_and_removed_between_two_scrapes_counts_with_the_limit_at_t
         floor >= 64 * MIB,
         "floor {floor} below the limit at the kill"
     );
-    // max(64 MiB + 100 MiB, 64 MiB × 1.2): built on the 64 MiB the kill hit. Today's 512 MiB
-    // would have made it 614 MiB.
     assert_eq!(floor, 164 * MIB, "floor {floor}");
     let limit = ours["recommendation"]["limit_bytes"]
         .as_u64()
         .expect("limit");
     assert!(limit >= floor, "limit {limit} floor {floor}");
-    eprintln!(
-        "kills {kills}, floor {} MiB, limit {} MiB, confidence {}",
-        floor / MIB,
-        limit / MIB,
-        ours["recommendation"]["confidence"]
-    );
+    floor
 }
 
 /// Some 40 s of data, scraped every second, asked about with `--window 1h`: the confidence is
