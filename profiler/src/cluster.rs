@@ -225,6 +225,24 @@ fn promql_duration(window: Duration) -> String {
 /// Points a range query returns over the window at most: the step is the window (or, when
 /// the data starts later, the span present) divided by this.
 const RANGE_POINTS: u32 = 240;
+/// A workload with fewer points than this at the window's step (one that lived a short part
+/// of a long window) is read again over its own span, so its span and points are not rounded
+/// to the window's step...
+const REFINE_BELOW_POINTS: usize = 60;
+/// ...for at most this many workloads (one query each); the others keep the window's step,
+/// which understates their span by at most one step (lower confidence, never higher).
+const MAX_REFINED: usize = 64;
+
+/// The PromQL selector of exactly one workload's series.
+fn workload_selector(key: &WorkloadKey) -> String {
+    let quoted = |value: &str| value.replace('\\', "\\\\").replace('"', "\\\"");
+    format!(
+        "{{namespace=\"{}\",workload=\"{}\",container=\"{}\"}}",
+        quoted(&key.namespace),
+        quoted(&key.workload),
+        quoted(&key.container)
+    )
+}
 
 /// OOM kills in the window, per workload: for each series, its highest value less its lowest
 /// (or less 0 when the series began inside the window: the agent exports the counter from
@@ -322,6 +340,36 @@ pub async fn observations(
             .max(Duration::from_secs(1));
         series = prometheus.query_range(&charge, (from, end), step).await?;
     }
+    let mut steps = BTreeMap::new();
+    let short: Vec<(WorkloadKey, f64, f64)> = series
+        .iter()
+        .filter(|(_, points)| !points.is_empty() && points.len() < REFINE_BELOW_POINTS)
+        .filter_map(|(key, points)| Some((key.clone(), points.first()?.0, points.last()?.0)))
+        .take(MAX_REFINED)
+        .collect();
+    for (key, first, last) in short {
+        let span = (
+            first - step.as_secs_f64(),
+            (last + step.as_secs_f64()).min(end),
+        );
+        let fine = Duration::from_secs_f64((span.1 - span.0).max(0.0) / f64::from(RANGE_POINTS))
+            .max(Duration::from_secs(1));
+        if fine >= step {
+            continue;
+        }
+        let query = format!(
+            "max {by} (headroom_container_memory_charged_bytes{})",
+            workload_selector(&key)
+        );
+        if let Some(points) = prometheus
+            .query_range(&query, span, fine)
+            .await?
+            .remove(&key)
+        {
+            series.insert(key.clone(), points);
+            steps.insert(key, fine);
+        }
+    }
     let fleet = FleetSeries {
         startup,
         limits,
@@ -332,6 +380,7 @@ pub async fn observations(
         samples,
         series,
         step,
+        steps,
         window,
     };
     Ok(peaks
@@ -355,6 +404,8 @@ struct FleetSeries {
     samples: BTreeMap<WorkloadKey, f64>,
     series: BTreeMap<WorkloadKey, Vec<(f64, f64)>>,
     step: Duration,
+    /// The step of workloads read again over their own span.
+    steps: BTreeMap<WorkloadKey, Duration>,
     window: Duration,
 }
 
@@ -376,6 +427,7 @@ impl FleetSeries {
     /// outside `Observation::from_target`.
     fn observation(&self, key: &WorkloadKey, peak: f64) -> Observation {
         let startup_peak = self.startup.get(key).copied();
+        let step = self.steps.get(key).copied().unwrap_or(self.step);
         let points = self.series.get(key).map_or(&[][..], Vec::as_slice);
         let (span, present) = data_present(points, self.samples.get(key).copied());
         // Evenly thinned to the samples stored, so the points sizing counts are samples.
@@ -400,7 +452,7 @@ impl FleetSeries {
             startup_peak_bytes: startup_peak.unwrap_or(0.0) as u64,
             startup_peak_at_seconds: None,
             steady_series: charged,
-            resolution_ms: (self.step.as_millis() as u64).saturating_mul(stride as u64),
+            resolution_ms: (step.as_millis() as u64).saturating_mul(stride as u64),
             peak_bytes: peak as u64,
             spikes: Vec::new(),
             // The charge at a kill is the limit it hit (the limit in force then); the floor
@@ -531,6 +583,7 @@ mod tests {
             samples: one(samples),
             series: BTreeMap::from([(key("app"), points)]),
             step: Duration::from_secs(1),
+            steps: BTreeMap::new(),
             window,
         }
     }
@@ -567,6 +620,19 @@ mod tests {
         assert_eq!(r.oom_floor_bytes, Some(164 << 20));
         assert_eq!(r.confidence, crate::report::Confidence::Low);
         assert!(r.confidence_reasons[0].starts_with("observed 0 s (0 buckets"));
+    }
+
+    #[test]
+    fn one_workloads_selector_quotes_its_labels() {
+        let key = WorkloadKey {
+            namespace: String::new(),
+            workload: String::new(),
+            container: "/odd\"name\\x".into(),
+        };
+        assert_eq!(
+            workload_selector(&key),
+            r#"{namespace="",workload="",container="/odd\"name\\x"}"#
+        );
     }
 
     #[test]
