@@ -644,4 +644,180 @@ mod tests {
         );
         assert!(!q.contains("increase("));
     }
+
+    /// A stand-in for Prometheus's HTTP API: instant queries answer peaks and samples for two
+    /// workloads, range queries answer points every `step` where each workload had data.
+    /// "long" has data over the whole day asked for; "short" lived 600 s of it.
+    mod fake {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+        pub const DAY: f64 = 86_400.0;
+        pub const SHORT: (f64, f64) = (40_000.0, 40_600.0);
+
+        fn decode(text: &str) -> String {
+            let bytes = text.as_bytes();
+            let mut out = Vec::new();
+            let mut i = 0;
+            while i < bytes.len() {
+                if bytes[i] == b'%' && i + 2 < bytes.len() {
+                    let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).expect("hex");
+                    out.push(u8::from_str_radix(hex, 16).expect("hex"));
+                    i += 3;
+                } else {
+                    out.push(bytes[i]);
+                    i += 1;
+                }
+            }
+            String::from_utf8(out).expect("utf-8")
+        }
+
+        fn param<'a>(path: &'a str, name: &str) -> Option<&'a str> {
+            path.split(['?', '&'])
+                .find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))
+        }
+
+        fn metric(container: &str) -> String {
+            format!(
+                r#"{{"namespace":"shop","workload":"Deployment/web","container":"{container}"}}"#
+            )
+        }
+
+        /// The answer to one request path.
+        pub fn answer(path: &str, now: f64) -> String {
+            let query = decode(param(path, "query").unwrap_or(""));
+            let start_of_day = now - DAY;
+            if path.starts_with("/api/v1/query_range") {
+                let number = |name| param(path, name).and_then(|v| v.parse::<f64>().ok());
+                let (start, end, step) = (
+                    number("start").expect("start"),
+                    number("end").expect("end"),
+                    number("step").expect("step"),
+                );
+                let mut result = Vec::new();
+                for (container, (from, to)) in [
+                    ("long", (start_of_day, now)),
+                    ("short", (start_of_day + SHORT.0, start_of_day + SHORT.1)),
+                ] {
+                    if query.contains("container=") && !query.contains(container) {
+                        continue;
+                    }
+                    let mut points = Vec::new();
+                    let mut at = start;
+                    while at <= end + 1e-6 {
+                        if (from..=to).contains(&at) {
+                            points.push(format!(r#"[{at:.3},"1048576"]"#));
+                        }
+                        at += step;
+                    }
+                    if !points.is_empty() {
+                        result.push(format!(
+                            r#"{{"metric":{},"values":[{}]}}"#,
+                            metric(container),
+                            points.join(",")
+                        ));
+                    }
+                }
+                return format!(
+                    r#"{{"status":"success","data":{{"resultType":"matrix","result":[{}]}}}}"#,
+                    result.join(",")
+                );
+            }
+            let value = |container: &str, v: f64| {
+                format!(
+                    r#"{{"metric":{},"value":[{now},"{v}"]}}"#,
+                    metric(container)
+                )
+            };
+            let result = if query.contains("charged_peak_bytes") {
+                vec![value("long", 2e6), value("short", 2e6)]
+            } else if query.contains("count_over_time") {
+                // Scraped every second.
+                vec![value("long", DAY), value("short", SHORT.1 - SHORT.0)]
+            } else {
+                Vec::new()
+            };
+            format!(
+                r#"{{"status":"success","data":{{"resultType":"vector","result":[{}]}}}}"#,
+                result.join(",")
+            )
+        }
+
+        /// Serves `answer` on a loopback port until the runtime ends; returns the port.
+        pub async fn serve() -> u16 {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
+            let port = listener.local_addr().expect("addr").port();
+            tokio::spawn(async move {
+                while let Ok((mut stream, _)) = listener.accept().await {
+                    let mut head = Vec::new();
+                    let mut byte = [0u8; 1];
+                    while !head.ends_with(b"\r\n\r\n") {
+                        if stream.read(&mut byte).await.unwrap_or(0) == 0 {
+                            break;
+                        }
+                        head.push(byte[0]);
+                    }
+                    let head = String::from_utf8_lossy(&head).into_owned();
+                    let path = head.split_whitespace().nth(1).unwrap_or("/").to_owned();
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .expect("time")
+                        .as_secs_f64();
+                    let body = answer(&path, now);
+                    let response = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = stream.write_all(response.as_bytes()).await;
+                }
+            });
+            port
+        }
+    }
+
+    #[test]
+    fn a_workload_that_lived_a_short_part_of_the_window_is_read_over_its_own_span() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let observed = runtime.block_on(async {
+            let port = fake::serve().await;
+            let prometheus = Prometheus::new(&format!("http://127.0.0.1:{port}")).expect("url");
+            observations(&prometheus, Duration::from_secs(86_400), None)
+                .await
+                .expect("observations")
+        });
+        let find = |container: &str| {
+            observed
+                .iter()
+                .find(|(key, _)| key.container == container)
+                .map(|(_, o)| o.clone())
+                .unwrap_or_else(|| panic!("no {container}"))
+        };
+        let long = find("long");
+        assert!(
+            long.duration_seconds >= fake::DAY - 360.0,
+            "{}",
+            long.duration_seconds
+        );
+        assert_eq!(long.resolution_ms, 360_000);
+        assert_eq!(long.asked_seconds, Some(fake::DAY));
+        // At the day's 360 s step the short one shows as 1-2 points and 0-360 s; read again
+        // over its own span (about 1,300 s at 5.5 s) it is 600 s and about 110 points.
+        let short = find("short");
+        let span = fake::SHORT.1 - fake::SHORT.0;
+        assert!(
+            (short.duration_seconds - span).abs() <= 6.0,
+            "{} s",
+            short.duration_seconds
+        );
+        assert!(
+            short.steady_series.len() >= 100,
+            "{}",
+            short.steady_series.len()
+        );
+        assert!(short.resolution_ms < 6_000, "{}", short.resolution_ms);
+    }
 }
