@@ -301,6 +301,21 @@ fn a_container_killed_and_removed_between_two_scrapes_counts_with_the_limit_at_t
 
     // The next scrape carries its kept series (no charge: it was never scraped alive).
     prometheus.next_scrape(30);
+    let label = format!("container=\"{path}\"");
+    let metrics = agent.metrics();
+    assert_eq!(
+        common::series(
+            &metrics,
+            "headroom_container_memory_limit_at_oom_bytes",
+            &label
+        ),
+        vec![(64 * MIB) as f64],
+        "the agent keeps the limit at the kill after the cgroup went"
+    );
+    assert!(
+        common::series(&metrics, "headroom_container_memory_charged_bytes", &label).is_empty(),
+        "the charge now goes with the cgroup"
+    );
     let gone = recommended(&prometheus, "5m", &path);
     let floor_gone = assert_killed_under_64_mib(&gone);
 
