@@ -336,9 +336,14 @@ pub async fn observations(
         .fold(f64::INFINITY, f64::min);
     let from = first - step.as_secs_f64();
     if first.is_finite() && from > end - window.as_secs_f64() {
-        step = Duration::from_secs_f64((end - from) / f64::from(RANGE_POINTS))
+        let fine = Duration::from_secs_f64((end - from) / f64::from(RANGE_POINTS))
             .max(Duration::from_secs(1));
-        series = prometheus.query_range(&charge, (from, end), step).await?;
+        // Only when it at least halves the step: data that begins a step or so late (or a
+        // clock a few milliseconds apart) is not worth a second query.
+        if fine.as_secs_f64() <= step.as_secs_f64() / 2.0 {
+            step = fine;
+            series = prometheus.query_range(&charge, (from, end), step).await?;
+        }
     }
     let mut steps = BTreeMap::new();
     let short: Vec<(WorkloadKey, f64, f64)> = series
@@ -354,7 +359,7 @@ pub async fn observations(
         );
         let fine = Duration::from_secs_f64((span.1 - span.0).max(0.0) / f64::from(RANGE_POINTS))
             .max(Duration::from_secs(1));
-        if fine >= step {
+        if fine.as_secs_f64() > step.as_secs_f64() / 2.0 {
             continue;
         }
         let query = format!(
