@@ -525,6 +525,7 @@ fn exported_metric_names() -> BTreeSet<String> {
         thread_stack_reserved_bytes: Some(1),
         thread_stack_resident_bytes: Some(1),
         oom_kills: 1,
+        limit_at_oom_bytes: Some(1),
         recommended_request_bytes: Some(1),
         recommended_limit_bytes: Some(1),
         unavailable: vec![("threads", "permission")],
@@ -556,6 +557,10 @@ fn exported_metric_names() -> BTreeSet<String> {
         .with_label_values(&["program"])
         .inc_by(1.0);
     metrics.bpf_runs.with_label_values(&["program"]).inc();
+    metrics
+        .retired_series_dropped
+        .with_label_values(&[] as &[&str])
+        .inc();
     registry
         .gather()
         .iter()

@@ -1,6 +1,9 @@
 //! Prometheus metrics: `headroom_*`, units in the names, `_total` on counters, one series set
 //! per container labelled `namespace`, `pod`, `container`, `workload` and `attribution`.
-//! Series of a container are deleted when it goes away: unbounded label sets are a leak.
+//! When a container's cgroup goes, its instantaneous series are deleted at once and the rest
+//! (its OOM counter, peaks, limit, limit at the last OOM kill) are *retired*: kept at their
+//! final values for a bounded time so that at least one scrape sees them, then deleted
+//! (see `agent::containers::GONE_SERIES_RETENTION`). Unbounded label sets are a leak.
 //! The registry is passed in, not global, so tests read exactly what one agent exported.
 
 use prometheus::{
@@ -62,6 +65,8 @@ pub struct ContainerFigures {
     pub thread_stack_reserved_bytes: Option<u64>,
     pub thread_stack_resident_bytes: Option<u64>,
     pub oom_kills: u64,
+    /// The effective limit when the last OOM kill was counted (None before any kill).
+    pub limit_at_oom_bytes: Option<u64>,
     pub recommended_request_bytes: Option<u64>,
     pub recommended_limit_bytes: Option<u64>,
     /// (figure, reason) of each figure that could not be read this time: exported as
@@ -76,6 +81,7 @@ pub struct Metrics {
     startup_peak: IntGaugeVec,
     steady: IntGaugeVec,
     limit: IntGaugeVec,
+    limit_at_oom: IntGaugeVec,
     resident: IntGaugeVec,
     resident_peak: IntGaugeVec,
     recommended_request: IntGaugeVec,
@@ -93,6 +99,9 @@ pub struct Metrics {
     pub ring_events: CounterVec,
     pub containers_tracked: IntGauge,
     pub containers_not_tracked: CounterVec,
+    /// Gone containers whose retired series were deleted before their retention ended,
+    /// because more containers went than the retention holds.
+    pub retired_series_dropped: CounterVec,
     pub map_fill_ratio: prometheus::GaugeVec,
     pub agent_resident_bytes: IntGauge,
     pub bpf_run_seconds: prometheus::CounterVec,
@@ -215,6 +224,11 @@ impl Metrics {
                 "headroom_container_memory_limit_bytes",
                 "The effective memory limit (absent when unlimited).",
             )?,
+            limit_at_oom: gauge(
+                registry,
+                "headroom_container_memory_limit_at_oom_bytes",
+                "The effective memory limit when the container's last OOM kill was counted (absent before any kill; kept after the container goes, with its OOM counter).",
+            )?,
             resident: gauge(
                 registry,
                 "headroom_container_memory_resident_bytes",
@@ -275,7 +289,7 @@ impl Metrics {
             oom_kills: counter(
                 registry,
                 "headroom_container_oom_kills_total",
-                "OOM kills: the higher of oom:mark_victim's count and the cgroup's own counter.",
+                "OOM kills: the higher of oom:mark_victim's count and the cgroup's own counter. Exported at 0 from the first tick the container is seen, and kept at its final value for a while after the container goes.",
                 &LABELS,
             )?,
             dropped_events: counter(
@@ -288,6 +302,12 @@ impl Metrics {
                 registry,
                 "headroom_agent_containers_not_tracked_total",
                 "Containers turned away because max_containers was reached.",
+                &[],
+            )?,
+            retired_series_dropped: counter(
+                registry,
+                "headroom_agent_retired_series_dropped_total",
+                "Gone containers whose kept series (OOM counter, peaks, limits) were deleted before their retention ended because too many containers went at once.",
                 &[],
             )?,
             bpf_runs: counter(
@@ -322,6 +342,13 @@ impl Metrics {
         set_optional(&self.startup_peak, figures.startup_peak_bytes);
         set_optional(&self.steady, figures.steady_bytes);
         set_optional(&self.limit, figures.limit_bytes);
+        // Kept once set: it describes the last kill under these labels, which a container
+        // that replaced the killed one (same pod and container name) has not changed.
+        if let Some(limit) = figures.limit_at_oom_bytes {
+            self.limit_at_oom
+                .with_label_values(&values)
+                .set(to_i64(limit));
+        }
         set_optional(&self.recommended_request, figures.recommended_request_bytes);
         set_optional(&self.recommended_limit, figures.recommended_limit_bytes);
         set_optional(&self.threads, figures.threads);
@@ -357,24 +384,58 @@ impl Metrics {
         }
     }
 
-    /// Deletes every series of a container that went away.
-    pub fn remove(&self, labels: &ContainerLabels) {
+    /// A container that went away: its final figures are set (the OOM counter moves by what
+    /// the last tick counted), its instantaneous series (charge, resident, threads, reserved,
+    /// thread stacks, steady state, recommendations, gaps) are deleted, and the rest is kept
+    /// until [`Metrics::remove`]: the OOM counter, the limit at the last kill, the limit, the
+    /// peaks and the threads-created counter.
+    pub fn retire(
+        &self,
+        labels: &ContainerLabels,
+        figures: &ContainerFigures,
+        previous: &ContainerFigures,
+    ) {
+        self.set(labels, figures, previous);
         let values = labels.values();
+        self.remove_unavailable(&values);
+        for vec in [
+            &self.charged,
+            &self.steady,
+            &self.resident,
+            &self.recommended_request,
+            &self.recommended_limit,
+            &self.threads,
+            &self.reserved,
+            &self.stack_reserved,
+            &self.stack_resident,
+        ] {
+            let _ = vec.remove_label_values(&values);
+        }
+    }
+
+    fn remove_unavailable(&self, values: &[&str; 5]) {
         for figure in ["threads", "reserved_bytes", "thread_stack_bytes"] {
             for reason in crate::procfs::Skip::ALL {
                 let _ = self.unavailable.remove_label_values(&unavailable_values(
-                    &values,
+                    values,
                     figure,
                     reason.label(),
                 ));
             }
         }
+    }
+
+    /// Deletes every series of a container that went away.
+    pub fn remove(&self, labels: &ContainerLabels) {
+        let values = labels.values();
+        self.remove_unavailable(&values);
         for vec in [
             &self.charged,
             &self.charged_peak,
             &self.startup_peak,
             &self.steady,
             &self.limit,
+            &self.limit_at_oom,
             &self.resident,
             &self.resident_peak,
             &self.recommended_request,
@@ -440,6 +501,43 @@ mod tests {
         assert!(
             !text.contains("headroom_container_memory_limit_bytes{"),
             "unlimited: no series"
+        );
+        metrics.remove(&labels("app"));
+        let text = encode(&registry).expect("encode");
+        assert!(!text.contains(r#"container="app""#), "{text}");
+    }
+
+    #[test]
+    fn a_retired_container_keeps_its_oom_counter_and_the_limit_at_the_kill() {
+        let registry = Registry::new();
+        let metrics = Metrics::new(&registry).expect("metrics");
+        let first = ContainerFigures {
+            charged_bytes: Some(10),
+            charged_peak_bytes: Some(10),
+            limit_bytes: Some(64),
+            ..ContainerFigures::default()
+        };
+        metrics.set(&labels("app"), &first, &ContainerFigures::default());
+        let text = encode(&registry).expect("encode");
+        assert!(
+            text.contains(r#"headroom_container_oom_kills_total{attribution="kubernetes",container="app",namespace="shop",pod="web-1",workload="Deployment/web"} 0"#),
+            "the OOM counter is exported at 0 from the first tick: {text}"
+        );
+        let last = ContainerFigures {
+            charged_bytes: Some(64),
+            charged_peak_bytes: Some(64),
+            oom_kills: 1,
+            limit_at_oom_bytes: Some(64),
+            ..first.clone()
+        };
+        metrics.retire(&labels("app"), &last, &first);
+        let text = encode(&registry).expect("encode");
+        assert!(text.contains(r#"headroom_container_oom_kills_total{attribution="kubernetes",container="app",namespace="shop",pod="web-1",workload="Deployment/web"} 1"#), "{text}");
+        assert!(text.contains(r#"headroom_container_memory_limit_at_oom_bytes{attribution="kubernetes",container="app",namespace="shop",pod="web-1",workload="Deployment/web"} 64"#), "{text}");
+        assert!(text.contains(r#"headroom_container_memory_charged_peak_bytes{attribution="kubernetes",container="app",namespace="shop",pod="web-1",workload="Deployment/web"} 64"#), "{text}");
+        assert!(
+            !text.contains("headroom_container_memory_charged_bytes{"),
+            "the charge now is not kept: {text}"
         );
         metrics.remove(&labels("app"));
         let text = encode(&registry).expect("encode");

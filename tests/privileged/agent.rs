@@ -25,7 +25,10 @@ fn the_agent_exports_a_container_while_it_lives_and_forgets_it_after() {
         return;
     };
     let programs_before = loaded_programs_named("rss_stat");
-    let mut agent = Agent::start();
+    // A gone container's OOM counter, limits and peaks stay 60 s by default; 1 s here.
+    let mut agent = Agent::builder()
+        .args(["--gone-series-retention", "1s"])
+        .start();
     assert_eq!(agent.get("/healthz").map(|(s, _)| s), Some(200));
     assert_eq!(agent.get("/nope").map(|(s, _)| s), Some(404));
 
@@ -111,11 +114,20 @@ fn the_agent_exports_a_container_while_it_lives_and_forgets_it_after() {
         .expect("tell the workload to finish");
     assert!(child.wait().expect("workload").success());
     cgroup.remove();
-    common::wait_until("the container's series to go", 20, || {
-        agent
-            .get("/metrics")
-            .is_some_and(|(_, body)| !body.contains(&label))
+    common::wait_until("the container's charge now to go", 20, || {
+        agent.get("/metrics").is_some_and(|(_, body)| {
+            series_value(&body, "headroom_container_memory_charged_bytes", &label).is_none()
+        })
     });
+    common::wait_until(
+        "the container's kept series to go after the retention",
+        20,
+        || {
+            agent
+                .get("/metrics")
+                .is_some_and(|(_, body)| !body.contains(&label))
+        },
+    );
 
     assert!(agent.stop().success());
     assert_eq!(

@@ -43,6 +43,7 @@ pub struct ConfigFile {
     pub expose_api: Option<bool>,
     pub max_connections: Option<usize>,
     pub report_max_bytes: Option<String>,
+    pub gone_series_retention: Option<String>,
 }
 
 /// Validated settings.
@@ -69,6 +70,8 @@ pub struct AgentConfig {
     pub max_connections: usize,
     /// Largest `/api/v1/report` body.
     pub report_max_bytes: usize,
+    /// How long a gone container's OOM counter, limits and peaks stay exported.
+    pub gone_series_retention: Duration,
 }
 
 impl Default for AgentConfig {
@@ -85,6 +88,7 @@ impl Default for AgentConfig {
             expose_api: false,
             max_connections: 256,
             report_max_bytes: 16 << 20,
+            gone_series_retention: super::containers::GONE_SERIES_RETENTION,
         }
     }
 }
@@ -197,6 +201,18 @@ impl AgentConfig {
             }
             self.interval = parsed;
         }
+        if let Some(retention) = &values.gone_series_retention {
+            let parsed = parse_duration(retention)
+                .map_err(|problem| invalid("gone_series_retention", retention, problem))?;
+            if parsed > Duration::from_secs(3600) {
+                return Err(invalid(
+                    "gone_series_retention",
+                    retention,
+                    "at most 1h: a few scrape intervals are enough".into(),
+                ));
+            }
+            self.gone_series_retention = parsed;
+        }
         if let Some(max) = values.max_containers {
             if !(1..=100_000).contains(&max) {
                 return Err(invalid(
@@ -252,6 +268,7 @@ mod tests {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/agent.toml");
         let config = AgentConfig::load(Some(&path)).expect("deploy/agent.toml is valid");
         assert_eq!(config.interval, Duration::from_secs(1));
+        assert_eq!(config.gone_series_retention, Duration::from_secs(60));
     }
 
     #[test]
@@ -276,6 +293,7 @@ mod tests {
             ("socket = \"relative.sock\"", "socket"),
             ("max_connections = 1", "max_connections"),
             ("report_max_bytes = \"1k\"", "report_max_bytes"),
+            ("gone_series_retention = \"2h\"", "gone_series_retention"),
         ] {
             let err = AgentConfig::from_toml(text, "agent.toml").expect_err(text);
             assert!(err.to_string().starts_with(key), "{text}: {err}");

@@ -5,7 +5,7 @@
 //! `/metrics` and `headroom recommend` over `/api/v1/report` agree by construction.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
     path::Path,
     time::{Duration, Instant},
 };
@@ -42,6 +42,15 @@ const MAX_PROCESSES_READ: usize = 1024;
 pub const TICK_READ_LINES: u64 = 1 << 20;
 /// A cgroup whose path cannot be resolved is dropped after this long.
 const UNRESOLVED_GRACE: Duration = Duration::from_secs(60);
+/// How long a gone container's series are kept at their final values (OOM counter, limit at
+/// the last kill, limit, peaks) after its cgroup goes, by default: a container killed and
+/// removed between two scrapes still reaches Prometheus. Four 15 s scrape intervals. The
+/// agent's `gone_series_retention` key (`--gone-series-retention`) sets it.
+pub const GONE_SERIES_RETENTION: Duration = Duration::from_secs(60);
+/// At most this many gone containers' series are kept at once; past it the oldest are deleted
+/// early and counted in `headroom_agent_retired_series_dropped_total`, so a node that churns
+/// containers cannot grow the registry without bound.
+pub const MAX_RETIRED_CONTAINERS: usize = 256;
 
 /// How the table is bounded and read.
 #[derive(Clone, Copy, Debug)]
@@ -52,6 +61,8 @@ pub struct TableSettings {
     pub headroom: f64,
     /// Lines of tenant-sized files read per tick ([`TICK_READ_LINES`] in the agent).
     pub read_lines: u64,
+    /// How long a gone container's kept series stay ([`GONE_SERIES_RETENTION`] by default).
+    pub gone_series_retention: Duration,
 }
 
 /// The node's filesystem as a tick reads it: cgroup mounts, the id → path resolver, /proc.
@@ -89,6 +100,9 @@ pub struct Container {
     charged_now: Option<u64>,
     /// The effective limit, read with the charge.
     limit: Option<u64>,
+    /// The OOM kills counted so far, and the limit in force when the count last rose.
+    kills_noted: u64,
+    limit_at_oom: Option<u64>,
     figures: ContainerFigures,
     recommendation: Option<Recommendation>,
     counters: MemoryCounters,
@@ -138,6 +152,9 @@ impl Container {
 /// Every container the agent tracks.
 pub struct ContainerTable {
     containers: HashMap<u64, Container>,
+    /// Gone containers whose kept series are deleted once `elapsed` passes the time given,
+    /// oldest first.
+    retired: VecDeque<(ContainerLabels, Duration)>,
     settings: TableSettings,
     /// Time since the agent started, as of the last tick.
     elapsed: Duration,
@@ -147,6 +164,7 @@ impl ContainerTable {
     pub fn new(settings: TableSettings) -> Self {
         Self {
             containers: HashMap::new(),
+            retired: VecDeque::new(),
             settings,
             elapsed: Duration::ZERO,
         }
@@ -209,6 +227,7 @@ impl ContainerTable {
         }
         self.expire(kernel, node.hierarchies, &seen, metrics, tick)?;
         self.export(metrics, tick);
+        self.delete_retired(metrics, None);
         metrics
             .containers_tracked
             .set(i64::try_from(self.containers.len()).unwrap_or(i64::MAX));
@@ -270,6 +289,8 @@ impl ContainerTable {
                 charge: None,
                 charged_now: None,
                 limit: None,
+                kills_noted: 0,
+                limit_at_oom: None,
                 figures: ContainerFigures::default(),
                 recommendation: None,
                 counters: MemoryCounters::default(),
@@ -300,7 +321,9 @@ impl ContainerTable {
         budget.skips
     }
 
-    /// Expires containers that are gone (their cgroup directory is), and their series.
+    /// Expires containers that are gone (their cgroup directory is). Their series are retired:
+    /// set to their final figures (this tick's kernel counters included) and kept for
+    /// [`GONE_SERIES_RETENTION`], at most [`MAX_RETIRED_CONTAINERS`] at once.
     fn expire(
         &mut self,
         kernel: &mut dyn KernelView,
@@ -329,11 +352,54 @@ impl ContainerTable {
             .collect();
         for id in gone {
             if let Some(container) = self.containers.remove(&id) {
-                metrics.remove(&container.labels);
+                let figures = container.figures(None);
+                metrics.retire(&container.labels, &figures, &container.figures);
+                self.retired
+                    .retain(|(labels, _)| *labels != container.labels);
+                self.retired.push_back((
+                    container.labels,
+                    self.elapsed + self.settings.gone_series_retention,
+                ));
             }
             kernel.forget_target(id)?;
         }
+        while self.retired.len() > MAX_RETIRED_CONTAINERS {
+            metrics
+                .retired_series_dropped
+                .with_label_values(&[] as &[&str])
+                .inc();
+            self.delete_retired(metrics, Some(1));
+        }
         Ok(())
+    }
+
+    /// Deletes the series of retired containers whose retention has ended (or the `count`
+    /// oldest, whatever their time), unless a live container now exports under the same labels
+    /// (a container restarted in its pod carries the series on).
+    fn delete_retired(&mut self, metrics: &Metrics, count: Option<usize>) {
+        let mut deleted = 0;
+        while let Some((_, until)) = self.retired.front() {
+            let due = match count {
+                Some(count) => deleted < count,
+                None => *until <= self.elapsed,
+            };
+            if !due {
+                break;
+            }
+            let Some((labels, _)) = self.retired.pop_front() else {
+                break;
+            };
+            deleted += 1;
+            if !self.containers.values().any(|c| c.labels == labels) {
+                metrics.remove(&labels);
+            }
+        }
+    }
+
+    /// Gone containers whose series are still kept.
+    #[cfg(test)]
+    fn retired(&self) -> usize {
+        self.retired.len()
     }
 
     /// Sets every container's series; recommendations are refreshed on slow ticks.
@@ -472,7 +538,12 @@ impl Container {
         if fresh || tick.is_multiple_of(SLOW_READ_TICKS) {
             self.read_limits();
         }
+        if counters.oom_kills > self.counters.oom_kills {
+            // A kill this tick: the limit it hit is read now, not at the next slow tick.
+            self.read_limits();
+        }
         self.counters = counters;
+        self.note_kills();
         // The interval's kernel peak (v2 6.12+), or a new lifetime record: a spike between two
         // ticks still reaches the timeline and the exported peak.
         self.recorder.close_bucket(
@@ -480,6 +551,17 @@ impl Container {
             KernelBucket::from_kernel(&counters, None, 0),
             charge,
         );
+    }
+
+    /// When the OOM count rose, the limit in force then (the last one read: read again at the
+    /// tick the kernel counted the kill, else at most [`SLOW_READ_TICKS`] old). Kills the
+    /// cgroup counted before the agent first saw it are dated to then.
+    fn note_kills(&mut self) {
+        let kills = self.counters.oom_kills.max(self.cgroup_oom_kills);
+        if kills > self.kills_noted {
+            self.kills_noted = kills;
+            self.limit_at_oom = self.limit.or(self.limit_at_oom);
+        }
     }
 
     /// The limit and OOM kills from the charge files, every [`SLOW_READ_TICKS`].
@@ -581,6 +663,7 @@ impl Container {
             resident_peak_bytes: self.counters.resident_peak_bytes,
             threads_created: self.counters.threads_created,
             oom_kills: self.counters.oom_kills.max(self.cgroup_oom_kills),
+            limit_at_oom_bytes: self.limit_at_oom,
             threads: self.threads,
             reserved_bytes: self.reserved,
             reserved_peak_bytes: self.reserved.map(|_| self.reserved_peak),
@@ -662,6 +745,7 @@ mod tests {
             timeline_buckets: 4096,
             headroom: 0.25,
             read_lines: TICK_READ_LINES,
+            gone_series_retention: GONE_SERIES_RETENTION,
         })
     }
 
@@ -847,6 +931,128 @@ mod tests {
         assert_eq!(table.len(), 0);
         assert_eq!(kernel.forgotten, vec![id]);
         assert!(metric(&registry, "headroom_container_memory_charged_bytes").is_none());
+    }
+
+    /// A container OOM-killed and removed within a tick or two: its OOM counter (at 0 from the
+    /// first tick) and the limit at the kill stay exported, at their final values, for
+    /// [`GONE_SERIES_RETENTION`] after it goes; its charge now does not.
+    #[test]
+    fn a_gone_containers_oom_counter_and_limit_at_the_kill_outlive_it_for_the_retention() {
+        let node = FakeNode::new("retire");
+        let mut resolver = CgroupResolver::new(&node.root, 16);
+        let registry = Registry::new();
+        let metrics = Metrics::new(&registry).expect("metrics");
+        let mut table = table();
+        let mut kernel = FakeKernel::default();
+        let id = node.id();
+        node.write("memory.max", &format!("{}\n", 64 * MIB));
+        node.set_charge(10 * MIB);
+        kernel.set_resident(id, 10 * MIB, 0, 1);
+        tick(&mut table, &mut kernel, &node, &mut resolver, &metrics, 1);
+        let counter = |registry: &Registry| {
+            registry
+                .gather()
+                .iter()
+                .find(|f| f.name() == "headroom_container_oom_kills_total")
+                .and_then(|f| f.get_metric().first().map(|m| m.get_counter().get_value()))
+        };
+        assert_eq!(
+            counter(&registry),
+            Some(0.0),
+            "exported at 0 when first seen"
+        );
+        // The kill: the kernel counts it; then the cgroup goes.
+        kernel.counters.entry(id).or_default().oom_kills = 1;
+        tick(&mut table, &mut kernel, &node, &mut resolver, &metrics, 2);
+        fs::remove_dir_all(node.dir()).expect("remove the cgroup");
+        tick(
+            &mut table,
+            &mut kernel,
+            &node,
+            &mut resolver,
+            &metrics,
+            SLOW_READ_TICKS,
+        );
+        assert_eq!(table.len(), 0);
+        assert_eq!(table.retired(), 1);
+        assert_eq!(counter(&registry), Some(1.0));
+        assert_eq!(
+            metric(&registry, "headroom_container_memory_limit_at_oom_bytes"),
+            Some((64 * MIB) as f64)
+        );
+        assert!(metric(&registry, "headroom_container_memory_charged_bytes").is_none());
+        let retention_ticks = GONE_SERIES_RETENTION.as_millis() as u64 / 100;
+        tick(
+            &mut table,
+            &mut kernel,
+            &node,
+            &mut resolver,
+            &metrics,
+            SLOW_READ_TICKS + retention_ticks - 1,
+        );
+        assert_eq!(
+            counter(&registry),
+            Some(1.0),
+            "kept until the retention ends"
+        );
+        tick(
+            &mut table,
+            &mut kernel,
+            &node,
+            &mut resolver,
+            &metrics,
+            SLOW_READ_TICKS + retention_ticks,
+        );
+        assert_eq!(table.retired(), 0);
+        assert_eq!(counter(&registry), None, "deleted after the retention");
+        assert!(metric(&registry, "headroom_container_memory_limit_at_oom_bytes").is_none());
+    }
+
+    /// More gone containers than [`MAX_RETIRED_CONTAINERS`]: the oldest kept series are
+    /// deleted early and counted, so churn cannot grow the registry.
+    #[test]
+    fn retired_series_are_bounded_and_the_excess_is_counted() {
+        let node = FakeNode::new("retired-bound");
+        let mut resolver = CgroupResolver::new(&node.root, 16);
+        let registry = Registry::new();
+        let metrics = Metrics::new(&registry).expect("metrics");
+        let mut table = table();
+        let mut kernel = FakeKernel::default();
+        let labels = |n: usize| ContainerLabels {
+            namespace: String::new(),
+            pod: String::new(),
+            container: format!("/gone-{n}"),
+            workload: String::new(),
+            attribution: "host".into(),
+        };
+        for n in 0..MAX_RETIRED_CONTAINERS {
+            metrics.retire(
+                &labels(n),
+                &ContainerFigures::default(),
+                &ContainerFigures::default(),
+            );
+            table.retired.push_back((labels(n), GONE_SERIES_RETENTION));
+        }
+        node.set_charge(MIB);
+        kernel.set_resident(node.id(), MIB, 0, 1);
+        tick(&mut table, &mut kernel, &node, &mut resolver, &metrics, 1);
+        fs::remove_dir_all(node.dir()).expect("remove the cgroup");
+        tick(
+            &mut table,
+            &mut kernel,
+            &node,
+            &mut resolver,
+            &metrics,
+            SLOW_READ_TICKS,
+        );
+        assert_eq!(table.retired(), MAX_RETIRED_CONTAINERS);
+        let text = crate::exporters::encode(&registry).expect("encode");
+        assert!(
+            text.contains("headroom_agent_retired_series_dropped_total 1"),
+            "{text}"
+        );
+        assert!(!text.contains("container=\"/gone-0\""), "the oldest went");
+        assert!(text.contains("container=\"/gone-1\""), "the others stay");
     }
 
     /// A process with more mappings than the agent reads: its container's thread-stack figure

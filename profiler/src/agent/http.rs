@@ -376,6 +376,7 @@ mod tests {
                     timeline_buckets: 16,
                     headroom: 0.25,
                     read_lines: 1024,
+                    gone_series_retention: Duration::from_secs(60),
                 },
             ),
             tick: 1,

@@ -439,6 +439,7 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
             timeline_buckets: config.timeline_buckets,
             headroom: config.headroom,
             read_lines: containers::TICK_READ_LINES,
+            gone_series_retention: config.gone_series_retention,
         }),
         tick: 0,
         drops: DropCounts::default(),

@@ -28,6 +28,11 @@ pub struct AgentArgs {
     #[arg(long, value_name = "DURATION")]
     pub interval: Option<String>,
 
+    /// How long a gone container's OOM counter, limits and peaks stay exported, so a scrape
+    /// sees a container killed and removed between two scrapes (default 60s, at most 1h).
+    #[arg(long, value_name = "DURATION")]
+    pub gone_series_retention: Option<String>,
+
     /// Containers tracked at once (default 1000).
     #[arg(long, value_name = "N")]
     pub max_containers: Option<usize>,
@@ -61,6 +66,7 @@ pub(super) fn run_agent(args: AgentArgs) -> anyhow::Result<u8> {
         socket: args.socket,
         expose_api: args.expose_api.then_some(true),
         max_connections: args.max_connections,
+        gone_series_retention: args.gone_series_retention,
         ..ConfigFile::default()
     })?;
     // glibc gives each thread that allocates its own malloc arena (up to 8 per core), each

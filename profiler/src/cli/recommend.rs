@@ -191,6 +191,10 @@ fn render_workloads(
                 "namespace": key.namespace,
                 "workload": key.workload,
                 "container": key.container,
+                // What Prometheus held for it: the span and points sized from, and the kills.
+                "observed_seconds": observation.duration_seconds,
+                "points": observation.steady_series.len(),
+                "oom_kills": observation.ooms.len(),
                 "recommendation": recommendation,
                 "checklist": checklist,
             })),

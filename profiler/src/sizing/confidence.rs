@@ -1,6 +1,9 @@
 //! Confidence: how much was observed, never more certainty than that.
 
-use super::{wording::plural, Observation};
+use super::{
+    wording::{self, plural},
+    Observation,
+};
 use crate::report::Confidence;
 
 /// Below this much observed time a recommendation is a floor, not a measurement.
@@ -33,6 +36,17 @@ pub(super) fn confidence(o: &Observation, leak: bool) -> (Confidence, Vec<String
         reasons.push(format!(
             "observed {:.0} s ({points} buckets after startup)",
             o.duration_seconds
+        ));
+    }
+    if let Some(asked) = o
+        .asked_seconds
+        .filter(|&asked| o.duration_seconds < asked * 0.9)
+    {
+        // Confidence is from what is there, not from the time asked for: say both.
+        reasons.push(format!(
+            "the data covers {} of the {} asked for",
+            wording::span(o.duration_seconds),
+            wording::span(asked)
         ));
     }
     if o.saw_start && o.startup_seconds.is_some() {

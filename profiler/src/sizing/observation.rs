@@ -86,6 +86,9 @@ pub struct Observation {
     pub steady_from: Option<String>,
     /// The runtime of each process read at capture time (JVM heap, GOMEMLIMIT, allocator).
     pub runtime: Vec<crate::report::ProcessRuntime>,
+    /// The span asked for when it is not what was observed (Prometheus: `--window`, while
+    /// `duration_seconds` is the span of the data Prometheus holds); None for captures.
+    pub asked_seconds: Option<f64>,
 }
 
 impl Observation {
@@ -185,6 +188,7 @@ impl Observation {
                 .as_ref()
                 .map(|r| r.processes.clone())
                 .unwrap_or_default(),
+            asked_seconds: None,
         }
     }
 

@@ -864,3 +864,33 @@ mod properties {
         );
     }
 }
+
+#[test]
+fn the_time_asked_for_is_named_but_confidence_comes_from_the_data_present() {
+    // 40 s of data at 1 s, when an hour was asked for: Medium (under a minute), and said so.
+    let mut o = observation(vec![100 * MIB; 40]);
+    o.duration_seconds = 40.0;
+    o.resolution_ms = 1000;
+    o.asked_seconds = Some(3600.0);
+    let (r, _) = recommend(&o, 0.25);
+    assert_eq!(
+        r.confidence,
+        Confidence::Medium,
+        "{:?}",
+        r.confidence_reasons
+    );
+    assert!(r.confidence_reasons[0].starts_with("observed 40 s (40 buckets"));
+    assert!(
+        r.confidence_reasons
+            .iter()
+            .any(|line| line == "the data covers 40 s of the 60 min asked for"),
+        "{:?}",
+        r.confidence_reasons
+    );
+    // The whole hour present: High, and nothing to say about coverage.
+    o.duration_seconds = 3600.0;
+    o.steady_series = vec![100 * MIB; 240];
+    let (r, _) = recommend(&o, 0.25);
+    assert_eq!(r.confidence, Confidence::High, "{:?}", r.confidence_reasons);
+    assert!(!r.confidence_reasons.iter().any(|l| l.contains("asked for")));
+}

@@ -37,3 +37,13 @@ pub(super) fn page_cache_line(o: &super::Observation) -> Option<String> {
         )
     })
 }
+
+/// A span of time as people read it: `42 s`, `12 min`, `5.5 h`, `3.0 d`.
+pub(super) fn span(seconds: f64) -> String {
+    match seconds {
+        s if s < 120.0 => format!("{s:.0} s"),
+        s if s < 7_200.0 => format!("{:.0} min", s / 60.0),
+        s if s < 172_800.0 => format!("{:.1} h", s / 3_600.0),
+        s => format!("{:.1} d", s / 86_400.0),
+    }
+}
