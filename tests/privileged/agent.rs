@@ -308,8 +308,10 @@ fn capture_through_the_running_agent_returns_a_report_with_stacks() {
     let sampled = target["stacks"]["sampled_fault_bytes"]
         .as_u64()
         .expect("sampled bytes");
+    // At least 95 % of the 200 MiB: one sample per 512 KiB of 4 KiB faults leaves up to
+    // 512 KiB unsampled at each edge of the region where huge pages cannot start.
     assert!(
-        sampled >= 200 * MIB,
+        sampled >= 190 * MIB,
         "{sampled} bytes sampled: {}",
         target["stacks"]
     );
