@@ -613,8 +613,31 @@ fn run_guests(context: &Context, cells: &[Cell]) -> Vec<CellResult> {
 }
 
 /// Runs one cell and reads its results; never fails as a whole: what went wrong is in the
-/// result (and fails the run later).
+/// result (and fails the run later). A first attempt stopped by a guest kernel lockup is kept
+/// (its directory renamed `CELL.lockup`, console included) and the cell runs once more; the
+/// result says so in the table. A second lockup fails the cell.
 fn run_cell(context: &Context, cell: Cell) -> CellResult {
+    let first = run_cell_once(context, cell);
+    let CellState::GuestLockup(line) = &first.state else {
+        return first;
+    };
+    let dir = context.out_dir.join(cell.id());
+    let kept = context.out_dir.join(format!("{}.lockup", cell.id()));
+    let _ = fs::remove_dir_all(&kept);
+    let kept_note = match fs::rename(&dir, &kept) {
+        Ok(()) => format!("{line}; its logs and console in {}", kept.display()),
+        Err(err) => format!("{line}; its logs could not be kept: {err}"),
+    };
+    eprintln!(
+        "[matrix {}] the guest kernel locked up ({line}): running the cell once more",
+        cell.id()
+    );
+    let mut second = run_cell_once(context, cell);
+    second.retried_after = Some(kept_note);
+    second
+}
+
+fn run_cell_once(context: &Context, cell: Cell) -> CellResult {
     let started = Instant::now();
     let label = cell.id().to_owned();
     let results_dir = context.out_dir.join(cell.id());
@@ -688,12 +711,21 @@ fn run_cell(context: &Context, cell: Cell) -> CellResult {
             .args(&suite_args)
             .current_dir(&context.root);
         eprintln!("[matrix {label}] starting: {} suites", suite_args.len());
-        run_logged(command, &label, &log_path, guard, &pid_file)
+        let console = cell.kernel().map(|_| results_dir.join("console.log"));
+        run_logged(
+            command,
+            &label,
+            &log_path,
+            guard,
+            &pid_file,
+            console.as_deref(),
+        )
     })();
     let wall = started.elapsed();
     let outcome = outcome.unwrap_or_else(|err| Outcome {
         exit_code: None,
         guard_fired: false,
+        guest_lockup: None,
         error: Some(format!("{err:#}")),
     });
     let result = read_cell(context, cell, &results_dir, &outcome, wall);
@@ -722,18 +754,22 @@ fn suite_timeout(context: &Context, suite: &Suite) -> u64 {
 struct Outcome {
     exit_code: Option<i32>,
     guard_fired: bool,
+    /// The guest console's first soft-lockup line, when that stopped the cell.
+    guest_lockup: Option<String>,
     error: Option<String>,
 }
 
 /// Runs a cell's runner with stdout and stderr in one pipe, each line printed with the cell's
 /// label and kept in `log_path`; stops it (SIGTERM, then SIGKILL, and the QEMU it started) if
-/// it outlives `guard`.
+/// it outlives `guard`, or as soon as the guest's `console` reports a soft lockup (a locked
+/// kernel never finishes; waiting for the guard would spend half an hour of CI on it).
 fn run_logged(
     mut command: Command,
     label: &str,
     log_path: &Path,
     guard: Duration,
     pid_file: &Path,
+    console: Option<&Path>,
 ) -> Result<Outcome> {
     let (reader, writer) = std::io::pipe().context("cannot create a pipe")?;
     command
@@ -757,11 +793,25 @@ fn run_logged(
     });
     let deadline = Instant::now() + guard;
     let mut guard_fired = false;
+    let mut guest_lockup = None;
+    let mut polls = 0u64;
     let status = loop {
         match child.try_wait() {
             Ok(Some(status)) => break Some(status),
             Ok(None) => {}
             Err(_) => break None,
+        }
+        polls += 1;
+        // Every 5 s: the console only grows, and a lockup is reported every 20-30 s.
+        if let Some(line) = console
+            .filter(|_| polls.is_multiple_of(20))
+            .and_then(|path| fs::read_to_string(path).ok())
+            .and_then(|text| matrix_report::guest_lockup(&text))
+        {
+            eprintln!("[matrix {label}] the guest kernel locked up: {line}; stopping it");
+            stop(&mut child, pid_file);
+            guest_lockup = Some(line);
+            break child.wait().ok();
         }
         if Instant::now() >= deadline {
             guard_fired = true;
@@ -779,6 +829,7 @@ fn run_logged(
     Ok(Outcome {
         exit_code: status.and_then(|status| status.code()),
         guard_fired,
+        guest_lockup,
         error: None,
     })
 }
@@ -835,6 +886,8 @@ fn read_cell(
     // run-in-guest.sh: 124 timed out, 125 the guest never ran the command.
     let state = if let Some(error) = &outcome.error {
         CellState::NoBoot(error.clone())
+    } else if let Some(line) = &outcome.guest_lockup {
+        CellState::GuestLockup(line.clone())
     } else if outcome.guard_fired || (cell.kernel().is_some() && outcome.exit_code == Some(124)) {
         CellState::TimedOut(timeout)
     } else if !ran {
@@ -869,6 +922,7 @@ fn read_cell(
     let not_reached = match &state {
         CellState::Completed => "the runner never started it".to_owned(),
         CellState::TimedOut(secs) => format!("the cell timed out after {secs} s"),
+        CellState::GuestLockup(_) => "the guest kernel locked up".to_owned(),
         CellState::NoBoot(_) => "the cell did not run".to_owned(),
     };
     let suites = context
@@ -919,5 +973,6 @@ fn read_cell(
         wall,
         state,
         suites,
+        retried_after: None,
     }
 }

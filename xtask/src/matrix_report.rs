@@ -224,6 +224,9 @@ pub enum CellState {
     NoBoot(String),
     /// The whole cell hit its timeout.
     TimedOut(u64),
+    /// The guest kernel locked up (its console's first soft-lockup line): the cell was
+    /// stopped then, not at its timeout.
+    GuestLockup(String),
 }
 
 /// One cell's results.
@@ -237,6 +240,9 @@ pub struct CellResult {
     pub wall: Duration,
     pub state: CellState,
     pub suites: Vec<SuiteResult>,
+    /// Set when a first attempt of the cell was stopped by a guest kernel lockup and the cell
+    /// ran again: that attempt's soft-lockup line and where its logs and console are kept.
+    pub retried_after: Option<String>,
 }
 
 impl CellResult {
@@ -289,10 +295,18 @@ pub fn table(cells: &[CellResult]) -> String {
             CellState::Completed => String::new(),
             CellState::NoBoot(why) => format!(" — CELL FAILED: {why}"),
             CellState::TimedOut(secs) => format!(" — CELL FAILED: timed out after {secs} s"),
+            CellState::GuestLockup(line) => {
+                format!(" — CELL FAILED: the guest kernel locked up: {line}")
+            }
         };
+        let retried = cell
+            .retried_after
+            .as_ref()
+            .map(|why| format!(" — RAN TWICE: the first attempt's guest kernel locked up ({why})"))
+            .unwrap_or_default();
         let _ = writeln!(
             out,
-            "{}: kernel {}, cgroup {}, pid 1 {}{boot}, wall {}{state}",
+            "{}: kernel {}, cgroup {}, pid 1 {}{boot}, wall {}{state}{retried}",
             cell.label,
             cell.kernel,
             cell.layout,
@@ -331,6 +345,9 @@ pub fn failures(cells: &[CellResult]) -> String {
         if let CellState::NoBoot(why) = &cell.state {
             let _ = writeln!(out, "{}: the cell did not run: {why}", cell.label);
         }
+        if let CellState::GuestLockup(line) = &cell.state {
+            let _ = writeln!(out, "{}: the guest kernel locked up: {line}", cell.label);
+        }
         for suite in cell.suites.iter().filter(|suite| suite.failed()) {
             let _ = writeln!(
                 out,
@@ -350,9 +367,31 @@ pub fn failures(cells: &[CellResult]) -> String {
     out
 }
 
+/// The first soft-lockup report in a guest's console, if any: a kernel that spins with
+/// preemption off for 20 s and more (under emulation too) never gets the suites further.
+pub fn guest_lockup(console: &str) -> Option<String> {
+    console
+        .lines()
+        .find(|line| line.contains("watchdog: BUG: soft lockup"))
+        .map(|line| line.trim().to_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_soft_lockup_in_the_console_is_found() {
+        let console = "[  158.1] rcu: INFO: rcu_preempt detected stalls on CPUs/tasks:\n[  184.408721] watchdog: BUG: soft lockup - CPU#0 stuck for 44s! [sigint_ends_the:478]\n[  184.6] watchdog: BUG: soft lockup - CPU#1 stuck for 44s! [headroom:493]\n";
+        assert_eq!(
+            guest_lockup(console).as_deref(),
+            Some("[  184.408721] watchdog: BUG: soft lockup - CPU#0 stuck for 44s! [sigint_ends_the:478]")
+        );
+        assert_eq!(
+            guest_lockup("[    1.0] Linux version 6.1.0\nhvm-run: done\n"),
+            None
+        );
+    }
 
     const FAILED_RUN: &str = "\
 running 3 tests

@@ -13,15 +13,18 @@
 #   HVM_KERNEL   6.1 (default: bookworm's kernel) or 6.12 (bookworm-backports)
 #   HVM_ACCEL    auto (default: kvm if usable, else tcg), kvm or tcg
 #   HVM_MEM (MiB, 2048)  HVM_CPUS (2)  HVM_TIMEOUT (s, 900)  HVM_CACHE (/var/cache/headroom-matrix)
-#   HVM_CONSOLE  file to keep the guest's serial console log in (default: printed on failure)
+#   HVM_CONSOLE  file the guest's serial console is written to, live (default: a temporary
+#                file, printed on failure)
 #   HVM_PIDFILE  file QEMU writes its pid to (lets a caller that must give up kill exactly it)
 set -uo pipefail
 C=${HVM_CACHE:-/var/cache/headroom-matrix}
-[ $# -gt 0 ] || { sed -n '2,18p' "$0" >&2; exit 2; }
+[ $# -gt 0 ] || { sed -n '2,19p' "$0" >&2; exit 2; }
 [ -e $C/rootfs.img ] || { echo "run-in-guest: no image in $C; run build-guest.sh first" >&2; exit 2; }
 K=$(ls -d $C/kernels/${HVM_KERNEL:-6.1}.* 2>/dev/null | sort -V | tail -1)
 [ -n "$K" ] || { echo "run-in-guest: no kernel ${HVM_KERNEL:-6.1}.* in $C/kernels: $(ls $C/kernels)" >&2; exit 2; }
 ctl=$(mktemp -d /tmp/hvm.XXXXXX); qpid=""
+# Written live (a caller can watch it for a kernel lockup), kept when HVM_CONSOLE names it.
+console=${HVM_CONSOLE:-$ctl/console.log}
 cleanup() { [ -n "$qpid" ] && kill "$qpid" 2>/dev/null; rm -rf "$ctl"; }
 trap cleanup EXIT; trap 'exit 130' INT TERM
 
@@ -49,13 +52,13 @@ case $accel in
   tcg) accel=(-accel tcg,thread=multi -cpu max) ;;
   *) echo "run-in-guest: HVM_ACCEL must be auto, kvm or tcg" >&2; exit 2 ;;
 esac
-append="root=/dev/vda rw console=ttyS0 quiet loglevel=4 hvm.run=1 panic=-1"
+append="root=/dev/vda rw console=ttyS0 quiet loglevel=5 hvm.run=1 panic=-1"
 [ "${HVM_INIT:-systemd}" = bare ] && append="$append init=/usr/local/sbin/hvm-init"
 
 qemu-system-x86_64 "${accel[@]}" -smp "${HVM_CPUS:-2}" -m "${HVM_MEM:-2048}" \
   -kernel $K/vmlinux -initrd $K/initrd.img -append "$append" \
   -drive file=$C/rootfs.img,format=raw,if=virtio,snapshot=on "${args[@]}" \
-  -nic none -display none -monitor none -serial file:$ctl/console.log -no-reboot \
+  -nic none -display none -monitor none -serial file:$console -no-reboot \
   ${HVM_PIDFILE:+-pidfile "$HVM_PIDFILE"} &
 qpid=$!
 tail -f -n +1 --pid=$qpid $ctl/out &            # stream CMD's output while it runs
@@ -63,8 +66,7 @@ tmo=${HVM_TIMEOUT:-900}; end=$((SECONDS + tmo))   # wall-clock seconds, however 
 while kill -0 $qpid 2>/dev/null && [ $SECONDS -lt $end ]; do sleep 0.1; done
 timed_out=0; kill -0 $qpid 2>/dev/null && { timed_out=1; kill $qpid; }
 wait $qpid 2>/dev/null; qpid=""; wait
-[ -n "${HVM_CONSOLE:-}" ] && cp $ctl/console.log "$HVM_CONSOLE"
 if [ $timed_out = 1 ]; then echo "run-in-guest: timed out after ${tmo}s" >&2; rc=124
 elif [ -s $ctl/rc ]; then rc=$(cat $ctl/rc)
-else echo "run-in-guest: the guest did not run the command; console log:" >&2; tail -40 $ctl/console.log >&2; rc=125; fi
+else echo "run-in-guest: the guest did not run the command; console log:" >&2; tail -40 $console >&2; rc=125; fi
 exit $rc
