@@ -125,10 +125,13 @@ pub(crate) fn process_counters(tgid: u32, target_id: u64) -> Option<NonNull<Proc
     new_process_counters(tgid, target_id, 0, BPF_NOEXIST as u64)
 }
 
-/// How long a process's exit claim stands (see `programs::process::claim_exit`): every
-/// thread of a process passes its exit within microseconds, long before its pid can be
-/// handed out again.
-pub(crate) const EXIT_CLAIM_NS: u64 = 1_000_000_000;
+/// How long a process's exit claim stands (see `programs::process::claim_exit`). On hardware
+/// every thread of a process passes its exit within milliseconds; an emulated 6.1 guest
+/// (the kernel matrix) spread a killed process's exit_mm flushes over more than the 1 s this
+/// was, and its entry came back with 15 MB in the sums. 10 s costs nothing real: a pid
+/// reused within it only has its entry created on its first event after the claim, from the
+/// address space's absolute counters, so nothing it holds is lost.
+pub(crate) const EXIT_CLAIM_NS: u64 = 10_000_000_000;
 
 /// Whether the exit of process `tgid` was reported within [`EXIT_CLAIM_NS`] (only kernels
 /// without `group_dead` keep claims; there the question does not arise the same way).

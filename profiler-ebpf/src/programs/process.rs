@@ -257,8 +257,9 @@ fn live_threads() -> Option<i32> {
 /// the record's `group_dead` that is the thread that has it; with the other means, every
 /// thread that exits after the last one left `signal->live` (or the map's count) at zero
 /// looks dead too, so the first to swap its time into `EXIT_CLAIMS` wins. A claim older
-/// than a second belongs to an earlier process with the same pid (every thread of a
-/// process passes this tracepoint before its pid can be freed, within microseconds).
+/// than `EXIT_CLAIM_NS` (10 s) belongs to an earlier process with the same pid (every
+/// thread of a process passes this tracepoint before its pid can be freed; a process that
+/// reuses the pid sooner has no entry to report, since none is created within the claim).
 #[inline(always)]
 fn claim_exit(tgid: u32) -> bool {
     if global_u8(&EXIT_MODE) == exit_mode::GROUP_DEAD_FIELD {
