@@ -295,6 +295,49 @@ pub(crate) fn change_live_tasks(
     }
 }
 
+/// A dead process's last release of its resident memory: marked first, so that an rss_stat
+/// update another CPU is making at this moment (a thread of the process flushing its cached
+/// counters on its way out) sees the mark after its own exchange and takes back what it added
+/// (`take_back_if_released`). Without it, that update puts the whole counter back into the
+/// target's sums after the entry is gone, and nothing ever takes it out: an emulated 6.1 guest
+/// (the kernel matrix) left 11 MB of a killed process there about one run in five.
+#[inline(always)]
+pub(crate) fn release_at_exit(target: NonNull<MemoryCounters>, process: NonNull<ProcessCounters>) {
+    // SAFETY: field address within a valid map value. The exchanges in `release_resident` are
+    // sequentially consistent, so this store is seen by any exchange ordered after them.
+    unsafe { core::ptr::write_volatile(&raw mut (*process.as_ptr()).released, 1) };
+    release_resident(target, process);
+}
+
+/// After an update of the process's RSS counter `member`: when the process's exit has
+/// released it meanwhile (see `release_at_exit`), what the counter holds leaves the target's
+/// sums again. Both sides exchange the same field, so each byte is taken out exactly once.
+#[inline(always)]
+pub(crate) fn take_back_if_released(
+    target: *mut MemoryCounters,
+    process: *mut ProcessCounters,
+    member: usize,
+) {
+    // SAFETY: field addresses within valid map values; `member` < COUNT. The caller's
+    // exchange was sequentially consistent, so this read is not moved before it.
+    unsafe {
+        if core::ptr::read_volatile(&raw const (*process).released) == 0 {
+            return;
+        }
+        let field = (&raw mut (*process).counters.rss_bytes)
+            .cast::<i64>()
+            .add(member);
+        let left = atomic_xchg::<i64, { AtomicOrdering::SeqCst }>(field, 0);
+        let counted = counted_part(process, member, left);
+        if counted != 0 {
+            add_signed(
+                (&raw mut (*target).rss_bytes).cast::<i64>().add(member),
+                -counted,
+            );
+        }
+    }
+}
+
 /// Moves a process's resident counters to zero and takes them out of its target's sums.
 #[inline(always)]
 pub(crate) fn release_resident(target: NonNull<MemoryCounters>, process: NonNull<ProcessCounters>) {
@@ -305,7 +348,7 @@ pub(crate) fn release_resident(target: NonNull<MemoryCounters>, process: NonNull
             let field = (&raw mut (*process).counters.rss_bytes)
                 .cast::<i64>()
                 .add(member);
-            let old = atomic_xchg::<i64, { AtomicOrdering::Relaxed }>(field, 0);
+            let old = atomic_xchg::<i64, { AtomicOrdering::SeqCst }>(field, 0);
             let counted = counted_part(process, member, old);
             if counted != 0 {
                 add_signed(

@@ -486,7 +486,10 @@ pub struct ProcessCounters {
     /// fork child, or a process that moved itself into the target, before its exec), and for
     /// which RSS counters the inherited size is known.
     pub inherited: u32,
-    pub _pad: u32,
+    /// 1 once the process's exit has taken its resident memory out of its target's sums (the
+    /// entry is about to go). An rss_stat update racing with that exit on another CPU checks
+    /// it after its own exchange and takes back what it added (see `programs::memory`).
+    pub released: u32,
     /// Resident bytes by [`rss_member`] that the address space had when the process was first
     /// seen on it: pages shared copy-on-write with the parent (or charged where the process
     /// came from), not added to the target's sums. Only the growth beyond them is.

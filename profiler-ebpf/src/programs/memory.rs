@@ -17,7 +17,7 @@ use crate::{
     atomics::add_signed,
     counters::{
         counted_part, existing_process, process_counters, raise_resident_peaks, release_resident,
-        target_counters, window_peaks,
+        take_back_if_released, target_counters, window_peaks,
     },
     maps::MM_OWNERS,
     sampling::sample_fault,
@@ -189,7 +189,7 @@ fn account(
         let process_field = (&raw mut (*process).counters.rss_bytes)
             .cast::<i64>()
             .add(member);
-        let old = atomic_xchg::<i64, { AtomicOrdering::Relaxed }>(process_field, size);
+        let old = atomic_xchg::<i64, { AtomicOrdering::SeqCst }>(process_field, size);
         let delta = counted_change(process, member, old, size);
         if delta != 0 {
             add_signed(
@@ -197,6 +197,9 @@ fn account(
                 delta,
             );
         }
+        // The process's exit may have released its memory on another CPU since this program
+        // found its entry: then this update must not stay in the sums.
+        take_back_if_released(target, process, member);
         if delta > 0 {
             raise_resident_peaks(&raw mut (*process).counters, None);
             raise_resident_peaks(target, window_peaks(target_id));

@@ -28,7 +28,8 @@ use crate::{
     },
     counters::{
         change_live_tasks, existing_process, new_process_counters, process_counters,
-        raise_resident_peaks, release_resident, target_counters, update_both, EXIT_CLAIM_NS,
+        raise_resident_peaks, release_at_exit, release_resident, target_counters, update_both,
+        EXIT_CLAIM_NS,
     },
     events::{emit_mapping, emit_process_start, fill_process_exit},
     helpers::{count_drop, now_ns},
@@ -195,7 +196,7 @@ fn try_sched_process_exit(ctx: &TracePointContext) -> Result<u32, i64> {
     // The address space is going (6.16+) or gone (before, its teardown already counted
     // through `MM_OWNERS`): take what is left of the process's resident memory out of the
     // target, forget its mm so teardown events are not counted again, and free its slot.
-    release_resident(target, process);
+    release_at_exit(target, process);
     // SAFETY: map value pointer from a successful lookup, read before the entry is removed.
     let mm_id = unsafe { (*process.as_ptr()).mm_id };
     let _ = MM_OWNERS.remove(mm_id);
