@@ -137,6 +137,80 @@ fn the_agent_exports_a_container_while_it_lives_and_forgets_it_after() {
     );
 }
 
+/// VmRSS of `pid`, in bytes.
+fn resident_of(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix("VmRSS:"))
+                .and_then(|kib| kib.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(0, |kib| kib * 1024)
+}
+
+/// containerd and CRI-O start every container on cgroup v2 (the agent's too) in a private
+/// cgroup namespace, where /proc/PID/cgroup shows the other containers as `/../..`. A
+/// container that faulted its memory in before the agent started, and is idle since, is
+/// known only from the agent's seeding: it must place that path under the host's mount.
+#[test]
+fn an_idle_container_is_seeded_by_an_agent_in_a_private_cgroup_namespace() {
+    let Some(_guard) = privileged("an_idle_container_is_seeded_by_an_agent_in_a_private") else {
+        return;
+    };
+    // The container first: 48 MiB touched and held, then no page fault until stdin says go.
+    let mut cgroup = common::TestCgroup::new("seeded");
+    let program = workload("spike", false);
+    let mut child = cgroup.spawn(&program, &["48", "8", "10", "-1", "0"]);
+    common::wait_until("the workload to hold its 48 MiB", 20, || {
+        resident_of(child.id()) >= 48 * MIB
+    });
+    let held = resident_of(child.id());
+
+    let mut agent_cgroup = common::TestCgroup::new("agent-ns");
+    let mut agent = Agent::builder()
+        .in_cgroup(&agent_cgroup)
+        .wrapped_in(["unshare", "--cgroup", "--"])
+        .start();
+    // The agent really sees the workload's cgroup from outside: `/../headroom-test-...`.
+    let seen = std::process::Command::new("nsenter")
+        .arg(format!("--cgroup=/proc/{}/ns/cgroup", agent.pid()))
+        .args(["cat", &format!("/proc/{}/cgroup", child.id())])
+        .output()
+        .expect("nsenter");
+    let seen = String::from_utf8_lossy(&seen.stdout).into_owned();
+    let unified = seen
+        .lines()
+        .find_map(|line| line.strip_prefix("0::"))
+        .unwrap_or_else(|| panic!("no cgroup v2 line in {seen:?}"));
+    assert_eq!(unified, format!("/..{}", cgroup.path()), "{seen}");
+
+    let label = format!("container=\"{}\"", cgroup.path());
+    let mut resident = 0.0;
+    common::wait_until("the idle container's seeded resident series", 20, || {
+        resident = series_value(
+            &agent.metrics(),
+            "headroom_container_memory_resident_bytes",
+            &label,
+        )
+        .unwrap_or(0.0);
+        resident >= (48 * MIB) as f64
+    });
+    // From /proc, so within a page or two of what the kernel said before the agent started.
+    assert!(
+        resident <= held as f64 * 1.05,
+        "seeded {resident} for VmRSS {held}"
+    );
+
+    std::io::Write::write_all(&mut child.stdin.take().expect("stdin"), b"go\n")
+        .expect("tell the workload to finish");
+    assert!(child.wait().expect("workload").success());
+    assert!(agent.stop().success());
+    cgroup.remove();
+    agent_cgroup.remove();
+}
+
 #[test]
 fn bad_configuration_names_the_key() {
     let config = Path::new(env!("CARGO_TARGET_TMPDIR")).join("bad-agent.toml");

@@ -27,7 +27,7 @@ use crate::{
     attribution::{
         self, kubernetes::KubernetesError, Attribution, CgroupResolver, KubernetesMeta, PodWatch,
     },
-    cgroups::{CgroupError, Hierarchies},
+    cgroups::{is_outside_namespace, CgroupError, Hierarchies, NamespaceRoot},
     exporters::{ContainerLabels, Metrics, MetricsError},
     probes::{self, DropCounts, ProbeConfig, ProbeError, Probes},
     report::{CaptureReport, ReportMode, TargetKind, TargetReport, REPORT_SCHEMA},
@@ -258,6 +258,10 @@ impl Agent {
 fn seed_running_processes(probes: &mut Probes, hierarchies: &Hierarchies, bound: usize) -> usize {
     let root = Path::new("/");
     let mut by_cgroup: HashMap<u64, Vec<(u32, [i64; 4])>> = HashMap::new();
+    let mut namespace: Option<Result<NamespaceRoot, CgroupError>> = None;
+    // Processes whose cgroup path could not be placed under the mount: the first, and how many.
+    let mut unresolved: Option<(u32, String)> = None;
+    let mut unresolved_count = 0usize;
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return 0;
     };
@@ -272,9 +276,31 @@ fn seed_running_processes(probes: &mut Probes, hierarchies: &Hierarchies, bound:
         let Ok(cgroups) = crate::cgroups::process_cgroups(root, Some(pid)) else {
             continue;
         };
+        let shown = cgroups.unified;
+        let under_mount = if is_outside_namespace(&shown) {
+            // The agent's own cgroup namespace is private (containerd and CRI-O on cgroup v2):
+            // the path is relative to its root, found once.
+            let namespace = namespace.get_or_insert_with(|| {
+                NamespaceRoot::find(&hierarchies.unified, std::process::id())
+            });
+            match namespace
+                .as_ref()
+                .map_err(ToString::to_string)
+                .and_then(|ns| ns.path_under_mount(&shown).map_err(|err| err.to_string()))
+            {
+                Ok(path) => path,
+                Err(reason) => {
+                    unresolved.get_or_insert((pid, reason));
+                    unresolved_count += 1;
+                    continue;
+                }
+            }
+        } else {
+            shown
+        };
         let dir = hierarchies
             .unified
-            .join(cgroups.unified.trim_start_matches('/'));
+            .join(under_mount.trim_start_matches('/'));
         let Ok(id) = crate::cgroups::cgroup_id(&dir) else {
             continue;
         };
@@ -287,6 +313,14 @@ fn seed_running_processes(probes: &mut Probes, hierarchies: &Hierarchies, bound:
         if by_cgroup.len() < bound || by_cgroup.contains_key(&id) {
             by_cgroup.entry(id).or_default().push((pid, rss));
         }
+    }
+    if let Some((pid, reason)) = unresolved {
+        tracing::warn!(
+            processes = unresolved_count,
+            first_pid = pid,
+            %reason,
+            "running processes not seeded: their cgroups are counted from their next page fault"
+        );
     }
     let seeded = by_cgroup.len();
     for (id, processes) in by_cgroup {

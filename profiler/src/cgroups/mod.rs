@@ -4,7 +4,8 @@
 //! - [`mounts`]: where the cgroup2 and v1 memory hierarchies are mounted (mountinfo);
 //! - [`paths`]: a process's cgroups (/proc/PID/cgroup), cgroup ids, user-given cgroup paths;
 //! - [`session`]: the capture session's own cgroup (create, join, kill, remove, leftovers);
-//! - [`charge`]: the v1/v2 memory charge reader and the cgroup memory-file parsers.
+//! - [`charge`]: the v1/v2 memory charge reader and the cgroup memory-file parsers;
+//! - [`namespace`]: paths a private cgroup namespace shows (`/../..`), back under the mount.
 //!
 //! The filesystem root is a parameter, so the parsers run against fixture trees in tests.
 
@@ -16,11 +17,13 @@ use crate::procfs::ProcfsError;
 
 mod charge;
 mod mounts;
+mod namespace;
 mod paths;
 mod session;
 
 pub use charge::{parse_key, parse_number, ChargeReader, ChargeVersion, IntervalPeak};
 pub use mounts::{parse_mountinfo, Hierarchies};
+pub use namespace::{is_outside_namespace, NamespaceRoot};
 pub use paths::{
     cgroup_id, parse_proc_cgroup, process_cgroups, resolve_cgroup_path, ProcessCgroups,
 };
@@ -69,6 +72,18 @@ pub enum CgroupError {
          shows it (the part after `0::`)"
     )]
     UnknownCgroup { path: String, looked_in: PathBuf },
+    #[error(
+        "this process is in a private cgroup namespace (other cgroups show as `/../..`), and \
+         no cgroup under {mount} lists its pid {pid} in cgroup.procs: mount the host's cgroup \
+         root there (hostPath /sys/fs/cgroup, as deploy/headroom.yaml does)"
+    )]
+    NamespaceRootNotFound { mount: PathBuf, pid: u32 },
+    #[error(
+        "cgroup `{shown}` (as /proc/PID/cgroup shows it from a private cgroup namespace rooted at \
+         `{root}` under the mount) lies above the mounted hierarchy: mount the host's cgroup \
+         root (hostPath /sys/fs/cgroup, as deploy/headroom.yaml does), not a namespaced cgroupfs"
+    )]
+    OutsideMount { shown: String, root: String },
     #[error("cannot remove cgroup {path} (processes still inside after killing them)")]
     Remove {
         path: PathBuf,
