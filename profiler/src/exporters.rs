@@ -99,6 +99,8 @@ pub struct Metrics {
     pub ring_events: CounterVec,
     pub containers_tracked: IntGauge,
     pub containers_not_tracked: CounterVec,
+    /// Turned-away targets whose cgroup went, removed from the kernel's map.
+    pub untracked_targets_released: CounterVec,
     /// Gone containers whose retired series were deleted before their retention ended,
     /// because more containers went than the retention holds.
     pub retired_series_dropped: CounterVec,
@@ -301,7 +303,13 @@ impl Metrics {
             containers_not_tracked: counter(
                 registry,
                 "headroom_agent_containers_not_tracked_total",
-                "Containers turned away because max_containers was reached.",
+                "Containers turned away because max_containers was reached (each once).",
+                &[],
+            )?,
+            untracked_targets_released: counter(
+                registry,
+                "headroom_agent_untracked_targets_released_total",
+                "Turned-away containers whose cgroup went, removed from the kernel's target map so that it never fills with them.",
                 &[],
             )?,
             retired_series_dropped: counter(

@@ -5,7 +5,7 @@
 //! `/metrics` and `headroom recommend` over `/api/v1/report` agree by construction.
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::{HashMap, HashSet, VecDeque},
     path::Path,
     time::{Duration, Instant},
 };
@@ -158,6 +158,9 @@ pub struct ContainerTable {
     settings: TableSettings,
     /// Time since the agent started, as of the last tick.
     elapsed: Duration,
+    /// Targets the kernel counts that were turned away (the table was full), each counted
+    /// once. Bounded by the kernel's target map, whose entries they are.
+    turned_away: HashSet<u64>,
 }
 
 impl ContainerTable {
@@ -167,6 +170,7 @@ impl ContainerTable {
             retired: VecDeque::new(),
             settings,
             elapsed: Duration::ZERO,
+            turned_away: HashSet::new(),
         }
     }
 
@@ -206,10 +210,19 @@ impl ContainerTable {
         self.elapsed = elapsed;
         let elapsed_ms = elapsed.as_millis() as u64;
         let mut seen = Vec::new();
+        let mut untracked = Vec::new();
         for (id, counters) in kernel.all_target_counters()? {
-            if !self.track(id, &mut node, pods, metrics) {
+            if !self.track(id, &mut node, pods) {
+                if self.turned_away.insert(id) {
+                    metrics
+                        .containers_not_tracked
+                        .with_label_values(&[] as &[&str])
+                        .inc();
+                }
+                untracked.push(id);
                 continue;
             }
+            self.turned_away.remove(&id);
             seen.push(id);
             if let Some(container) = self.containers.get_mut(&id) {
                 container.rename(pods, metrics);
@@ -225,6 +238,10 @@ impl ContainerTable {
                     .inc_by(count);
             }
         }
+        self.turned_away.retain(|id| untracked.contains(id));
+        if tick.is_multiple_of(SLOW_READ_TICKS) {
+            self.release_gone_untracked(kernel, &mut node, &untracked, metrics)?;
+        }
         self.expire(kernel, node.hierarchies, &seen, metrics, tick)?;
         self.export(metrics, tick);
         self.delete_retired(metrics, None);
@@ -234,22 +251,43 @@ impl ContainerTable {
         Ok(())
     }
 
-    /// Starts tracking a target the kernel counted; false when the table is full.
-    fn track(
+    /// Targets turned away because the table was full stay in the kernel's map, where their
+    /// processes keep them counted (one is tracked as soon as a slot frees). Once a target's
+    /// cgroup is gone nothing would remove its entry, and enough of them would fill the map
+    /// and leave new containers uncounted: they are removed here.
+    fn release_gone_untracked(
         &mut self,
-        id: u64,
+        kernel: &mut dyn KernelView,
         node: &mut NodeFiles<'_>,
-        pods: Option<&PodCache>,
+        untracked: &[u64],
         metrics: &Metrics,
-    ) -> bool {
+    ) -> Result<(), ProbeError> {
+        for &id in untracked {
+            let gone = node.resolver.resolve(id).is_none_or(|path| {
+                !node
+                    .hierarchies
+                    .unified
+                    .join(path.trim_start_matches('/'))
+                    .exists()
+            });
+            if gone {
+                kernel.forget_target(id)?;
+                self.turned_away.remove(&id);
+                metrics
+                    .untracked_targets_released
+                    .with_label_values(&[] as &[&str])
+                    .inc();
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts tracking a target the kernel counted; false when the table is full.
+    fn track(&mut self, id: u64, node: &mut NodeFiles<'_>, pods: Option<&PodCache>) -> bool {
         if self.containers.contains_key(&id) {
             return true;
         }
         if self.containers.len() >= self.settings.max_containers {
-            metrics
-                .containers_not_tracked
-                .with_label_values(&[] as &[&str])
-                .inc();
             return false;
         }
         let path = node.resolver.resolve(id);
@@ -1202,5 +1240,65 @@ mod tests {
                     .map(|m| m.get_counter().get_value())
             });
         assert_eq!(not_tracked, Some(2.0));
+    }
+
+    /// Turned-away targets are counted once each, and a gone one leaves the kernel's map on
+    /// the next slow tick; a live one stays there, to be tracked when a slot frees.
+    #[test]
+    fn targets_past_the_bound_leave_the_kernel_once_their_cgroup_is_gone() {
+        let node = FakeNode::new("bound-gone");
+        let mut resolver = CgroupResolver::new(&node.root, 16);
+        let registry = Registry::new();
+        let metrics = Metrics::new(&registry).expect("metrics");
+        let mut table = ContainerTable::new(TableSettings {
+            max_containers: 1,
+            ..table().settings
+        });
+        let mut kernel = FakeKernel::default();
+        // Two cgroups that exist (the node's own and a second one) and one already gone.
+        let second = node.root.join("second");
+        std::fs::create_dir_all(&second).expect("fixture");
+        let second_id = crate::cgroups::cgroup_id(&second).expect("id");
+        let gone_id = 1_000_001;
+        // The node's own cgroup first, so that it takes the one slot.
+        kernel.set_resident(node.id(), MIB, 0, 1);
+        tick(&mut table, &mut kernel, &node, &mut resolver, &metrics, 1);
+        for id in [second_id, gone_id] {
+            kernel.set_resident(id, MIB, 0, 1);
+        }
+        for number in 2..=SLOW_READ_TICKS {
+            tick(
+                &mut table,
+                &mut kernel,
+                &node,
+                &mut resolver,
+                &metrics,
+                number,
+            );
+        }
+        let counter = |name: &str| {
+            registry
+                .gather()
+                .iter()
+                .find(|family| family.name() == name)
+                .and_then(|family| {
+                    family
+                        .get_metric()
+                        .first()
+                        .map(|m| m.get_counter().get_value())
+                })
+        };
+        assert_eq!(table.len(), 1);
+        assert_eq!(
+            counter("headroom_agent_containers_not_tracked_total"),
+            Some(2.0),
+            "each turned-away target once, not once per tick"
+        );
+        assert!(table.get(node.id()).is_some());
+        assert_eq!(kernel.forgotten, [gone_id], "the live untracked one stays");
+        assert_eq!(
+            counter("headroom_agent_untracked_targets_released_total"),
+            Some(1.0)
+        );
     }
 }
