@@ -18,6 +18,7 @@ pub mod flamegraph;
 pub mod modules;
 pub mod naming;
 pub mod pprof;
+pub mod symbol_copy;
 pub mod unwind;
 
 use std::collections::HashMap;

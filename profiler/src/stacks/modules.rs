@@ -11,8 +11,9 @@
 //! each within [`MAX_UNWIND_SECTION_BYTES`], never the whole file; symbols come from the
 //! ELF symbol tables only, so blazesym follows no `.gnu_debuglink`, `.gnu_debugaltlink` or
 //! `.dwp` name the file gives (those would be host paths), and names no DWARF inlined frames.
-//! Still open (issue 16): blazesym maps the file, so a container that truncates a library
-//! while it is symbolized can raise SIGBUS.
+//! blazesym maps the file it reads, and a container can truncate its library while it is
+//! symbolized (a mapped page past the new end raises SIGBUS): blazesym only ever reads a
+//! sealed private copy of the symbol tables ([`symbol_copy`]).
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -23,6 +24,7 @@ use std::sync::Arc;
 use blazesym::symbolize::{source::Elf, source::Source, Input, Symbolized, Symbolizer};
 use object::{Object, ObjectSection, ObjectSegment};
 
+use super::symbol_copy;
 use crate::procfs::{self, MapsLine};
 
 /// Largest file headroom reads to symbolize or unwind (a size limit on container input).
@@ -56,6 +58,9 @@ pub struct Module {
     pub name: Arc<str>,
     /// Kept open so the file can be read after its process exits.
     file: File,
+    /// The sealed copy of its symbol tables that blazesym reads (None: not a 64-bit ELF, or
+    /// above the copy budget; its frames stay module + offset).
+    symbols_copy: Option<File>,
     pub build_id: Option<String>,
     /// (p_offset, p_vaddr, p_filesz) of each executable PT_LOAD segment, to place the file
     /// in memory.
@@ -84,8 +89,11 @@ impl Module {
         load_bias(&self.exec_segments, start, file_offset)
     }
 
-    fn path(&self) -> PathBuf {
-        PathBuf::from(format!("/proc/self/fd/{}", self.file.as_raw_fd()))
+    /// The path blazesym reads: the sealed copy, never the container's file.
+    fn symbols_path(&self) -> Option<PathBuf> {
+        self.symbols_copy
+            .as_ref()
+            .map(|copy| PathBuf::from(format!("/proc/self/fd/{}", copy.as_raw_fd())))
     }
 }
 
@@ -219,9 +227,9 @@ impl ModuleCache {
             .copied()
             .filter(|offset| !module.symbols.contains_key(offset))
             .collect();
-        if !missing.is_empty() {
+        if let (false, Some(path)) = (missing.is_empty(), module.symbols_path()) {
             let symbolizer = self.symbolizer.get_or_insert_with(hardened_symbolizer);
-            let mut elf = Elf::new(module.path());
+            let mut elf = Elf::new(path);
             // ELF symbols only: no DWARF, so no .gnu_debuglink, .gnu_debugaltlink or .dwp
             // lookups. A container's binary names those files; blazesym would open them as
             // host paths (an absolute link, /usr/lib/debug, the directory /proc/self/fd
@@ -337,15 +345,17 @@ fn open_module(file: File, name: Arc<str>) -> Option<Module> {
     if size > MAX_MODULE_BYTES {
         return None;
     }
-    let fd_path = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
-    let build_id = blazesym::helper::read_elf_build_id(&fd_path)
-        .ok()
-        .flatten()
+    let symbols_copy = symbol_copy::copy_for_symbols(&file, size);
+    let build_id = symbols_copy
+        .as_ref()
+        .map(|copy| PathBuf::from(format!("/proc/self/fd/{}", copy.as_raw_fd())))
+        .and_then(|path| blazesym::helper::read_elf_build_id(&path).ok().flatten())
         .map(|id| id.iter().map(|byte| format!("{byte:02x}")).collect());
     let exec_segments = read_exec_segments(&file).unwrap_or_default();
     Some(Module {
         name,
         file,
+        symbols_copy,
         build_id,
         exec_segments,
         symbols: HashMap::new(),
@@ -405,6 +415,77 @@ fn read_unwind_sections(file: &File) -> Option<UnwindSections> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// File offsets of two functions of a library, from its dynamic symbols.
+    fn function_offsets(path: &Path, names: [&str; 2]) -> [u64; 2] {
+        use object::{Object as _, ObjectSymbol as _};
+        let data = std::fs::read(path).expect("read the library");
+        let elf = object::File::parse(&*data).expect("an ELF");
+        names.map(|wanted| {
+            let symbol = elf
+                .dynamic_symbols()
+                .find(|symbol| symbol.name() == Ok(wanted))
+                .unwrap_or_else(|| panic!("{wanted} in {}", path.display()));
+            let segment = elf
+                .segments()
+                .find(|segment| {
+                    (segment.address()..segment.address() + segment.size())
+                        .contains(&symbol.address())
+                })
+                .expect("a segment");
+            symbol.address() - segment.address() + segment.file_range().0
+        })
+    }
+
+    /// A container can truncate a library while headroom symbolizes it. blazesym maps what
+    /// it reads: reading the container's file, a truncation during a lookup raises SIGBUS
+    /// (which kills the agent), and after one the file is gone for good (measured: the second
+    /// lookup named nothing). blazesym reads a sealed copy taken when the module was opened.
+    #[test]
+    fn a_library_truncated_between_two_symbolizations_is_still_named() {
+        let libc_path = std::fs::read_to_string("/proc/self/maps")
+            .expect("maps")
+            .lines()
+            .filter_map(|line| line.split_whitespace().nth(5))
+            .find(|path| path.contains("/libc.so"))
+            .map(PathBuf::from)
+            .expect("this test links glibc");
+        let root = std::env::temp_dir().join(format!("headroom-truncate-{}", std::process::id()));
+        let bin = root.join("proc/42/root/lib");
+        std::fs::create_dir_all(&bin).expect("fixture");
+        let copy = bin.join("libc.so.6");
+        std::fs::copy(&libc_path, &copy).expect("copy libc");
+        std::fs::write(
+            root.join("proc/42/maps"),
+            "7f0000000000-7f0000100000 r-xp 00000000 fe:01 97 /lib/libc.so.6\n",
+        )
+        .expect("fixture");
+        let [malloc, free] = function_offsets(&copy, ["malloc", "free"]);
+        let mut cache = ModuleCache::new();
+        let mappings = cache.snapshot_process(&root, 42);
+        assert_eq!(mappings[0].module, Some(0));
+        let first = cache.symbolize(0, &[malloc]);
+        assert!(
+            first[0]
+                .as_deref()
+                .is_some_and(|name| name.contains("malloc")),
+            "{first:?}"
+        );
+        // The container truncates the file to one page.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&copy)
+            .and_then(|file| file.set_len(4096))
+            .expect("truncate");
+        let second = cache.symbolize(0, &[free]);
+        assert!(
+            second[0]
+                .as_deref()
+                .is_some_and(|name| name.contains("free")),
+            "{second:?}"
+        );
+        let _ = std::fs::remove_dir_all(&root);
+    }
 
     #[test]
     fn load_bias_places_lld_and_gnu_ld_text_segments() {
