@@ -14,9 +14,14 @@ use profiler_common::{
 pub(crate) static TARGET_COUNTERS: HashMap<u64, MemoryCounters> =
     HashMap::with_max_entries(capacity::TARGETS, 0);
 
+/// `BPF_F_NO_PREALLOC`: entries are allocated when a process is first seen (a rare event), so
+/// a map sized for every task the kernel allows costs only what its live processes use.
+const NO_PREALLOC: u32 = aya_ebpf::bindings::BPF_F_NO_PREALLOC;
+
+/// Never LRU (see `capacity::PROCESSES`): an entry leaves at its process's exit.
 #[map]
-pub(crate) static PROCESS_COUNTERS: LruHashMap<u32, ProcessCounters> =
-    LruHashMap::with_max_entries(capacity::PROCESSES, 0);
+pub(crate) static PROCESS_COUNTERS: HashMap<u32, ProcessCounters> =
+    HashMap::with_max_entries(capacity::PROCESSES, NO_PREALLOC);
 
 /// LRU so that an entry whose syscall exit never came (a task killed mid-call) ages out
 /// instead of filling the map over the months an agent runs.
@@ -33,9 +38,10 @@ pub(crate) static TRACKED_CGROUPS: HashMap<u64, u8> =
 pub(crate) static TRACKED_TGIDS: HashMap<u32, u64> =
     HashMap::with_max_entries(capacity::TRACKED_TGIDS, 0);
 
+/// Never LRU: an entry leaves with its process's entry (exit, exec).
 #[map]
-pub(crate) static MM_OWNERS: LruHashMap<u32, MmOwner> =
-    LruHashMap::with_max_entries(capacity::MM_OWNERS, 0);
+pub(crate) static MM_OWNERS: HashMap<u32, MmOwner> =
+    HashMap::with_max_entries(capacity::MM_OWNERS, NO_PREALLOC);
 
 #[map]
 pub(crate) static WINDOW_PEAKS: HashMap<WindowKey, WindowPeaks> =

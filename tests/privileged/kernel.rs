@@ -395,3 +395,109 @@ fn a_process_moved_between_cgroups_takes_its_memory_along() {
         "the second cgroup's peak {to_peak} holds the 64 MiB that moved and the 32 it made"
     );
 }
+
+/// VmRSS of `pid` in bytes (0 once it is gone).
+fn vm_rss(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix("VmRSS:"))
+                .and_then(|kib| kib.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(0, |kib| kib * 1024)
+}
+
+/// More processes than the process map holds (shrunk to 12 here), every one of them faulting
+/// all the time. An LRU map evicted live processes: each came back at its next fault with its
+/// whole memory added to the target again, and the sum grew without bound. Now the map keeps
+/// the processes it holds until they exit, counts them exactly, and counts each event of the
+/// others as a drop: the target's sum never exceeds what its processes hold.
+#[test]
+fn more_processes_than_the_map_holds_are_counted_as_drops_never_twice() {
+    let Some(_guard) = privileged("more_processes_than_the_map_holds") else {
+        return;
+    };
+    const HELD: usize = 12;
+    const PROCESSES: usize = 24;
+    let mut probes = Probes::load(&ProbeConfig {
+        max_processes: HELD as u32,
+        ..ProbeConfig::default()
+    })
+    .expect("load");
+    let mut cgroup = TestCgroup::new("overflow");
+    let target = std::fs::metadata(unified_dir(&cgroup))
+        .expect("cgroup")
+        .ino();
+    probes.track_cgroup(target).expect("track");
+    let drops_before = probes.drops().expect("drops").process_map_full;
+    let program = workload("churn", false);
+    // 8 MiB held, 256 KiB mapped, touched and unmapped every 20 ms.
+    let mut children: Vec<ChildGuard> = (0..PROCESSES)
+        .map(|_| {
+            let mut child = cgroup.spawn(&program, &["8", "256", "20"]);
+            let mut ready = String::new();
+            std::io::BufRead::read_line(
+                &mut std::io::BufReader::new(child.stdout.as_mut().expect("stdout")),
+                &mut ready,
+            )
+            .expect("ready");
+            ChildGuard(child)
+        })
+        .collect();
+    let pids: Vec<u32> = children.iter().map(|child| child.0.id()).collect();
+
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut samples = 0;
+    while Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(500));
+        let counted = probes
+            .target_counters(target)
+            .expect("read")
+            .expect("counted")
+            .resident_bytes()
+            .max(0) as u64;
+        let held: u64 = pids.iter().map(|&pid| vm_rss(pid)).sum();
+        assert!(
+            counted as f64 <= held as f64 * 1.05,
+            "sample {samples}: the target counts {} MiB, its processes hold {} MiB",
+            counted / MIB,
+            held / MIB
+        );
+        // The processes the map holds are counted exactly (each to within its churn region).
+        let entries = probes.live_processes().expect("entries");
+        let in_map: Vec<u32> = entries
+            .iter()
+            .filter(|(_, process)| process.target_id == target)
+            .map(|(tgid, _)| *tgid)
+            .collect();
+        assert!(in_map.len() <= HELD, "{} entries", in_map.len());
+        let held_by_mapped: u64 = in_map.iter().map(|&pid| vm_rss(pid)).sum();
+        let slack = in_map.len() as u64 * 256 * 1024 + 2 * MIB;
+        assert!(
+            counted.abs_diff(held_by_mapped) <= slack,
+            "sample {samples}: counted {counted}, the {} processes in the map hold {held_by_mapped}",
+            in_map.len()
+        );
+        samples += 1;
+    }
+    assert!(samples >= 10, "{samples} samples");
+    let dropped = probes.drops().expect("drops").process_map_full - drops_before;
+    assert!(
+        dropped > 0,
+        "the processes the map could not hold are counted"
+    );
+
+    for child in &mut children {
+        let _ = child.0.kill();
+        let _ = child.0.wait();
+    }
+    drop(children);
+    common::wait_until("every entry to go with its process", 10, || {
+        probes
+            .kernel_entries(target)
+            .is_ok_and(|entries| (entries.processes, entries.address_space_owners) == (0, 0))
+    });
+    cgroup.remove();
+}

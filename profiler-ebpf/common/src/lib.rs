@@ -261,16 +261,22 @@ pub const FIXED_FIELDS: [FixedField; 29] = [
 pub mod capacity {
     /// Targets (cgroups or process trees) counted at once.
     pub const TARGETS: u32 = 4096;
-    /// Processes counted at once. LRU: the least recently active entry is evicted when full.
-    pub const PROCESSES: u32 = 16384;
+    /// Most processes counted at once; the loader lowers it to the kernel's own limit on tasks
+    /// (`kernel.pid_max`, `kernel.threads-max`) where that is smaller, so on most nodes every
+    /// process fits. A plain hash map without preallocation, never LRU: kernel memory for live
+    /// entries only (plus 16 bytes a bucket), and no live process is ever evicted (an evicted
+    /// process's memory stayed in its target's sums and came back at its next page fault). A
+    /// process past it is not counted, and that is a `process_map_full` drop.
+    pub const PROCESSES: u32 = 131_072;
     /// Syscalls in flight between entry and exit (one per thread at most). LRU.
     pub const PENDING_CALLS: u32 = 8192;
     /// Cgroups a capture session can select.
     pub const TRACKED_CGROUPS: u32 = 1024;
     /// Processes a `--pid` capture follows (the root and its descendants).
     pub const TRACKED_TGIDS: u32 = 16384;
-    /// mm_id to process, for rss_stat events raised outside the process (reclaim). LRU.
-    pub const MM_OWNERS: u32 = 16384;
+    /// mm_id to process, for rss_stat events raised outside the process (reclaim). One per
+    /// counted process at most: sized and allocated like `PROCESSES`.
+    pub const MM_OWNERS: u32 = PROCESSES;
     /// Ring buffer for process, mapping, OOM and stack-sample events. Power of two, multiple of
     /// the page size.
     pub const EVENTS_BYTES: u32 = 4 * 1024 * 1024;

@@ -18,7 +18,6 @@ use std::{
 };
 
 pub use config::{AgentConfig, ConfigError, ConfigFile};
-use profiler_common::capacity;
 use prometheus::Registry;
 use thiserror::Error;
 use tokio::signal::unix::{signal, SignalKind};
@@ -323,7 +322,10 @@ fn seed_running_processes(probes: &mut Probes, hierarchies: &Hierarchies, bound:
         );
     }
     let seeded = by_cgroup.len();
-    for (id, processes) in by_cgroup {
+    for (id, mut processes) in by_cgroup {
+        // A process that exited since its /proc read would stay counted (no program runs
+        // yet to see its exit): seed only those still there.
+        processes.retain(|(pid, _)| root.join(format!("proc/{pid}")).exists());
         if let Err(err) = probes.seed_resident(id, &processes) {
             tracing::warn!(cgroup_id = id, error = %err, "seeding running processes failed");
         }
@@ -431,7 +433,10 @@ impl Agent {
             self.metrics
                 .map_fill_ratio
                 .with_label_values(&["processes"])
-                .set(self.probes.process_entries() as f64 / f64::from(capacity::PROCESSES));
+                .set(
+                    self.probes.process_entries() as f64
+                        / f64::from(self.probes.process_capacity().max(1)),
+                );
         }
         for (program, run_time, runs) in self.probes.program_stats() {
             let (time_before, runs_before) =
@@ -454,9 +459,12 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
     let hierarchies = Hierarchies::discover(Path::new("/"))?;
     let registry = Registry::new();
     let metrics = Arc::new(Metrics::new(&registry)?);
+    // Seeded before the programs run: the agent counts every cgroup, so once attached the
+    // kernel updates the very sums seeding writes.
     let mut probes = load_probes(&config)?;
     let seeded = seed_running_processes(&mut probes, &hierarchies, config.max_containers);
     tracing::info!(cgroups = seeded, "running processes seeded from /proc");
+    probes.attach()?;
     let mut events = probes
         .take_event_stream()?
         .ok_or(ProbeError::MissingMap(profiler_common::map::EVENTS))?;
@@ -547,8 +555,9 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
 }
 
 /// The probes as the agent runs them: every cgroup, no syscall tracing, no kernel windows.
+/// Loaded, not attached (see `run`).
 fn load_probes(config: &AgentConfig) -> Result<Probes, ProbeError> {
-    Probes::load(&ProbeConfig {
+    Probes::load_unattached(&ProbeConfig {
         trace_all_cgroups: true,
         track_regions: false,
         // The agent keeps its own per-interval maxima; kernel windows would be wasted work.

@@ -127,7 +127,7 @@ pub struct ProbeConfig {
     pub trace_syscalls: bool,
     /// Targets counted at once.
     pub max_targets: u32,
-    /// Processes counted at once (LRU).
+    /// Processes counted at once (and address spaces known): see `capacity::PROCESSES`.
     pub max_processes: u32,
     /// Size of the ring buffer for rare events (a power of two, at least one page).
     pub events_bytes: u32,
@@ -159,7 +159,7 @@ impl Default for ProbeConfig {
             track_windows: true,
             trace_syscalls: true,
             max_targets: capacity::TARGETS,
-            max_processes: capacity::PROCESSES,
+            max_processes: preflight::process_capacity(Path::new("/")),
             events_bytes: capacity::EVENTS_BYTES,
             stack_snapshots: false,
             exit_tracking: ExitTrackingChoice::Auto,
@@ -174,6 +174,10 @@ pub use view::{FakeKernel, KernelView};
 /// The loaded and attached probes, with typed handles on their maps.
 pub struct Probes {
     // Field order matters for drop: the maps close first, then `ebpf` detaches the programs.
+    /// Whether [`Probes::attach`] attaches the syscalls:* tracepoints.
+    attach_syscalls: bool,
+    /// Size of the process map (see [`ProbeConfig::max_processes`]).
+    max_processes: u32,
     target_counters: HashMap<MapData, u64, MemoryCounters>,
     process_counters: HashMap<MapData, u32, ProcessCounters>,
     pending_calls: HashMap<MapData, u64, PendingCall>,
@@ -234,6 +238,14 @@ impl KernelGlobals {
 impl Probes {
     /// Checks privileges and kernel features, loads the object and attaches every program.
     pub fn load(config: &ProbeConfig) -> Result<Self, ProbeError> {
+        let mut probes = Self::load_unattached(config)?;
+        probes.attach()?;
+        Ok(probes)
+    }
+
+    /// [`Probes::load`] without attaching: the maps can be written (the agent's seeding, see
+    /// [`Probes::seed_resident`]) while no program runs. [`Probes::attach`] starts them.
+    pub fn load_unattached(config: &ProbeConfig) -> Result<Self, ProbeError> {
         let started = std::time::Instant::now();
         let mut features = preflight::check(
             Path::new("/"),
@@ -289,6 +301,7 @@ impl Probes {
             .override_global(global::OOM_SHMEM_RSS_OFFSET, &oom_shmem, true)
             .map_max_entries(map::TARGET_COUNTERS, config.max_targets)
             .map_max_entries(map::PROCESS_COUNTERS, config.max_processes)
+            .map_max_entries(map::MM_OWNERS, config.max_processes)
             .map_max_entries(map::EVENTS, config.events_bytes)
             .load(EBPF_OBJECT)
             .map_err(|err| match preflight::explain_load_error(&err) {
@@ -354,23 +367,14 @@ impl Probes {
             }
             return Err(first);
         }
-        for (name, category, event) in wanted() {
-            tracepoint_mut(&mut ebpf, name)?
-                .attach(category, event)
-                .map_err(|source| ProbeError::Attach {
-                    name,
-                    category,
-                    event,
-                    source: Box::new(source),
-                })?;
-        }
-
         tracing::info!(
             programs = TRACEPOINTS.len(),
             elapsed_ms = started.elapsed().as_millis() as u64,
-            "probes loaded and attached"
+            "probes loaded"
         );
         Ok(Self {
+            attach_syscalls: config.trace_syscalls,
+            max_processes: config.max_processes,
             target_counters: take_map(&mut ebpf, map::TARGET_COUNTERS)?,
             process_counters: take_map(&mut ebpf, map::PROCESS_COUNTERS)?,
             pending_calls: take_map(&mut ebpf, map::PENDING_CALLS)?,
@@ -387,6 +391,26 @@ impl Probes {
             features,
             ebpf,
         })
+    }
+
+    /// Attaches every loaded program: from here on the kernel counts.
+    pub fn attach(&mut self) -> Result<(), ProbeError> {
+        let attach_syscalls = self.attach_syscalls;
+        for (name, category, event) in TRACEPOINTS
+            .into_iter()
+            .filter(|(_, category, _)| *category != "syscalls" || attach_syscalls)
+        {
+            tracepoint_mut(&mut self.ebpf, name)?
+                .attach(category, event)
+                .map_err(|source| ProbeError::Attach {
+                    name,
+                    category,
+                    event,
+                    source: Box::new(source),
+                })?;
+        }
+        tracing::info!("probes attached");
+        Ok(())
     }
 
     /// What the kernel offered at load, and what falls back (see [`preflight::KernelFeatures`]).
@@ -484,9 +508,10 @@ impl Probes {
     }
 
     /// Seeds the resident memory of processes that were running before tracking began, so an
-    /// idle one is counted before its next page fault. Must run before the target is tracked:
-    /// the kernel does not touch an untracked target's entries, so nothing races with these
-    /// writes. `processes` are (tgid, rss by `rss_member`).
+    /// idle one is counted before its next page fault. Must run before the target is tracked
+    /// (captures) or before the probes are attached (the agent counts every cgroup: it loads
+    /// with [`Probes::load_unattached`]): then nothing in the kernel races with these writes.
+    /// `processes` are (tgid, rss by `rss_member`).
     pub fn seed_resident(
         &mut self,
         target_id: u64,
@@ -566,6 +591,11 @@ impl Probes {
                 source: Box::new(source),
             }),
         }
+    }
+
+    /// Size of the process map, as loaded.
+    pub fn process_capacity(&self) -> u32 {
+        self.max_processes
     }
 
     /// Entries in the process table (for its fill ratio).

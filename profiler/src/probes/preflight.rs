@@ -269,6 +269,22 @@ fn error_chain(err: &dyn std::error::Error) -> String {
     text
 }
 
+/// How many processes the process map holds: `capacity::PROCESSES`, or the kernel's own limit
+/// on tasks where that is smaller (no process id reaches `kernel.pid_max`, no node runs more
+/// tasks than `kernel.threads-max`), so that the map can hold every process there is.
+pub fn process_capacity(root: &Path) -> u32 {
+    let limit = |name: &str| {
+        std::fs::read_to_string(root.join("proc/sys/kernel").join(name))
+            .ok()
+            .and_then(|text| text.trim().parse::<u32>().ok())
+            .filter(|&value| value > 0)
+            .unwrap_or(u32::MAX)
+    };
+    profiler_common::capacity::PROCESSES
+        .min(limit("pid_max"))
+        .min(limit("threads-max"))
+}
+
 /// Whether the kernel exposes its own BTF (needed for stack snapshots).
 pub fn has_btf(root: &Path) -> bool {
     root.join("sys/kernel/btf/vmlinux").exists()
