@@ -14,6 +14,27 @@ use crate::{
     maps::EVENTS,
 };
 
+/// How a record is submitted: without waking the reader, unless the ring is a quarter full.
+/// A wakeup is an interrupt the kernel raises on this CPU; in a virtual machine (where most
+/// nodes run) that is a VM exit, and it was most of what a process start or exit cost: about
+/// 8 µs and 9.5 µs per run on this project's VM, 1.7 µs and 1.3 µs without (BPF run-time
+/// statistics, 3,000 fork+exec+exit of /bin/true). User space reads the ring every 100 ms
+/// anyway (`EventStream::next_batch`); a burst that fills a quarter of it wakes the reader at
+/// once, before the ring overflows.
+#[inline(always)]
+pub(crate) fn submit_flags() -> u64 {
+    use aya_ebpf::bindings::{
+        BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, BPF_RB_RING_SIZE,
+    };
+    let waiting = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
+    let size = EVENTS.query(BPF_RB_RING_SIZE as u64);
+    if waiting.saturating_mul(4) >= size {
+        BPF_RB_FORCE_WAKEUP as u64
+    } else {
+        BPF_RB_NO_WAKEUP as u64
+    }
+}
+
 pub(crate) fn emit_process_start(tgid: u32, parent_tgid: u32, target_id: u64) {
     let Some(mut entry) = EVENTS.reserve::<ProcessStartEvent>(0) else {
         count_drop(drop_reason::RINGBUF_FULL);
@@ -32,7 +53,7 @@ pub(crate) fn emit_process_start(tgid: u32, parent_tgid: u32, target_id: u64) {
         (*event)._pad = 0;
         (*event).comm = bpf_get_current_comm().unwrap_or_default();
     }
-    entry.submit(0);
+    entry.submit(submit_flags());
 }
 
 /// Fills a process exit event in place (it is too large for the BPF stack) with the final
@@ -86,5 +107,5 @@ pub(crate) fn emit_mapping(tgid: u32, target_id: u64, op: u32, args: [u64; 6]) {
         new_addr,
         new_len,
     });
-    entry.submit(0);
+    entry.submit(submit_flags());
 }

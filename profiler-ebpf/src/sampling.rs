@@ -21,6 +21,7 @@ use profiler_common::{
 use crate::{
     atomics::add,
     config::{flag_set, STACK_SNAPSHOTS},
+    events::submit_flags,
     helpers::{count_drop, now_ns},
     maps::{EVENTS, SAMPLED_TARGETS, SAMPLING_ACTIVE},
 };
@@ -145,7 +146,7 @@ fn emit_stack_sample(ctx: &TracePointContext, origin: &SampleOrigin, snapshot: b
             fill_sample(ctx, sample, origin);
             copy_user_stack(sample, &raw mut (*event).snapshot);
         }
-        entry.submit(0);
+        entry.submit(submit_flags());
     } else {
         let Some(mut entry) = EVENTS.reserve::<StackSampleEvent>(0) else {
             count_drop(drop_reason::RINGBUF_FULL);
@@ -153,7 +154,7 @@ fn emit_stack_sample(ctx: &TracePointContext, origin: &SampleOrigin, snapshot: b
         };
         // SAFETY: as above.
         unsafe { fill_sample(ctx, entry.as_mut_ptr(), origin) };
-        entry.submit(0);
+        entry.submit(submit_flags());
     }
 }
 

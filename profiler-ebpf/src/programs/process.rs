@@ -31,7 +31,7 @@ use crate::{
         raise_resident_peaks, release_at_exit, release_resident, target_counters, update_both,
         EXIT_CLAIM_NS,
     },
-    events::{emit_mapping, emit_process_start, fill_process_exit},
+    events::{emit_mapping, emit_process_start, fill_process_exit, submit_flags},
     helpers::{count_drop, now_ns},
     maps::{EVENTS, EXIT_CLAIMS, MM_OWNERS, PROCESS_COUNTERS, TRACKED_TGIDS},
     targets::{current_target, target_of},
@@ -189,7 +189,7 @@ fn try_sched_process_exit(ctx: &TracePointContext) -> Result<u32, i64> {
     match EVENTS.reserve::<ProcessExitEvent>(0) {
         Some(mut entry) => {
             fill_process_exit(entry.as_mut_ptr(), tgid, target_id, process);
-            entry.submit(0);
+            entry.submit(submit_flags());
         }
         None => count_drop(drop_reason::RINGBUF_FULL),
     }

@@ -726,7 +726,9 @@ impl Probes {
                 // the same one from as_raw_fd; the AsyncFd takes ownership of the RingBuf.
                 let ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
                     .map_err(|err| ProbeError::RingBufPoll(err.into()))?;
-                Ok(Some(EventStream { ring }))
+                let mut poll = tokio::time::interval(EVENT_POLL_INTERVAL);
+                poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                Ok(Some(EventStream { ring, poll }))
             }
             None => Ok(None),
         }
@@ -804,20 +806,30 @@ where
 /// Rare events from the kernel, decoded.
 pub struct EventStream {
     ring: AsyncFd<RingBuf<MapData>>,
+    /// Keeps its schedule when `next_batch` is cancelled (callers select on it beside their
+    /// own ticks), so the ring is read every interval however often they tick.
+    poll: tokio::time::Interval,
 }
 
+/// How often the ring buffer is read without a wakeup. The programs submit without waking
+/// the reader (a wakeup costs a VM exit per record) unless the ring is a quarter full
+/// (`profiler-ebpf/src/events.rs`), so this is the latency of a rare event.
+pub const EVENT_POLL_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
+
 impl EventStream {
-    /// Waits until events are ready, then decodes all that are, in order. Records that fail to
-    /// decode are returned as errors, not skipped.
+    /// Waits until events are ready (a wakeup, or [`EVENT_POLL_INTERVAL`]), then decodes all
+    /// that are, in order (possibly none). Records that fail to decode are returned as errors,
+    /// not skipped.
     pub async fn next_batch(&mut self) -> Result<Vec<Result<ProbeEvent, DecodeError>>, ProbeError> {
-        let mut guard = self
-            .ring
-            .readable_mut()
-            .await
-            .map_err(ProbeError::RingBufPoll)?;
-        let batch = drain(guard.get_inner_mut());
-        guard.clear_ready();
-        Ok(batch)
+        tokio::select! {
+            ready = self.ring.readable_mut() => {
+                let mut guard = ready.map_err(ProbeError::RingBufPoll)?;
+                let batch = drain(guard.get_inner_mut());
+                guard.clear_ready();
+                Ok(batch)
+            }
+            _ = self.poll.tick() => Ok(drain(self.ring.get_mut())),
+        }
     }
 
     /// Decodes whatever is already in the ring buffer without waiting.
