@@ -77,6 +77,8 @@ fn try_mark_victim(ctx: &TracePointContext) -> Result<u32, i64> {
         details,
         _pad: 0,
     });
-    entry.submit(0);
+    // Rare, and read while the victim is still there (user space names it from /proc): the
+    // reader is woken at once, unlike for the other records (see `events::submit_flags`).
+    entry.submit(aya_ebpf::bindings::BPF_RB_FORCE_WAKEUP as u64);
     Ok(0)
 }
