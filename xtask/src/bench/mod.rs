@@ -213,6 +213,21 @@ const OUTRO: &str = "## Open problem: idle agent CPU with hundreds of containers
     directories open (`openat` from a directory descriptor skips the path walk); and spread the \
     every-10-ticks reads over the ticks (a tenth of the containers each) so that they are not one \
     burst.\n\n\
+    ## Open problem: page faults cost the agent 11 to 27 %\n\n\
+    The overhead section's page-fault storms keep 0.89 (`--vm`, one worker rewriting 256 MiB) \
+    and 0.73 (pure: 64 MiB mapped afresh, each page written once with non-temporal stores, \
+    unmapped, over and over) of their throughput with the agent attached, against targets of \
+    0.95 and 0.97; `--mmap` keeps 0.84 and `--brk` 0.89. The probe table says where it goes: \
+    in the pure storm `rss_stat` runs about 1.7 million times in 5 s at about 270 ns, 9 % of a \
+    core, while the storm loses 27 %: about two thirds of the cost is outside the program, in \
+    the classic tracepoint path that runs it (the perf trace record is built, the `mm` hashed \
+    and the counter read for every event, then the program is called through the perf \
+    layer). Ways out, not done yet: attach to the raw tracepoint (`raw_tp`/`tp_btf`: the \
+    program gets the `mm` pointer and the member, no record is built, and the `mm` pointer is a \
+    64-bit key instead of a 32-bit hash); in the program, raise the per-process marks only in \
+    captures (the agent exports per-container marks only) and the target's marks on growth \
+    past a quantum; or keep per-CPU deltas that user space folds each tick, and take exact \
+    container peaks from the cgroup's own high-water marks.\n\n\
     ## Process starts and exits: what the ring buffer's wakeups cost\n\n\
     Until 1741ff9 `task_newtask` and `sched_process_exit` cost about 15 to 32 µs per run for \
     a new or exiting process, against 300 to 450 ns for a thread. Most of it was the ring \

@@ -40,14 +40,7 @@ pub(super) const WORKLOADS: [Workload; 7] = [
     Workload {
         name: "stress-ng --vm write64nt (pure page-fault storm)",
         short: "pure faults",
-        args: &[
-            "--vm",
-            "1",
-            "--vm-bytes",
-            "64M",
-            "--vm-method",
-            "write64nt",
-        ],
+        args: &["--vm", "1", "--vm-bytes", "64M", "--vm-method", "write64nt"],
         target_loss: 0.03,
     },
     // Process start and exit paths (issue 14): fork, exec and exit as fast as they go.
@@ -83,10 +76,30 @@ pub(super) const WORKLOADS: [Workload; 7] = [
     },
 ];
 
+/// Stressors stress-ng refuses to run as root ("unsupported"): run as nobody, with its
+/// temporary files in the temporary directory.
+const UNPRIVILEGED_STRESSORS: [&str; 1] = ["--exec"];
+
 /// Runs one stress-ng stressor and returns its bogo-ops per second (real time).
 fn stress(args: &[&str], seconds: u64) -> Result<f64> {
-    let yaml = std::env::temp_dir().join(format!("headroom-bench-{}.yaml", std::process::id()));
-    let status = Command::new("stress-ng")
+    let temp = std::env::temp_dir();
+    let yaml = temp.join(format!("headroom-bench-{}.yaml", std::process::id()));
+    let mut command = if args.iter().any(|arg| UNPRIVILEGED_STRESSORS.contains(arg)) {
+        let mut setpriv = Command::new("setpriv");
+        setpriv
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "stress-ng",
+            ])
+            .arg("--temp-path")
+            .arg(&temp);
+        setpriv
+    } else {
+        Command::new("stress-ng")
+    };
+    let status = command
         .args(args)
         .args(["--timeout", &format!("{seconds}s"), "--metrics", "--yaml"])
         .arg(&yaml)
