@@ -162,11 +162,12 @@ fn an_idle_container_is_seeded_by_an_agent_in_a_private_cgroup_namespace() {
     // The container first: 48 MiB touched and held, then no page fault until stdin says go.
     let mut cgroup = common::TestCgroup::new("seeded");
     let program = workload("spike", false);
-    let mut child = cgroup.spawn(&program, &["48", "8", "10", "-1", "0"]);
+    // Killed on a failed assertion, before its cgroup is removed.
+    let mut child = common::ChildGuard(cgroup.spawn(&program, &["48", "8", "10", "-1", "0"]));
     common::wait_until("the workload to hold its 48 MiB", 20, || {
-        resident_of(child.id()) >= 48 * MIB
+        resident_of(child.0.id()) >= 48 * MIB
     });
-    let held = resident_of(child.id());
+    let held = resident_of(child.0.id());
 
     let mut agent_cgroup = common::TestCgroup::new("agent-ns");
     let mut agent = Agent::builder()
@@ -176,7 +177,7 @@ fn an_idle_container_is_seeded_by_an_agent_in_a_private_cgroup_namespace() {
     // The agent really sees the workload's cgroup from outside: `/../headroom-test-...`.
     let seen = std::process::Command::new("nsenter")
         .arg(format!("--cgroup=/proc/{}/ns/cgroup", agent.pid()))
-        .args(["cat", &format!("/proc/{}/cgroup", child.id())])
+        .args(["cat", &format!("/proc/{}/cgroup", child.0.id())])
         .output()
         .expect("nsenter");
     let seen = String::from_utf8_lossy(&seen.stdout).into_owned();
@@ -203,9 +204,9 @@ fn an_idle_container_is_seeded_by_an_agent_in_a_private_cgroup_namespace() {
         "seeded {resident} for VmRSS {held}"
     );
 
-    std::io::Write::write_all(&mut child.stdin.take().expect("stdin"), b"go\n")
+    std::io::Write::write_all(&mut child.0.stdin.take().expect("stdin"), b"go\n")
         .expect("tell the workload to finish");
-    assert!(child.wait().expect("workload").success());
+    assert!(child.0.wait().expect("workload").success());
     assert!(agent.stop().success());
     cgroup.remove();
     agent_cgroup.remove();
