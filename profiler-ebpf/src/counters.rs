@@ -318,17 +318,25 @@ pub(crate) fn take_back_if_released(
     process: *mut ProcessCounters,
     member: usize,
 ) {
-    // SAFETY: field addresses within valid map values; `member` < COUNT. The caller's
-    // exchange was sequentially consistent, so this read is not moved before it.
+    // SAFETY: field address within a valid map value. The caller's exchange was sequentially
+    // consistent, so this read is not moved before it.
+    if unsafe { core::ptr::read_volatile(&raw const (*process).released) } != 0 {
+        take_out(target, process, member);
+    }
+}
+
+/// Exchanges the process's RSS counter `member` to zero and takes what its target's sum held
+/// of it out of the sum: the one way memory leaves the sums, so racing callers on other CPUs
+/// each take out only what they exchanged.
+#[inline(always)]
+fn take_out(target: *mut MemoryCounters, process: *mut ProcessCounters, member: usize) {
+    // SAFETY: field addresses within valid map values; `member` < COUNT.
     unsafe {
-        if core::ptr::read_volatile(&raw const (*process).released) == 0 {
-            return;
-        }
         let field = (&raw mut (*process).counters.rss_bytes)
             .cast::<i64>()
             .add(member);
-        let left = atomic_xchg::<i64, { AtomicOrdering::SeqCst }>(field, 0);
-        let counted = counted_part(process, member, left);
+        let old = atomic_xchg::<i64, { AtomicOrdering::SeqCst }>(field, 0);
+        let counted = counted_part(process, member, old);
         if counted != 0 {
             add_signed(
                 (&raw mut (*target).rss_bytes).cast::<i64>().add(member),
@@ -343,20 +351,7 @@ pub(crate) fn take_back_if_released(
 pub(crate) fn release_resident(target: NonNull<MemoryCounters>, process: NonNull<ProcessCounters>) {
     let (target, process) = (target.as_ptr(), process.as_ptr());
     for member in 0..rss_member::COUNT {
-        // SAFETY: field addresses within valid map values; `member` < COUNT.
-        unsafe {
-            let field = (&raw mut (*process).counters.rss_bytes)
-                .cast::<i64>()
-                .add(member);
-            let old = atomic_xchg::<i64, { AtomicOrdering::SeqCst }>(field, 0);
-            let counted = counted_part(process, member, old);
-            if counted != 0 {
-                add_signed(
-                    (&raw mut (*target).rss_bytes).cast::<i64>().add(member),
-                    -counted,
-                );
-            }
-        }
+        take_out(target, process, member);
     }
 }
 

@@ -53,6 +53,19 @@ pub fn headroom() -> Command {
 
 static BUILDS: Mutex<()> = Mutex::new(());
 
+/// A `kB` field of /proc/`pid`/status (`VmRSS`, `VmHWM`), in bytes; 0 once the process is gone.
+pub fn status_bytes(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
+                .and_then(|kib| kib.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(0, |kib| kib * 1024)
+}
+
 /// Compiles tests/workloads/NAME.c (static when asked) and returns the binary's path.
 pub fn workload(name: &str, static_link: bool) -> PathBuf {
     let flags: &[&str] = if static_link { &["-static"] } else { &[] };

@@ -137,19 +137,6 @@ fn the_agent_exports_a_container_while_it_lives_and_forgets_it_after() {
     );
 }
 
-/// VmRSS of `pid`, in bytes.
-fn resident_of(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find_map(|line| line.strip_prefix("VmRSS:"))
-                .and_then(|kib| kib.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        })
-        .map_or(0, |kib| kib * 1024)
-}
-
 /// containerd and CRI-O start every container on cgroup v2 (the agent's too) in a private
 /// cgroup namespace, where /proc/PID/cgroup shows the other containers as `/../..`. A
 /// container that faulted its memory in before the agent started, and is idle since, is
@@ -165,9 +152,9 @@ fn an_idle_container_is_seeded_by_an_agent_in_a_private_cgroup_namespace() {
     // Killed on a failed assertion, before its cgroup is removed.
     let mut child = common::ChildGuard(cgroup.spawn(&program, &["48", "8", "10", "-1", "0"]));
     common::wait_until("the workload to hold its 48 MiB", 20, || {
-        resident_of(child.0.id()) >= 48 * MIB
+        common::status_bytes(child.0.id(), "VmRSS") >= 48 * MIB
     });
-    let held = resident_of(child.0.id());
+    let held = common::status_bytes(child.0.id(), "VmRSS");
 
     let mut agent_cgroup = common::TestCgroup::new("agent-ns");
     let mut agent = Agent::builder()

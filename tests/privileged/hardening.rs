@@ -118,18 +118,6 @@ fn spawn_mappings(cgroup: &TestCgroup, mappings: u32, threads: u32) -> ChildGuar
     ChildGuard(child)
 }
 
-fn peak_resident_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find_map(|line| line.strip_prefix("VmHWM:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 fn counter(metrics: &str, metric: &str, label: &str) -> f64 {
     common::series(metrics, metric, label).iter().sum()
 }
@@ -211,7 +199,7 @@ fn a_process_with_60000_mappings_is_skipped_and_counted_and_other_containers_sta
     );
     assert!(agent.is_running(), "the agent died");
     assert_eq!(oom_kills(&agent_cgroup), 0, "the agent was OOM-killed");
-    let peak = peak_resident_kib(agent.pid());
+    let peak = common::status_bytes(agent.pid(), "VmHWM") / 1024;
     eprintln!(
         "agent beside a 60,000-mapping process: peak RSS {:.1} MiB (VmHWM), limit {:.0} MiB",
         peak as f64 / 1024.0,

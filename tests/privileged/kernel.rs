@@ -396,19 +396,6 @@ fn a_process_moved_between_cgroups_takes_its_memory_along() {
     );
 }
 
-/// VmRSS of `pid` in bytes (0 once it is gone).
-fn vm_rss(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find_map(|line| line.strip_prefix("VmRSS:"))
-                .and_then(|kib| kib.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        })
-        .map_or(0, |kib| kib * 1024)
-}
-
 /// More processes than the process map holds (shrunk to 12 here), every one of them faulting
 /// all the time. An LRU map evicted live processes: each came back at its next fault with its
 /// whole memory added to the target again, and the sum grew without bound. Now the map keeps
@@ -458,7 +445,10 @@ fn more_processes_than_the_map_holds_are_counted_as_drops_never_twice() {
             .expect("counted")
             .resident_bytes()
             .max(0) as u64;
-        let held: u64 = pids.iter().map(|&pid| vm_rss(pid)).sum();
+        let held: u64 = pids
+            .iter()
+            .map(|&pid| common::status_bytes(pid, "VmRSS"))
+            .sum();
         assert!(
             counted as f64 <= held as f64 * 1.05,
             "sample {samples}: the target counts {} MiB, its processes hold {} MiB",
@@ -473,7 +463,10 @@ fn more_processes_than_the_map_holds_are_counted_as_drops_never_twice() {
             .map(|(tgid, _)| *tgid)
             .collect();
         assert!(in_map.len() <= HELD, "{} entries", in_map.len());
-        let held_by_mapped: u64 = in_map.iter().map(|&pid| vm_rss(pid)).sum();
+        let held_by_mapped: u64 = in_map
+            .iter()
+            .map(|&pid| common::status_bytes(pid, "VmRSS"))
+            .sum();
         let slack = in_map.len() as u64 * 256 * 1024 + 2 * MIB;
         assert!(
             counted.abs_diff(held_by_mapped) <= slack,

@@ -787,6 +787,20 @@ mod tests {
         })
     }
 
+    /// The first series of counter `name`.
+    fn counter_value(registry: &Registry, name: &str) -> Option<f64> {
+        registry
+            .gather()
+            .iter()
+            .find(|family| family.name() == name)
+            .and_then(|family| {
+                family
+                    .get_metric()
+                    .first()
+                    .map(|m| m.get_counter().get_value())
+            })
+    }
+
     fn metric(registry: &Registry, name: &str) -> Option<f64> {
         registry
             .gather()
@@ -1229,16 +1243,7 @@ mod tests {
         }
         tick(&mut table, &mut kernel, &node, &mut resolver, &metrics, 1);
         assert_eq!(table.len(), 2);
-        let not_tracked = registry
-            .gather()
-            .iter()
-            .find(|family| family.name() == "headroom_agent_containers_not_tracked_total")
-            .and_then(|family| {
-                family
-                    .get_metric()
-                    .first()
-                    .map(|m| m.get_counter().get_value())
-            });
+        let not_tracked = counter_value(&registry, "headroom_agent_containers_not_tracked_total");
         assert_eq!(not_tracked, Some(2.0));
     }
 
@@ -1276,28 +1281,16 @@ mod tests {
                 number,
             );
         }
-        let counter = |name: &str| {
-            registry
-                .gather()
-                .iter()
-                .find(|family| family.name() == name)
-                .and_then(|family| {
-                    family
-                        .get_metric()
-                        .first()
-                        .map(|m| m.get_counter().get_value())
-                })
-        };
         assert_eq!(table.len(), 1);
         assert_eq!(
-            counter("headroom_agent_containers_not_tracked_total"),
+            counter_value(&registry, "headroom_agent_containers_not_tracked_total"),
             Some(2.0),
             "each turned-away target once, not once per tick"
         );
         assert!(table.get(node.id()).is_some());
         assert_eq!(kernel.forgotten, [gone_id], "the live untracked one stays");
         assert_eq!(
-            counter("headroom_agent_untracked_targets_released_total"),
+            counter_value(&registry, "headroom_agent_untracked_targets_released_total"),
             Some(1.0)
         );
     }
